@@ -1,0 +1,82 @@
+"""Small navigation helpers over the one graph representation, `onnx_ir.Model`.
+
+Every module works on `ir.Model`; public functions also accept an `onnx.ModelProto` and hand
+back the same kind they were given (`as_ir` / `like`).
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+ModelLike: TypeAlias = "onnx.ModelProto | ir.Model"
+
+#: Elementwise activations that `inspect` reports as "the activation that follows" a layer.
+ACTIVATIONS = frozenset(
+    {
+        "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Tanh", "Sigmoid", "HardSigmoid",
+        "HardSwish", "Softplus", "Softsign", "Gelu", "Clip", "Mish", "Softmax", "LogSoftmax",
+    }
+)
+
+
+def as_ir(model: ModelLike) -> ir.Model:
+    """A fresh `ir.Model` for `model`: a proto is deserialised, an `ir.Model` is returned as is."""
+    if isinstance(model, onnx.ModelProto):
+        return ir.serde.deserialize_model(model)
+    if isinstance(model, ir.Model):
+        return model
+    raise TypeError(f"expected onnx.ModelProto or onnx_ir.Model, got {type(model).__name__}")
+
+
+def like(result: ir.Model, original: ModelLike) -> ModelLike:
+    """Return `result` in the same representation the caller passed in as `original`."""
+    if isinstance(original, onnx.ModelProto):
+        return ir.serde.serialize_model(result)
+    return result
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's contents when it is an initializer or a `Constant` node's output, else None."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx"):
+        attr = producer.attributes.get("value")
+        if attr is not None and attr.type == ir.AttributeType.TENSOR:
+            return attr.as_tensor().numpy()
+    return None
+
+
+def is_constant(value: ir.Value | None) -> bool:
+    """True for an initializer (that is not also a graph input) or a `Constant` node's output."""
+    if value is None:
+        return False
+    if value.const_value is not None and not value.is_graph_input():
+        return True
+    producer = value.producer()
+    return producer is not None and producer.op_type == "Constant"
+
+
+def consumers(value: ir.Value) -> list[ir.Node]:
+    """The distinct nodes that read `value`, in graph order of first use."""
+    seen: dict[int, ir.Node] = {}
+    for use in value.uses():
+        seen.setdefault(id(use.node), use.node)
+    return list(seen.values())
+
+
+def attribute(node: ir.Node, name: str, default):
+    """An attribute's Python value, or `default` when the node does not set it."""
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.value
+
+
+def metadata(model: ir.Model) -> dict[str, str]:
+    """The model's `metadata_props` as a plain dict."""
+    return dict(model.metadata_props)

@@ -1,0 +1,171 @@
+"""Layer discovery: which nodes of a graph produce a layer's units (what `surgery inspect` lists).
+
+A *layer* is a node whose output channels are parameters we can grow:
+
+- ``Gemm`` with a constant B (any transA/transB): width is N, read from B's shape and transB.
+- ``MatMul`` with a constant rank-2 right operand: width is the operand's last dimension. When
+  its only consumer is an ``Add`` with a constant per-unit bias (shape ``[U]`` or ``[1, U]``, in
+  either operand position — PyTorch puts the bias first, skl2onnx second and 2-D) the layer is
+  reported as ``MatMul+Add`` and its output is the Add's output.
+- ``Conv`` with a constant weight: width is the number of output channels (``W.shape[0]``).
+
+Friendly names come from the ``surgery.layer_map`` metadata written by `surgery export`
+(Keras layer name → node names); for graphs from other exporters the node name is used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import onnx_ir as ir
+
+from surgery.graph import ACTIVATIONS, consumers, constant_array
+
+LAYER_MAP_KEY = "surgery.layer_map"
+
+#: Ops that `inspect` looks through when reporting the activation that follows a layer.
+_TRANSPARENT = frozenset({"Transpose", "Identity", "Cast"})
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One growable layer of a graph.
+
+    Attributes:
+        node: the producing node's name (the MatMul/Gemm/Conv node).
+        name: the friendly name: the Keras layer name for exported models, else `node`.
+        op: ``"Gemm"``, ``"MatMul+Add"``, ``"MatMul"`` or ``"Conv"``.
+        width: number of units (output features or output channels).
+        activation: op type of the elementwise activation that follows, if any.
+        consumers: names of the nodes that read the layer's output.
+    """
+
+    node: str
+    name: str
+    op: str
+    width: int
+    activation: str | None
+    consumers: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LayerSite:
+    """A layer together with the graph objects it is made of (for analysis code)."""
+
+    layer: Layer
+    node: ir.Node
+    bias_node: ir.Node | None
+    output: ir.Value
+
+
+def friendly_names(model: ir.Model) -> dict[str, str]:
+    """Node name → Keras layer name, from the metadata `surgery export` writes."""
+    raw = model.metadata_props.get(LAYER_MAP_KEY)
+    if not raw:
+        return {}
+    try:
+        layer_map = json.loads(raw)
+    except json.JSONDecodeError:
+        return {}
+    return {node: layer for layer, nodes in layer_map.items() for node in nodes}
+
+
+def _bias_add(output: ir.Value, width: int) -> ir.Node | None:
+    """The Add that adds a constant per-unit bias to `output`, if that is its only use."""
+    users = consumers(output)
+    if len(users) != 1 or users[0].op_type != "Add" or output.is_graph_output():
+        return None
+    add = users[0]
+    other = add.inputs[1] if add.inputs[0] is output else add.inputs[0]
+    bias = constant_array(other)
+    if bias is None or bias.size != width or bias.ndim > 2 or bias.shape[-1] != width:
+        return None
+    return add
+
+
+def _activation(output: ir.Value) -> str | None:
+    value = output
+    for _ in range(4):  # a few transparent wrappers at most (tf2onnx's Transposes)
+        users = consumers(value)
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if node.op_type in ACTIVATIONS:
+            return node.op_type
+        if node.op_type not in _TRANSPARENT:
+            return None
+        value = node.outputs[0]
+    return None
+
+
+def _width(node: ir.Node) -> int | None:
+    if node.op_type == "Gemm" and len(node.inputs) >= 2:
+        weight = constant_array(node.inputs[1])
+        if weight is None or weight.ndim != 2:
+            return None
+        trans_b = node.attributes.get("transB")
+        return int(weight.shape[0] if trans_b is not None and trans_b.value else weight.shape[1])
+    if node.op_type == "MatMul" and len(node.inputs) == 2:
+        if constant_array(node.inputs[0]) is not None:
+            return None
+        weight = constant_array(node.inputs[1])
+        return int(weight.shape[1]) if weight is not None and weight.ndim == 2 else None
+    if node.op_type == "Conv" and len(node.inputs) >= 2:
+        weight = constant_array(node.inputs[1])
+        return int(weight.shape[0]) if weight is not None and weight.ndim >= 3 else None
+    return None
+
+
+def layer_sites(model: ir.Model) -> list[LayerSite]:
+    """Every growable layer of the main graph, in topological order."""
+    names = friendly_names(model)
+    sites = []
+    for node in model.graph:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        width = _width(node)
+        if width is None:
+            continue
+        op, bias_node, output = node.op_type, None, node.outputs[0]
+        if node.op_type == "MatMul":
+            bias_node = _bias_add(output, width)
+            if bias_node is not None:
+                op, output = "MatMul+Add", bias_node.outputs[0]
+        layer = Layer(
+            node=node.name or "",
+            name=names.get(node.name or "", node.name or ""),
+            op=op,
+            width=width,
+            activation=_activation(output),
+            consumers=[user.name or user.op_type for user in consumers(output)],
+        )
+        sites.append(LayerSite(layer, node, bias_node, output))
+    return sites
+
+
+def find_layers(model: ir.Model) -> list[Layer]:
+    """The growable layers of `model` (see the module docstring for what counts)."""
+    return [site.layer for site in layer_sites(model)]
+
+
+def resolve_layer(model: ir.Model, name: str) -> LayerSite:
+    """The layer called `name` (node name or friendly name), or a SurgeryError suggesting names."""
+    from difflib import get_close_matches
+
+    from surgery.errors import SurgeryError
+
+    sites = layer_sites(model)
+    for site in sites:
+        if name in (site.layer.node, site.layer.name):
+            return site
+    known = sorted({s.layer.name for s in sites} | {s.layer.node for s in sites})
+    close = get_close_matches(name, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; layers are: {', '.join(known[:8])}"
+    raise SurgeryError(f"no layer named {name!r}{hint}")
+
+
+__all__ = ["Layer", "LayerSite", "find_layers", "layer_sites", "resolve_layer", "friendly_names"]
