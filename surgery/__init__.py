@@ -11,21 +11,22 @@ from surgery.errors import NotEquivalentError, SurgeryError
 from surgery.layers import Layer, find_layers
 from surgery.modelio import load_model, save_model
 
-__all__ = [
-    "Layer",
-    "NotEquivalentError",
-    "SurgeryError",
-    "export_keras",
-    "find_layers",
-    "load_model",
-    "save_model",
-]
+# Public name -> module that defines it. Imported on first use: export_keras and to_keras pull
+# TensorFlow, verify pulls onnxruntime, and `surgery inspect` must start without either.
+_LAZY = {
+    "export_keras": "surgery.export",
+    "widen": "surgery.rewrite",
+    "verify": "surgery.verification",
+    "Report": "surgery.verification",
+    "to_keras": "surgery.onnx_to_keras",
+}
+
+__all__ = ["Layer", "NotEquivalentError", "SurgeryError", "find_layers", "load_model", "save_model", *_LAZY]
 
 
 def __getattr__(name: str):
-    # Lazy: these pull TensorFlow (export, to_keras) or are optional to import eagerly.
-    if name == "export_keras":
-        from surgery.export import export_keras
+    if name in _LAZY:
+        import importlib
 
-        return export_keras
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'surgery' has no attribute {name!r}")

@@ -53,6 +53,16 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     return None
 
 
+def constant_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    """The shape of a constant value without reading its data (external data stays on disk)."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return tuple(value.const_value.shape.numpy())
+    array = constant_array(value)
+    return None if array is None else array.shape
+
+
 def is_constant(value: ir.Value | None) -> bool:
     """True for an initializer (that is not also a graph input) or a `Constant` node's output."""
     if value is None:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import onnx_ir as ir
 
-from surgery.graph import ACTIVATIONS, consumers, constant_array
+from surgery.graph import ACTIVATIONS, attribute, constant_shape, consumers
 
 LAYER_MAP_KEY = "surgery.layer_map"
 
@@ -81,8 +81,8 @@ def _bias_add(output: ir.Value, width: int) -> ir.Node | None:
         return None
     add = users[0]
     other = add.inputs[1] if add.inputs[0] is output else add.inputs[0]
-    bias = constant_array(other)
-    if bias is None or bias.size != width or bias.ndim > 2 or bias.shape[-1] != width:
+    bias = constant_shape(other)
+    if bias is None or len(bias) not in (1, 2) or bias[-1] != width or any(d != 1 for d in bias[:-1]):
         return None
     return add
 
@@ -103,20 +103,20 @@ def _activation(output: ir.Value) -> str | None:
 
 
 def _width(node: ir.Node) -> int | None:
+    """Number of units `node` produces, or None when it is not a growable layer."""
     if node.op_type == "Gemm" and len(node.inputs) >= 2:
-        weight = constant_array(node.inputs[1])
-        if weight is None or weight.ndim != 2:
+        weight = constant_shape(node.inputs[1])
+        if weight is None or len(weight) != 2:
             return None
-        trans_b = node.attributes.get("transB")
-        return int(weight.shape[0] if trans_b is not None and trans_b.value else weight.shape[1])
+        return int(weight[0] if attribute(node, "transB", 0) else weight[1])
     if node.op_type == "MatMul" and len(node.inputs) == 2:
-        if constant_array(node.inputs[0]) is not None:
+        if constant_shape(node.inputs[0]) is not None:
             return None
-        weight = constant_array(node.inputs[1])
-        return int(weight.shape[1]) if weight is not None and weight.ndim == 2 else None
+        weight = constant_shape(node.inputs[1])
+        return int(weight[1]) if weight is not None and len(weight) == 2 else None
     if node.op_type == "Conv" and len(node.inputs) >= 2:
-        weight = constant_array(node.inputs[1])
-        return int(weight.shape[0]) if weight is not None and weight.ndim >= 3 else None
+        weight = constant_shape(node.inputs[1])
+        return int(weight[0]) if weight is not None and len(weight) >= 3 else None
     return None
 
 
