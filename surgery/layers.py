@@ -24,8 +24,9 @@ from surgery.graph import ACTIVATIONS, attribute, constant_shape, consumers
 
 LAYER_MAP_KEY = "surgery.layer_map"
 
-#: Ops that `inspect` looks through when reporting the activation that follows a layer.
-_TRANSPARENT = frozenset({"Transpose", "Identity", "Cast"})
+#: Ops that `inspect` looks through when reporting the activation that follows a layer: layout
+#: changes and per-channel normalisation (Dense → BatchNormalization → ReLU reports ReLU).
+_TRANSPARENT = frozenset({"Transpose", "Identity", "Cast", "Dropout", "BatchNormalization"})
 
 
 @dataclass(frozen=True)
