@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from surgery.errors import SurgeryError
+from surgery.tensorflow_runtime import import_tensorflow
 
 if TYPE_CHECKING:
     import keras
@@ -46,8 +47,6 @@ def load_keras(path: str, *, unsafe: bool = False) -> "keras.Model":
     """
     from pathlib import Path
 
-    import keras
-
     file = Path(path)
     if not file.exists():
         raise SurgeryError(f"{file}: no such file")
@@ -55,6 +54,9 @@ def load_keras(path: str, *, unsafe: bool = False) -> "keras.Model":
         raise SurgeryError(f"{file}: is a directory, not a Keras model file")
     if file.suffix not in (".keras", ".h5"):
         raise SurgeryError(f"{file}: expected a .keras or .h5 Keras model file")
+    import_tensorflow()
+    import keras
+
     try:
         return keras.models.load_model(file, safe_mode=not unsafe, compile=False)
     except Exception as error:
@@ -115,7 +117,7 @@ def export_keras(
     Example:
         >>> onnx_model = export_keras(keras.models.load_model("models/mlp.keras"))
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
     import tf2onnx
 
     if opset not in SUPPORTED_OPSETS:
