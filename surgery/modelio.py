@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +39,11 @@ def _check_path(path: Path) -> None:
 
 
 def _check_external_locations(proto: onnx.ModelProto, path: Path) -> None:
-    """Refuse external data that would be read from outside the model's folder."""
+    """Refuse external data that would be read from outside the model's folder.
+
+    Uses only `lstat`/`stat` and path arithmetic: no file named by the model is opened here, so
+    a location pointing at a FIFO, a device or another user's file is refused without touching it.
+    """
     folder = path.resolve().parent
     for tensor in onnx.external_data_helper._get_all_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -50,17 +55,21 @@ def _check_external_locations(proto: onnx.ModelProto, path: Path) -> None:
                 f"{path}: tensor {tensor.name!r} keeps its data at {location!r}, outside the model's folder"
             )
         target = folder / where
-        if target.is_symlink() or not target.resolve().is_relative_to(folder):
+        if target.is_symlink():
+            raise SurgeryError(f"{path}: external data {location!r} of tensor {tensor.name!r} is a symbolic link; refusing to follow it")
+        if not target.resolve().is_relative_to(folder):
             raise SurgeryError(f"{path}: external data {location!r} of tensor {tensor.name!r} is a link out of the model's folder")
-        if not target.is_file():
-            raise SurgeryError(f"{path}: external data file {location!r} of tensor {tensor.name!r} is missing")
-        if target.stat().st_nlink > 1:
+        try:
+            info = target.lstat()
+        except OSError:
+            raise SurgeryError(f"{path}: external data file {location!r} of tensor {tensor.name!r} is missing") from None
+        if info.st_nlink > 1:
             raise SurgeryError(f"{path}: external data {location!r} of tensor {tensor.name!r} is a hard link; refusing to read it")
+        if not stat.S_ISREG(info.st_mode):
+            raise SurgeryError(f"{path}: external data {location!r} of tensor {tensor.name!r} is not a regular file")
 
 
-def load_proto(path: str | os.PathLike, *, load_external_data: bool = False) -> onnx.ModelProto:
-    """Parse and validate an ONNX file. External data is checked, and loaded only when asked."""
-    path = Path(path)
+def _parse_and_check(path: Path) -> onnx.ModelProto:
     _check_path(path)
     try:
         proto = onnx.load(path, load_external_data=False)
@@ -69,23 +78,42 @@ def load_proto(path: str | os.PathLike, *, load_external_data: bool = False) -> 
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise SurgeryError(f"{path}: not an ONNX model (no graph or IR version)")
     _check_external_locations(proto, path)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(proto))
     try:
-        onnx.checker.check_model(proto)
+        # onnx >= 1.21's checker also refuses external locations that leave the folder. Given a
+        # proto it resolves them against the current directory, so a model with external data
+        # is checked by path (the graph is small then: parsing it again is cheap).
+        onnx.checker.check_model(str(path) if external else proto)
     except Exception as error:
         raise SurgeryError(f"{path}: invalid ONNX model: {_first_line(error)}") from None
+    return proto
+
+
+def load_proto(path: str | os.PathLike, *, load_external_data: bool = False) -> onnx.ModelProto:
+    """Parse and validate an ONNX file. External data is checked, and loaded only when asked."""
+    path = Path(path)
+    proto = _parse_and_check(path)
     if load_external_data:
         onnx.load_external_data_for_model(proto, str(path.resolve().parent))
     return proto
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
-    """Load `path` as an `ir.Model`; external data stays on disk, memory-mapped on first use."""
+    """Load `path` as an `ir.Model`; external data stays on disk, memory-mapped on first use.
+
+    The file is parsed once and validated (`load_proto`'s checks) before onnx-ir sees it; every
+    external tensor gets the model's absolute folder as its base, so onnx-ir's own containment
+    checks apply whenever data is mapped, whatever the current directory is later. Reading a
+    tensor's shape reads no data.
+    """
     path = Path(path)
-    load_proto(path)  # validation only: the graph is small when the weights live outside it
+    proto = _parse_and_check(path)
     try:
-        return ir.load(path)
+        model = ir.serde.deserialize_model(proto)
     except Exception as error:
         raise SurgeryError(f"{path}: cannot be loaded: {_first_line(error)}") from None
+    ir.external_data.set_base_dir(model.graph, str(path.resolve().parent))
+    return model
 
 
 @contextlib.contextmanager
@@ -103,6 +131,9 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
     if not folder.is_dir():
         raise SurgeryError(f"{folder}: output folder does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private to the writer
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -112,9 +143,27 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
         tmp_path.unlink(missing_ok=True)
 
 
-def save_model(model: ir.Model | onnx.ModelProto, path: str | os.PathLike, *, force: bool = False) -> None:
-    """Write `model` to `path` atomically (see `atomic_output`)."""
+def save_model(
+    model: ir.Model | onnx.ModelProto,
+    path: str | os.PathLike,
+    *,
+    force: bool = False,
+    share_external_data: bool = False,
+) -> None:
+    """Write `model` to `path` atomically; an existing `path` is replaced only with `force`.
+
+    A model that fits in one protobuf message and has no external data is written inline (one
+    file, see `atomic_output`). Otherwise `path` gets a data file ``path + ".data"`` written by
+    the streaming writer `surgery.external.write_model` (unchanged external tensors copied
+    file-to-file; both files appear together or not at all). `share_external_data` makes the
+    output reference the input's unchanged data files in place instead of copying them.
+    """
+    from surgery.external import needs_external_data, write_model
+
     if isinstance(model, onnx.ModelProto):
         model = ir.serde.deserialize_model(model)
+    if share_external_data or needs_external_data(model):
+        write_model(model, path, force=force, share_external_data=share_external_data)
+        return
     with atomic_output(path, force=force) as tmp:
         ir.save(model, tmp)
