@@ -123,7 +123,136 @@ def inspect(model: str, as_json: bool, symmetry_layer: str | None) -> None:
 
 # Subcommands defined in their own sections below: widen, verify, to-keras.
 # --- widen ---
-# --- verify ---
+@cli.command()
+@click.argument("reference", type=click.Path(dir_okay=True))
+@click.argument("candidate", type=click.Path(dir_okay=True))
+@click.option("--inputs", "inputs_file", type=click.Path(), default=None, help="Input arrays (.npz, names -> arrays) instead of random ones.")
+@click.option("--samples", default=16, show_default=True, help="Random samples in all.")
+@click.option("--batch", default=8, show_default=True, help="Samples per run (symbolic leading dimension).")
+@click.option("--dim", "dim_values", multiple=True, metavar="NAME=VALUE", help="Value of a symbolic dimension (repeatable).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--atol", type=float, default=None, help="Tolerance mode: absolute tolerance.")
+@click.option("--rtol", type=float, default=None, help="Tolerance mode: relative tolerance.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="onnxruntime execution provider.")
+@click.option("--optimization", type=click.Choice(["disable", "basic", "extended", "all"]), default="disable", show_default=True, help="Graph optimization level for both models.")
+@click.option("--deployed", is_flag=True, help="Also run both at the default optimization level and report the ULP distance there.")
+@click.option("--json", "json_path", default=None, metavar="PATH|-", help="Write the full report as JSON (- for stdout, which also silences the table).")
+@click.option("--locate", is_flag=True, help="When outputs differ, name the first node whose output differs.")
+@debug_option
+def verify(
+    reference: str, candidate: str, inputs_file: str | None, samples: int, batch: int, dim_values: tuple[str, ...],
+    seed: int, atol: float | None, rtol: float | None, provider: str, optimization: str, deployed: bool,
+    json_path: str | None, locate: bool,
+) -> None:
+    """Prove two models compute the same outputs (exit 0), or show where they differ (exit 1)."""
+    from surgery.errors import NotEquivalentError
+    from surgery.verification import verify as run_verify
+
+    dims = {}
+    for item in dim_values:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value.strip().isdigit():
+            raise SurgeryError(f"--dim expects NAME=VALUE with a positive integer VALUE, got {item!r}")
+        dims[name] = int(value)
+    inputs = None
+    if inputs_file is not None:
+        import numpy as np
+
+        try:
+            with np.load(inputs_file, allow_pickle=False) as archive:
+                inputs = {name: archive[name] for name in archive.files}
+        except FileNotFoundError:
+            raise SurgeryError(f"{inputs_file}: no such file") from None
+        except Exception as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise SurgeryError(f"{inputs_file}: not an .npz archive of arrays ({first})") from None
+    quiet = json_path == "-"
+    show_progress = not quiet and inputs is None and samples >= 10 * batch and sys.stderr.isatty()
+    kwargs = dict(
+        inputs=inputs, samples=samples, batch=batch, dims=dims, seed=seed, atol=atol, rtol=rtol,
+        provider=provider, optimization=optimization, deployed=deployed, locate=locate,
+    )
+    if show_progress:
+        from rich.progress import Progress
+
+        with Progress(transient=True, console=_stderr_console()) as bar:
+            task = bar.add_task("verifying", total=samples)
+            report = run_verify(reference, candidate, progress=lambda done, total: bar.update(task, completed=done), **kwargs)
+    else:
+        report = run_verify(reference, candidate, **kwargs)
+    document = report.to_json()
+    if quiet:
+        click.echo(json.dumps(document, indent=2))
+    else:
+        _print_report(document)
+        if json_path is not None:
+            from pathlib import Path
+
+            try:
+                Path(json_path).write_text(json.dumps(document, indent=2) + "\n")
+            except OSError as error:
+                raise SurgeryError(f"{json_path}: cannot write the report ({error.strerror})") from None
+    if not report.equivalent:
+        differing = [o["name"] for o in document["outputs"] if not o["equal"]]
+        raise NotEquivalentError(f"not equivalent: output(s) {', '.join(differing)} differ")
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _print_report(document: dict) -> None:
+    """The verify report as a rich table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=200)
+    if document["mode"] == "exact":
+        mode = "exact (bitwise)"
+    else:
+        scaled = " x max(1, max|reference|)" if document["atol_scaled"] else ""
+        mode = f"tolerance (atol {document['atol']:g}{scaled}, rtol {document['rtol']:g})"
+    table = Table(
+        title=f"{document['reference']} vs {document['candidate']}",
+        caption=(
+            f"{mode}; provider {document['provider']}; optimization {document['optimization']}; "
+            f"{document['samples']} samples ({document['inputs']}, batch {document['batch']}, seed {document['seed']})"
+        ),
+    )
+    for column in ("output", "shape", "dtype", "bitwise", "mismatches", "max |diff|", "max rel", "max ULP"):
+        table.add_column(column, justify="left" if column in ("output", "shape", "dtype", "bitwise") else "right")
+    for output in document["outputs"]:
+        if output["present_in"] != "both":
+            table.add_row(output["name"], f"only in {output['present_in']}", "", "[red]no[/]", "", "", "", "")
+            continue
+        shape = str(output["shape"]) if output["shape"] == output["candidate_shape"] else f"{output['shape']} vs {output['candidate_shape']}"
+        dtype = output["dtype"] if output["dtype"] == output["candidate_dtype"] else f"{output['dtype']} vs {output['candidate_dtype']}"
+        bitwise = "[green]yes[/]" if output["bitwise_equal"] else "[red]no[/]"
+        mismatches = f"{output['mismatches']} ({output['mismatch_fraction']:.3%})"
+        if output["nan_mismatches"]:
+            mismatches += f", {output['nan_mismatches']} NaN"
+        number = lambda value: value if isinstance(value, str) else f"{value:.3g}"  # noqa: E731 - "inf"/"nan" strings
+        ulp = "-" if output["max_ulp"] is None else str(output["max_ulp"])
+        table.add_row(output["name"], shape, dtype, bitwise, mismatches, number(output["max_abs_diff"]), number(output["max_rel_diff"]), ulp)
+    console.print(table)
+    if document["deployed"] is not None:
+        parts = [f"{o['name']}: max ULP {o['max_ulp']}, {o['mismatches']} differing" for o in document["deployed"]["outputs"]]
+        console.print(f"deployed (optimization all): {'; '.join(parts)}", highlight=False)
+    located = document["located"]
+    if located is not None:
+        counts = (
+            f"{located['tensors_compared']} tensors compared, {located['tensors_skipped']} skipped as not alignable, "
+            f"{located['tensors_only_in_candidate']} only in the candidate"
+        )
+        if located["node"] is None:
+            console.print(f"located: no intermediate tensor differs ({counts})", highlight=False)
+        else:
+            diff = located["diff"]
+            detail = f"{diff['mismatches']} differing, max ULP {diff['max_ulp']}" if diff and diff["shape"] == diff["candidate_shape"] else "incomparable"
+            console.print(f"located: first differing node {located['node']!r} ({located['op']}), output {located['output']!r}: {detail} ({counts})", highlight=False)
+    console.print("[bold green]EQUIVALENT[/]" if document["equivalent"] else "[bold red]NOT EQUIVALENT[/]")
 # --- to-keras ---
 
 
