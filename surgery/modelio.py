@@ -19,6 +19,7 @@ import onnx
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError
+from surgery.validation import validate
 
 #: Protobuf cannot hold more than 2 GiB: above this, tensors go to an external data file.
 EXTERNAL_DATA_THRESHOLD = 1 << 31
@@ -77,6 +78,7 @@ def _parse_and_check(path: Path) -> onnx.ModelProto:
         raise SurgeryError(f"{path}: not an ONNX model ({_first_line(error)})") from None
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise SurgeryError(f"{path}: not an ONNX model (no graph or IR version)")
+    validate(proto, path)
     _check_external_locations(proto, path)
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(proto))
     try:
