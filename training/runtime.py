@@ -145,21 +145,21 @@ class Surgery:
 
     @property
     def bitwise_equal(self) -> bool:
-        return bool(self.report.outputs) and all(o["bitwise_equal"] for o in _outputs(self.report))
+        return bool(self.report.outputs) and all(o["bitwise_equal"] for o in report_outputs(self.report))
 
     def to_json(self) -> dict[str, Any]:
         return {
             "bitwise_equal": self.bitwise_equal,
             "equivalent": bool(self.report.equivalent),
             "mode": self.report.mode,
-            "max_abs_diff": max(float(o["max_abs_diff"]) for o in _outputs(self.report)),
+            "max_abs_diff": max(float(o["max_abs_diff"]) for o in report_outputs(self.report)),
             "wall_s": self.wall_s,
         }
 
 
-def _outputs(report: Any) -> list[Mapping[str, Any]]:
-    """The report's per-output comparisons as mappings (dicts or objects with attributes)."""
-    return [o if isinstance(o, Mapping) else vars(o) for o in report.outputs]
+def report_outputs(report: Any) -> list[Mapping[str, Any]]:
+    """A `surgery.Report`'s per-output comparisons in their JSON form."""
+    return report.to_json()["outputs"]
 
 
 def widen_keras(

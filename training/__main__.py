@@ -1,0 +1,51 @@
+"""``python -m training EXPERIMENT [--data PATH] [--seeds N] [--out DIR] [--quick]``.
+
+EXPERIMENT is one of ``grow``, ``transfer``, ``symmetry`` or ``demo`` (the README's main job,
+run by ``make demo``). Each writes ``DIR/results.json`` and ``DIR/*.png`` (default
+``runs/EXPERIMENT``) and prints a short table. Data: the bundled 5,000-digit MNIST subset, or
+full MNIST from a local Keras-format ``mnist.npz`` with ``--data``. ``--quick`` runs a
+smoke-sized version in seconds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import click
+
+from training.runtime import quiet
+
+EXPERIMENTS = {
+    "grow": "training.grow",
+    "transfer": "training.transfer",
+    "symmetry": "training.symmetry",
+    "demo": "training.demo",
+}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__.split("\n\n", 1)[1])
+@click.argument("experiment", type=click.Choice(sorted(EXPERIMENTS)))
+@click.option("--data", type=click.Path(dir_okay=False), help="Local Keras-format mnist.npz (default: the bundled 5k subset).")
+@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Number of seeds (default 3; 1 with --quick and for demo).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default runs/EXPERIMENT).")
+@click.option("--quick", is_flag=True, help="Smoke-sized run (seconds), as the tests use.")
+def main(experiment: str, data: str | None, seeds: int | None, out: str | None, quick: bool) -> None:
+    quiet()
+    from surgery import SurgeryError
+    from training.data import load_mnist
+
+    if seeds is None:
+        seeds = 1 if quick or experiment == "demo" else 3
+    try:
+        mnist = load_mnist(data)
+        module = importlib.import_module(EXPERIMENTS[experiment])
+        module.run(mnist, seeds=list(range(seeds)), out=Path(out or f"runs/{experiment}"), quick=quick)
+    except SurgeryError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(getattr(error, "exit_code", 2))
+
+
+if __name__ == "__main__":
+    main(prog_name="python -m training")

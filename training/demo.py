@@ -1,0 +1,136 @@
+"""`demo` (what `make demo` runs): the whole pipeline on the bundled MNIST digits, in about a minute.
+
+1. Train the small MLP (``Flatten → Dense(128, relu, 'dense_1') → Dense(10, softmax)``).
+2. Export it to ONNX (`surgery.export_keras`).
+3. Widen ``dense_1`` by a few units with exactly-zero outgoing weights (`surgery.widen`).
+4. Verify with onnxruntime on the whole test set that the outputs are bitwise equal (`surgery.verify`).
+5. Convert the widened ONNX back to a trainable Keras model (`surgery.to_keras`).
+6. Train further and report test accuracy before widening, right after (identical), and after.
+
+The ONNX and Keras files it makes are kept in the output folder for ``surgery inspect``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.data import Mnist
+from training.runtime import Curve, compile_classifier, evaluate, header, pyplot, report_outputs, strategy, table, train, write_results
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    units: int = 128
+    added: int = 8
+    epochs: int = 5
+    more_epochs: int = 5
+    learning_rate: float = 0.001
+    batch_size: int = 100
+
+
+FULL = DemoConfig()
+QUICK = DemoConfig(units=16, added=4, epochs=1, more_epochs=1)
+
+
+def _step(text: str) -> None:
+    print(f"• {text}", flush=True)
+
+
+def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, Any]:
+    import keras
+
+    import surgery
+    from training.models import INPUT_NAME, mlp, parameter_count
+
+    config = QUICK if quick else FULL
+    seed = seeds[0]
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    test = (data.x_test, data.y_test)
+
+    _step(f"training the MLP (dense_1: {config.units} units) on {len(data.y_train)} MNIST digits for {config.epochs} epochs")
+    keras.utils.set_random_seed(seed)
+    with strategy().scope():
+        model = compile_classifier(mlp(config.units), learning_rate=config.learning_rate)
+    curve = Curve()
+    curve.add(0, *evaluate(model, *test))
+    curve.extend(train(model, data.x_train, data.y_train, epochs=config.epochs, batch_size=config.batch_size, test=test, seed=seed), offset=0)
+    loss_trained, accuracy_trained = evaluate(model, *test)
+
+    _step("exporting to ONNX")
+    exported = surgery.export_keras(model)
+    surgery.save_model(exported, out / "mlp.onnx", force=True)
+
+    _step(f"widening dense_1 by {config.added} units (output-zero)")
+    widened = surgery.widen(exported, {"dense_1": config.added}, init="output-zero", seed=seed)
+    surgery.save_model(widened, out / "mlp_widened.onnx", force=True)
+
+    _step(f"verifying with onnxruntime on all {len(data.y_test)} test images")
+    report = surgery.verify(exported, widened, inputs={INPUT_NAME: np.ascontiguousarray(data.x_test, dtype=np.float32)}, seed=seed)
+    outputs = report_outputs(report)
+    bitwise = bool(outputs) and all(o["bitwise_equal"] for o in outputs)
+
+    _step("converting the widened model back to Keras")
+    with strategy().scope():
+        grown = compile_classifier(surgery.to_keras(widened, seed=seed), learning_rate=config.learning_rate)
+    grown.save(out / "mlp_widened.keras")
+    loss_widened, accuracy_widened = evaluate(grown, *test)
+
+    _step(f"training the widened model for {config.more_epochs} more epochs")
+    more = train(grown, data.x_train, data.y_train, epochs=config.more_epochs, batch_size=config.batch_size, test=test, seed=seed + 1)
+    curve.extend(more, offset=config.epochs)
+    loss_final, accuracy_final = evaluate(grown, *test)
+
+    width = config.units + config.added
+    stages = [
+        {"stage": "trained (Keras)", "dense_1": config.units, "parameters": parameter_count(model), "test_loss": loss_trained, "test_accuracy": accuracy_trained},
+        {"stage": "widened, back in Keras", "dense_1": width, "parameters": parameter_count(grown), "test_loss": loss_widened, "test_accuracy": accuracy_widened},
+        {"stage": f"after {config.more_epochs} more epochs", "dense_1": width, "parameters": parameter_count(grown), "test_loss": loss_final, "test_accuracy": accuracy_final},
+    ]
+    plot = out / "demo.png"
+    _plot(curve, config, plot)
+    results = header("demo", data=data.describe(), seeds=[seed], quick=quick)
+    results.update(
+        {
+            "config": vars(config),
+            "stages": stages,
+            "bitwise_equal_after_widen": bitwise,
+            "verify": report.to_json(),
+            "accuracy_identical_after_widen": accuracy_widened == accuracy_trained,
+            "loss_difference_after_widen": abs(loss_widened - loss_trained),
+            "curve": curve.to_json(),
+            "files": [str(out / name) for name in ("mlp.onnx", "mlp_widened.onnx", "mlp_widened.keras")],
+            "plots": [str(plot)],
+            "wall_s": time.perf_counter() - started,
+        }
+    )
+    write_results(out, results)
+    print()
+    print(table(["stage", "dense_1", "parameters", "test loss", "test accuracy"], [list(s.values()) for s in stages]))
+    print(
+        f"\nonnxruntime outputs bitwise equal after widening: {'yes' if bitwise else 'NO'} "
+        f"({len(data.y_test)} test images); Keras accuracy right after widening identical: "
+        f"{'yes' if accuracy_widened == accuracy_trained else 'NO'} (loss differs by {abs(loss_widened - loss_trained):.1e}: "
+        "TensorFlow's matrix products round differently at the new width)"
+    )
+    print(f"plot: {plot}\nresults: {out / 'results.json'}\nmodels: {', '.join(results['files'])}")
+    print(f"done in {results['wall_s']:.0f} s")
+    return results
+
+
+def _plot(curve: Curve, config: DemoConfig, path: Path) -> None:
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    axis.plot(curve.epochs, curve.accuracy, marker="o")
+    axis.axvline(config.epochs, color="grey", linestyle=":", label=f"dense_1 widened {config.units} → {config.units + config.added} (outputs bitwise equal)")
+    axis.set(xlabel="epoch", ylabel="test accuracy", title="train → export → widen → verify → to Keras → train")
+    axis.legend(fontsize=8, loc="lower right")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
