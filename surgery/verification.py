@@ -482,7 +482,7 @@ class _OnnxSide:
         names = [node_arg.name for node_arg in session.get_outputs()]
 
         def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return dict(zip(names, session.run(names, feeds)))
+            return dict(zip(names, _run(session, names, feeds, self.label)))
 
         return run
 
@@ -516,12 +516,20 @@ class _OnnxSide:
         names = [node_arg.name for node_arg in session.get_outputs()]
 
         def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return dict(zip(names, session.run(names, feeds)))
+            return dict(zip(names, _run(session, names, feeds, self.label)))
 
         return run, proto
 
     def versions(self) -> dict[str, str]:
         return {}
+
+
+def _run(session: "ort.InferenceSession", names: list[str], feeds: dict[str, np.ndarray], label: str) -> list[np.ndarray]:
+    try:
+        return session.run(names, feeds)
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidArgument/RuntimeException types
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise SurgeryError(f"{label}: onnxruntime failed to run the model: {first}") from None
 
 
 def _external_folder(model: ir.Model) -> str | None:
@@ -682,6 +690,10 @@ def _random_feeds(specs: list[InputSpec], dims: Mapping[str, int], samples: int,
         done += count
 
 
+def _declared(shape: tuple[int | str | None, ...]) -> str:
+    return "[" + ", ".join("?" if dim is None else str(dim) for dim in shape) + "]"
+
+
 def _check_user_inputs(specs: list[InputSpec], inputs: Mapping[str, np.ndarray], dims: Mapping[str, int]) -> int:
     """Validate the user's arrays against the declared inputs; returns the number of rows."""
     expected = {spec.name for spec in specs}
@@ -694,7 +706,7 @@ def _check_user_inputs(specs: list[InputSpec], inputs: Mapping[str, np.ndarray],
     bound: dict[str, int] = dict(dims)
     for spec in specs:
         array = np.asarray(inputs[spec.name])
-        declared = "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
+        declared = _declared(spec.shape)
         if array.ndim != len(spec.shape):
             raise SurgeryError(f"input {spec.name!r} has shape {list(array.shape)}, the model expects {declared}")
         for axis, (size, dim) in enumerate(zip(array.shape, spec.shape)):
@@ -876,6 +888,14 @@ def _check_same_inputs(reference: list[InputSpec], candidate: list[InputSpec], r
         other = by_name[spec.name]
         if spec.dtype != other.dtype:
             raise SurgeryError(f"input {spec.name!r} is {spec.dtype} in {reference_label} but {other.dtype} in {candidate_label}")
+        fixed = [
+            axis for axis, (a, b) in enumerate(zip(spec.shape, other.shape))
+            if isinstance(a, int) and isinstance(b, int) and a >= 0 and b >= 0 and a != b
+        ]
+        if len(spec.shape) != len(other.shape) or fixed:
+            raise SurgeryError(
+                f"input {spec.name!r} has shape {_declared(spec.shape)} in {reference_label} but {_declared(other.shape)} in {candidate_label}"
+            )
 
 
 def _compare_runs(

@@ -1,0 +1,284 @@
+"""`surgery verify` and `surgery.verify`: real onnxruntime on graphs built in exporters' forms."""
+
+from __future__ import annotations
+
+import json
+
+import forms
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from surgery.errors import SurgeryError
+from surgery.graph import as_ir, consumers
+from surgery.testing import assert_equivalent
+from surgery.verification import compare_arrays, verify
+
+f32 = np.float32
+
+
+def one_ulp_up(model: onnx.ModelProto, initializer: str) -> onnx.ModelProto:
+    """A copy of `model` whose largest-magnitude weight in `initializer` moved up by one ULP."""
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model)
+    proto = next(i for i in changed.graph.initializer if i.name == initializer)
+    weights = numpy_helper.to_array(proto).copy()
+    where = np.unravel_index(np.argmax(np.abs(weights)), weights.shape)
+    weights[where] = np.nextafter(weights[where], f32(np.inf))
+    proto.CopyFrom(numpy_helper.from_array(weights, initializer))
+    return changed
+
+
+def reader_of(model: onnx.ModelProto, initializer: str) -> str:
+    """The name of the node that reads `initializer` (found through the graph, not assumed)."""
+    (node,) = consumers(as_ir(model).graph.initializers[initializer])
+    return node.name
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("verify")
+    reference = forms.pytorch_mlp()
+    paths = {"reference": folder / "reference.onnx", "ulp": folder / "ulp.onnx"}
+    onnx.save(reference, paths["reference"])
+    onnx.save(one_ulp_up(reference, "fc2.weight"), paths["ulp"])
+    paths["folder"] = folder
+    return paths
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+def test_identical_models_exit_0(cli, files):
+    result = cli("verify", files["reference"], files["reference"])
+    assert result.returncode == 0, result.stderr
+    assert "EQUIVALENT" in result.stdout
+
+
+def test_one_ulp_weight_change_exits_1_and_locate_names_the_reader(cli, files):
+    report_path = files["folder"] / "ulp.json"
+    result = cli("verify", files["reference"], files["ulp"], "--samples", "64", "--locate", "--json", report_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().startswith("surgery: not equivalent")
+    report = json.loads(report_path.read_text())
+    (output,) = report["outputs"]
+    assert not report["equivalent"] and not output["bitwise_equal"]
+    assert output["max_ulp"] >= 1 and output["mismatches"] > 0
+    reader = reader_of(forms.pytorch_mlp(), "fc2.weight")
+    assert report["located"]["node"] == reader
+    assert reader in result.stdout
+
+
+def test_tolerance_mode_accepts_the_one_ulp_change(cli, files):
+    result = cli("verify", files["reference"], files["ulp"], "--samples", "64", "--atol", "1e-6", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # --json - prints JSON only
+    assert report["mode"] == "tolerance" and report["equivalent"]
+    assert report["outputs"][0]["bitwise_equal"] is False
+
+
+def test_json_schema_fields(cli, files):
+    result = cli("verify", files["reference"], files["reference"], "--json", "-", "--samples", "20", "--batch", "6", "--seed", "3")
+    report = json.loads(result.stdout)
+    for key in ("equivalent", "mode", "provider", "optimization", "samples", "batch", "seed", "session_options", "versions", "located", "outputs"):
+        assert key in report
+    assert (report["samples"], report["batch"], report["seed"]) == (20, 6, 3)
+    assert report["session_options"]["graph_optimization_level"] == "ORT_DISABLE_ALL"
+    assert set(report["versions"]) >= {"onnx", "onnxruntime"}
+    (output,) = report["outputs"]
+    for key in ("name", "shape", "dtype", "bitwise_equal", "mismatches", "max_abs_diff", "max_rel_diff", "max_ulp"):
+        assert key in output
+    assert output["elements"] == 20 * 5
+
+
+def test_cuda_provider_never_reports_cpu_results(cli, files):
+    result = cli("verify", files["reference"], files["reference"], "--provider", "cuda", "--json", "-")
+    if result.returncode == 0:  # a machine with a working GPU
+        assert json.loads(result.stdout)["session_options"]["providers"][0] == "CUDAExecutionProvider"
+        return
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("surgery: CUDAExecutionProvider") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({}, "lacks model input(s) input"),
+        ({"input": np.zeros((3, 20), f32), "mask": np.zeros(3, f32)}, "mask that are not model inputs"),
+        ({"input": np.zeros((3, 21), f32)}, "input 'input' has shape [3, 21], the model expects [batch, 20]"),
+        ({"input": np.zeros((3, 20, 1), f32)}, "input 'input' has shape [3, 20, 1]"),
+        ({"input": np.zeros((3, 20), np.float64)}, "input 'input' is float64, the model expects float32"),
+    ],
+)
+def test_npz_input_errors_exit_2(cli, files, tmp_path, arrays, message):
+    archive = tmp_path / "inputs.npz"
+    np.savez(archive, **arrays)
+    result = cli("verify", files["reference"], files["reference"], "--inputs", archive)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_npz_inputs_are_used(cli, files, tmp_path):
+    archive = tmp_path / "inputs.npz"
+    np.savez(archive, input=np.random.default_rng(1).random((10, 20), dtype=f32))
+    result = cli("verify", files["reference"], files["ulp"], "--inputs", archive, "--batch", "4", "--json", "-")
+    report = json.loads(result.stdout)
+    assert report["inputs"] == "given" and report["samples"] == 10
+    assert report["outputs"][0]["elements"] == 10 * 5
+
+
+def test_bad_dim_flag_exits_2(cli, files):
+    result = cli("verify", files["reference"], files["reference"], "--dim", "batch")
+    assert result.returncode == 2 and "NAME=VALUE" in result.stderr
+
+
+# --- API: outputs, NaN, dims, dtypes -------------------------------------------------------
+
+
+def elementwise(op_nodes: list, outputs=("y",), inputs=(("x", ["batch", 4]),)) -> onnx.ModelProto:
+    """A float graph of the given nodes; outputs are float, shaped like the first input."""
+    graph = helper.make_graph(
+        op_nodes, "g",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in inputs],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, inputs[0][1]) for name in outputs],
+    )
+    return forms.finish(graph)
+
+
+def test_nan_in_the_same_place_is_equal_and_against_a_number_is_not():
+    sqrt = elementwise([helper.make_node("Sqrt", ["x"], ["y"], name="sqrt")])  # x uniform in [-1, 1): NaNs
+    report = verify(sqrt, sqrt, samples=32)
+    assert report.equivalent and report.outputs[0].bitwise_equal
+    safe = elementwise([helper.make_node("Abs", ["x"], ["a"], name="abs"), helper.make_node("Sqrt", ["a"], ["y"], name="sqrt")])
+    report = verify(sqrt, safe, samples=32)
+    output = report.outputs[0]
+    assert not report.equivalent and output.nan_mismatches == output.mismatches > 0
+    assert output.max_ulp == 0  # where neither is NaN the values agree
+    assert not verify(sqrt, safe, samples=32, atol=1.0).equivalent  # NaN against a number fails any tolerance
+
+
+def test_zero_over_zero_nan_in_both_is_equal():
+    div = elementwise([helper.make_node("Sub", ["x", "x"], ["z"], name="zero"), helper.make_node("Div", ["z", "z"], ["y"], name="div")])
+    report = verify(div, div)
+    assert report.equivalent and report.outputs[0].max_abs_diff == 0.0
+
+
+def test_an_output_present_in_one_model_only_makes_it_not_equivalent():
+    one = elementwise([helper.make_node("Relu", ["x"], ["y"], name="relu")])
+    two = elementwise([helper.make_node("Relu", ["x"], ["y"], name="relu"), helper.make_node("Neg", ["x"], ["z"], name="neg")], outputs=("y", "z"))
+    report = verify(one, two)
+    assert not report.equivalent
+    by_name = {o.name: o for o in report.outputs}
+    assert by_name["y"].passed and by_name["z"].present_in == "candidate"
+    report = verify(two, one)
+    assert {o.name: o.present_in for o in report.outputs}["z"] == "reference" and not report.equivalent
+    assert "only in reference" in report.summary()
+
+
+def test_symbolic_dims_need_values():
+    relu = elementwise([helper.make_node("Relu", ["x"], ["y"], name="relu")], inputs=(("x", ["batch", "seq", 4]),))
+    with pytest.raises(SurgeryError, match="symbolic dimension 'seq' at axis 1: give --dim seq=N"):
+        verify(relu, relu)
+    report = verify(relu, relu, dims={"seq": 3}, samples=10, batch=4)
+    assert report.equivalent and report.outputs[0].elements == 10 * 3 * 4
+
+
+def test_integer_and_bool_inputs_are_generated_in_range():
+    table = np.arange(40, dtype=f32).reshape(10, 4)
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["rows"], name="gather"),
+        helper.make_node("Where", ["keep", "rows", "zeros"], ["y"], name="where"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"]), helper.make_tensor_value_info("keep", TensorProto.BOOL, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.zeros(4, f32), "zeros")],
+    )
+    model = forms.finish(graph)
+    assert verify(model, model, samples=50, batch=16).equivalent  # an id >= 10 would make Gather fail
+
+
+def test_samples_run_in_batches_with_progress():
+    model = forms.pytorch_mlp()
+    seen = []
+    report = verify(model, model, samples=20, batch=8, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(8, 20), (16, 20), (20, 20)]
+    assert report.samples == 20 and report.outputs[0].elements == 20 * 5
+
+
+def test_deployed_reports_the_default_level_too():
+    model = forms.pytorch_cnn()
+    report = verify(model, model, deployed=True)
+    assert report.deployed["optimization"] == "all"
+    assert report.deployed["session_options"]["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    assert report.deployed["outputs"][0]["max_ulp"] == 0
+    assert report.session_options["graph_optimization_level"] == "ORT_DISABLE_ALL"
+
+
+def test_bad_options_are_surgery_errors():
+    model = forms.pytorch_mlp()
+    with pytest.raises(SurgeryError, match="optimization must be one of"):
+        verify(model, model, optimization="max")
+    with pytest.raises(SurgeryError, match="samples and batch must be at least 1"):
+        verify(model, model, samples=0)
+    with pytest.raises(SurgeryError, match=r"input 'input' has shape \[batch, 20\] in reference but \[batch, 1, 8, 8\] in candidate"):
+        verify(model, forms.pytorch_cnn())
+    relu = elementwise([helper.make_node("Relu", ["x"], ["y"], name="relu")])
+    with pytest.raises(SurgeryError, match="different inputs: candidate lacks input.s. input; candidate has extra input.s. x"):
+        verify(model, relu)
+
+
+def test_ir_model_proto_and_path_give_the_same_result(files):
+    from_memory = verify(as_ir(forms.pytorch_mlp()), onnx.load(files["ulp"]), samples=64)
+    from_files = verify(str(files["reference"]), files["ulp"], samples=64)
+    assert not from_memory.equivalent and from_files.candidate == str(files["ulp"])
+    assert from_memory.outputs[0].to_json() == from_files.outputs[0].to_json()
+
+
+# --- compare_arrays: bits and ULPs ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_ulp_distance_on_ordered_integers(dtype):
+    one = np.array([1.0], dtype)
+    assert compare_arrays("t", one, np.nextafter(one, dtype(2))).max_ulp == 1
+    tiny = np.array([np.finfo(dtype).smallest_subnormal], dtype)
+    # -tiny, -0, +0, +tiny: three steps, -0 one below +0
+    assert compare_arrays("t", -tiny, tiny).max_ulp == 3
+    signed_zero = compare_arrays("t", np.array([0.0], dtype), np.array([-0.0], dtype))
+    assert signed_zero.max_ulp == 1 and not signed_zero.bitwise_equal and signed_zero.max_abs_diff == 0.0
+    big = compare_arrays("t", np.array([-np.finfo(dtype).max], dtype), np.array([np.finfo(dtype).max], dtype))
+    assert big.max_ulp == 2 * (int(np.array(np.finfo(dtype).max, dtype).view(f"u{np.dtype(dtype).itemsize}")) + 1) - 1
+
+
+def test_nan_payloads_and_infinities():
+    quiet = np.array([np.nan], f32)
+    other_payload = np.array([0x7FC00001], np.uint32).view(f32)
+    assert compare_arrays("t", quiet, other_payload).passed
+    inf = np.array([np.inf, -np.inf], f32)
+    assert compare_arrays("t", inf, inf.copy()).passed
+    flipped = compare_arrays("t", inf, inf[::-1].copy())
+    assert flipped.mismatches == 2 and flipped.max_abs_diff == np.inf
+    assert compare_arrays("t", np.array([1, 5], np.int64), np.array([1, 7], np.int64)).max_ulp is None
+
+
+def test_tolerance_fails_only_beyond_both():
+    a, b = np.array([1.0, 100.0], f32), np.array([1.1, 100.1], f32)
+    assert compare_arrays("t", a, b, atol=0.05, rtol=0.01).mismatches == 1  # 1 vs 1.1: 0.1 abs, 10% rel
+    assert compare_arrays("t", a, b, atol=0.2).mismatches == 0
+    assert compare_arrays("t", a, b, rtol=0.2).mismatches == 0
+
+
+# --- assert_equivalent ---------------------------------------------------------------------
+
+
+def test_assert_equivalent_passes_and_fails_readably(files):
+    assert assert_equivalent(forms.pytorch_mlp(), str(files["reference"])).equivalent
+    with pytest.raises(AssertionError) as failure:
+        assert_equivalent(forms.pytorch_mlp(), forms.pytorch_mlp(seed=9))
+    message = str(failure.value)
+    assert message.startswith("models are not equivalent")
+    assert "NOT EQUIVALENT" in message and "output" in message and "max ULP" in message
