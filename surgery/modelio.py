@@ -68,6 +68,13 @@ def _check_external_locations(proto: onnx.ModelProto, path: Path) -> None:
             raise SurgeryError(f"{path}: external data {location!r} of tensor {tensor.name!r} is a hard link; refusing to read it")
         if not stat.S_ISREG(info.st_mode):
             raise SurgeryError(f"{path}: external data {location!r} of tensor {tensor.name!r} is not a regular file")
+        entries = {e.key: e.value for e in tensor.external_data}
+        offset, length = entries.get("offset", "0"), entries.get("length")
+        if offset.isdigit() and length is not None and length.isdigit() and int(offset) + int(length) > info.st_size:
+            raise SurgeryError(
+                f"{path}: external data {location!r} holds {info.st_size} bytes, but tensor {tensor.name!r} "
+                f"needs bytes {offset} to {int(offset) + int(length)}"
+            )
 
 
 def _parse_and_check(path: Path) -> onnx.ModelProto:
