@@ -282,3 +282,105 @@ def test_assert_equivalent_passes_and_fails_readably(files):
     message = str(failure.value)
     assert message.startswith("models are not equivalent")
     assert "NOT EQUIVALENT" in message and "output" in message and "max ULP" in message
+
+
+# --- locate across a widening, and with external data ---------------------------------------
+
+
+def matmul_mlp(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, widened: dict | None = None) -> onnx.ModelProto:
+    """skl2onnx's form: MatMul [in, out] + Add, Relu, MatMul + Add; optional widen metadata."""
+    nodes = [
+        helper.make_node("MatMul", ["input", "W1"], ["h"], name="MatMul"),
+        helper.make_node("Add", ["h", "B1"], ["hb"], name="Add"),
+        helper.make_node("Relu", ["hb"], ["act"], name="Relu"),
+        helper.make_node("MatMul", ["act", "W2"], ["o"], name="MatMul1"),
+        helper.make_node("Add", ["o", "B2"], ["output"], name="Add1"),
+    ]
+    graph = helper.make_graph(
+        nodes, "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, w1.shape[0]])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, w2.shape[1]])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "W1"), (b1, "B1"), (w2, "W2"), (b2, "B2"))],
+    )
+    model = forms.finish(graph)
+    if widened is not None:
+        helper.set_model_props(model, {"surgery.widened_tensors": json.dumps(widened)})
+    return model
+
+
+@pytest.fixture(scope="module")
+def mlp_weights():
+    rng = np.random.default_rng(4)
+    return [rng.normal(0, 0.5, shape).astype(f32) for shape in ((6, 4), (4,), (4, 3), (3,))]
+
+
+def widen_by_hand(weights, new: slice, fan_out: float = 0.0):
+    """Insert 2 hidden units at `new` (random fan-in, zero fan-out but for one weight `fan_out`)."""
+    w1, b1, w2, b2 = weights
+    rng = np.random.default_rng(5)
+    position = new.start
+    wide_w1 = np.insert(w1, [position] * 2, rng.normal(0, 0.5, (6, 2)).astype(f32), axis=1)
+    wide_b1 = np.insert(b1, [position] * 2, np.ones(2, f32))  # positive bias: the new units are active
+    wide_w2 = np.insert(w2, [position] * 2, np.zeros((2, 3), f32), axis=0)
+    wide_w2[position + 1, 2] = fan_out
+    metadata = {name: {"axis": 1, "original": 4, "new": [[new.start, new.stop]]} for name in ("h", "hb", "act")}
+    return (wide_w1, wide_b1, wide_w2, b2), metadata
+
+
+@pytest.mark.parametrize("where", [slice(4, 6), slice(0, 2)], ids=["appended", "prepended"])
+def test_locate_across_a_widening_names_the_consumer(mlp_weights, where):
+    reference = matmul_mlp(*mlp_weights)
+    weights, metadata = widen_by_hand(mlp_weights, where)
+    assert verify(reference, matmul_mlp(*weights, widened=metadata), samples=32).equivalent
+    weights, metadata = widen_by_hand(mlp_weights, where, fan_out=0.25)
+    report = verify(reference, matmul_mlp(*weights, widened=metadata), samples=32, locate=True)
+    assert not report.equivalent
+    located = report.located
+    assert (located.node, located.op, located.output) == ("MatMul1", "MatMul", "o")
+    assert located.compared == 4 and located.skipped == 0  # h, hb and act compared on original units
+
+
+def test_locate_infers_appended_units_from_shapes(mlp_weights):
+    weights, _ = widen_by_hand(mlp_weights, slice(4, 6), fan_out=0.25)
+    report = verify(matmul_mlp(*mlp_weights), matmul_mlp(*weights), samples=32, locate=True)
+    assert report.located.node == "MatMul1" and report.located.compared == 4
+
+
+def test_locate_without_metadata_misreads_prepended_units(mlp_weights):
+    """Shape inference keeps the first U units: right for appended units only, so metadata matters."""
+    weights, _ = widen_by_hand(mlp_weights, slice(0, 2), fan_out=0.25)
+    report = verify(matmul_mlp(*mlp_weights), matmul_mlp(*weights), samples=32, locate=True)
+    assert report.located.node == "MatMul"
+
+
+def test_locate_skips_tensors_it_cannot_align(mlp_weights):
+    w1, b1, w2, b2 = mlp_weights
+    reference = matmul_mlp(w1, b1, w2, b2)
+    changed = one_ulp_up(reference, "W2")
+    proto = onnx.ModelProto()
+    proto.CopyFrom(changed)
+    # A Transpose of the hidden layer in the candidate only, under a reference tensor's name:
+    # same name, different shape on two axes: not alignable.
+    proto.graph.node[2].output[0] = "act_t"
+    proto.graph.node.insert(3, helper.make_node("Transpose", ["act_t"], ["act"], name="T", perm=[1, 0]))
+    proto.graph.node.insert(4, helper.make_node("Transpose", ["act"], ["act_back"], name="T2", perm=[1, 0]))
+    proto.graph.node[5].input[0] = "act_back"
+    report = verify(reference, proto, samples=64, locate=True)
+    assert report.located.skipped == 1 and report.located.node == "MatMul1"
+    assert report.located.unmatched == 2  # act_t and act_back exist only in the candidate
+
+
+def test_locate_with_external_data_reads_weights_in_place(tmp_path, mlp_weights):
+    reference = matmul_mlp(*mlp_weights)
+    candidate = one_ulp_up(reference, "W2")
+    folder = tmp_path / "external"
+    folder.mkdir()
+    onnx.save(candidate, folder / "candidate.onnx", save_as_external_data=True, location="candidate.data", size_threshold=0)
+    before = sorted(p.name for p in folder.iterdir())
+    report = verify(reference, folder / "candidate.onnx", samples=64, locate=True)
+    assert report.located.node == "MatMul1"
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written beside the model
+    from surgery.modelio import load_model
+
+    loaded = load_model(folder / "candidate.onnx")  # memory-mapped external tensors
+    assert verify(reference, loaded, samples=64, locate=True).located.node == "MatMul1"
