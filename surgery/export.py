@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -54,6 +55,11 @@ def load_keras(path: str, *, unsafe: bool = False) -> "keras.Model":
         raise SurgeryError(f"{file}: is a directory, not a Keras model file")
     if file.suffix not in (".keras", ".h5"):
         raise SurgeryError(f"{file}: expected a .keras or .h5 Keras model file")
+    if file.stat().st_size == 0:
+        raise SurgeryError(f"{file}: empty file, not a Keras model")
+    # Keras reports a damaged .keras archive as "File not found"; say what is wrong instead.
+    if file.suffix == ".keras" and not zipfile.is_zipfile(file):
+        raise SurgeryError(f"{file}: not a .keras file (a .keras file is a zip archive; this one is damaged or something else)")
     import_tensorflow()
     import keras
 
@@ -61,6 +67,11 @@ def load_keras(path: str, *, unsafe: bool = False) -> "keras.Model":
         return keras.models.load_model(file, safe_mode=not unsafe, compile=False)
     except Exception as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if "safe_mode" in first:
+            raise SurgeryError(
+                f"{file}: refused by Keras safe mode: the file carries Python code (a Lambda layer) that loading would run; "
+                "if you trust the file, `surgery export --unsafe` loads it"
+            ) from None
         raise SurgeryError(f"{file}: cannot be loaded as a Keras model: {first}") from None
 
 
