@@ -52,9 +52,18 @@ def mlp(units: int = 128, *, classes: int = 10, name: str = "mlp") -> keras.Mode
 
 
 def transfer_net(
-    *, classes: int = 5, widths: tuple[int, ...] = TRANSFER_WIDTHS, dropout: float = 0.5, name: str = "transfer"
+    *,
+    classes: int = 5,
+    widths: tuple[int, ...] = TRANSFER_WIDTHS,
+    dropout: float = 0.5,
+    momentum: float = 0.9,
+    name: str = "transfer",
 ) -> keras.Model:
     """The seed notebook's deep net for the digits 0–4 → 5–9 transfer study.
+
+    ``momentum=1.0`` keeps BatchNormalization's moving statistics at their initial values
+    (mean 0, variance 1) for ever — what the seed's TF1 code did by never running the update
+    ops — so the transfer study can measure that effect.
 
     ``Flatten → Dropout(0.5, 'input_dropout')``, then for each width ``w`` (200, 50, 50, 50) and
     ``i = 1..4``: ``Dense(w, He normal, 'hidden<i>') → BatchNormalization(momentum 0.9, 'bn<i>')
@@ -70,7 +79,7 @@ def transfer_net(
     x = keras.layers.Dropout(dropout, name="input_dropout")(x)
     for index, width in enumerate(widths, start=1):
         x = keras.layers.Dense(width, kernel_initializer="he_normal", name=f"hidden{index}")(x)
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{index}")(x)
+        x = keras.layers.BatchNormalization(momentum=momentum, name=f"bn{index}")(x)
         x = keras.layers.Activation("elu", name=f"elu{index}")(x)
         x = keras.layers.Dropout(dropout, name=f"dropout{index}")(x)
     probabilities = keras.layers.Dense(classes, activation="softmax", name="output")(x)

@@ -17,6 +17,11 @@ Adam 0.01; batch 100):
 BatchNormalization layers are frozen and re-initialised together with the Dense layer they
 follow: a frozen Keras BatchNormalization runs in inference mode (its moving statistics), which
 is what the pretrained features were computed with.
+
+Two more variants replay the seed's BatchNormalization bug: its TF1 code never ran the update
+ops, so the moving statistics stayed at mean 0, variance 1 and every test-time evaluation
+normalised with them. Here that is BatchNormalization momentum 1.0 (statistics never move), in
+the pretrained net and in the 5–9 net: ``scratch, seed's BN`` and ``reuse hidden1, seed's BN``.
 """
 
 from __future__ import annotations
@@ -32,8 +37,25 @@ from training.data import Mnist, digit_subset, per_class_sample
 from training.runtime import Curve, compile_classifier, evaluate, header, mean_spread, pyplot, strategy, table, train, write_results
 
 HIDDEN = ("hidden1", "hidden2", "hidden3", "hidden4")
-#: variant -> how many bottom hidden layers are reused (frozen); 0 is training from scratch.
-VARIANTS = {"scratch": 0, "reuse hidden1": 1, "reuse hidden1-2": 2, "reuse hidden1-4": 4}
+SEED_BN = "seed's BN"
+
+
+@dataclass(frozen=True)
+class Variant:
+    #: How many bottom hidden layers are reused (frozen) from the pretrained net; 0 is scratch.
+    reused: int
+    #: BatchNormalization statistics stuck at mean 0 / variance 1, as in the seed's TF1 code.
+    stuck_statistics: bool = False
+
+
+VARIANTS = {
+    "scratch": Variant(0),
+    "reuse hidden1": Variant(1),
+    "reuse hidden1-2": Variant(2),
+    "reuse hidden1-4": Variant(4),
+    f"scratch, {SEED_BN}": Variant(0, stuck_statistics=True),
+    f"reuse hidden1, {SEED_BN}": Variant(1, stuck_statistics=True),
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +70,7 @@ class TransferConfig:
 
 
 FULL = TransferConfig()
-QUICK = TransferConfig(pretrain_epochs=1, epochs=2, every=1, samples_per_digit=(10,), pretrain_limit=500)
+QUICK = TransferConfig(pretrain_epochs=3, epochs=2, every=1, samples_per_digit=(10,), pretrain_limit=500)
 
 
 def _layers(reused: int) -> tuple[list[str], list[str]]:
@@ -58,7 +80,11 @@ def _layers(reused: int) -> tuple[list[str], list[str]]:
     return frozen, reinit
 
 
-def pretrain(x, y, seed: int, config: TransferConfig, test) -> tuple[Any, dict[str, float]]:
+def _momentum(stuck_statistics: bool) -> float:
+    return 1.0 if stuck_statistics else 0.9
+
+
+def pretrain(x, y, seed: int, config: TransferConfig, test, *, stuck_statistics: bool = False) -> tuple[Any, dict[str, float]]:
     """The digits 0–4 net for one seed, and its test loss/accuracy on digits 0–4."""
     import keras
 
@@ -66,7 +92,7 @@ def pretrain(x, y, seed: int, config: TransferConfig, test) -> tuple[Any, dict[s
 
     keras.utils.set_random_seed(seed)
     with strategy().scope():
-        model = compile_classifier(transfer_net(classes=5), learning_rate=config.learning_rate)
+        model = compile_classifier(transfer_net(classes=5, momentum=_momentum(stuck_statistics)), learning_rate=config.learning_rate)
     model.fit(x, y, epochs=config.pretrain_epochs, batch_size=config.batch_size, shuffle=True, verbose=0)
     loss, accuracy = evaluate(model, *test)
     return model, {"test_loss": loss, "test_accuracy": accuracy}
@@ -79,11 +105,11 @@ def student(variant: str, pretrained_onnx, seed: int, config: TransferConfig):
     import surgery
     from training.models import transfer_net
 
-    reused = VARIANTS[variant]
+    reused = VARIANTS[variant].reused
     keras.utils.set_random_seed(seed)
     with strategy().scope():
         if reused == 0:
-            model = transfer_net(classes=5)
+            model = transfer_net(classes=5, momentum=_momentum(VARIANTS[variant].stuck_statistics))
         else:
             frozen, reinit = _layers(reused)
             model = surgery.to_keras(pretrained_onnx, freeze=frozen, reinit=reinit, head=5, seed=seed)
@@ -105,13 +131,15 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
     runs: list[dict[str, Any]] = []
     pretrained_scores = []
     for seed in seeds:
-        pretrained, scores = pretrain(x04, y04, seed, config, test04)
-        pretrained_scores.append({"seed": seed, **scores})
-        exported = surgery.export_keras(pretrained)
+        exported = {}
+        for stuck in (False, True):
+            pretrained, scores = pretrain(x04, y04, seed, config, test04, stuck_statistics=stuck)
+            pretrained_scores.append({"seed": seed, "stuck_statistics": stuck, **scores})
+            exported[stuck] = surgery.export_keras(pretrained)
         for samples in config.samples_per_digit:
             x, y = per_class_sample(x59, y59, samples, seed=seed)
-            for variant in VARIANTS:
-                model = student(variant, exported, seed, config)
+            for variant, spec in VARIANTS.items():
+                model = student(variant, exported[spec.stuck_statistics], seed, config)
                 trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
                 curve = Curve()
                 curve.add(0, *evaluate(model, *test59))
@@ -146,8 +174,13 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
         {
             "config": vars(config) | {"samples_per_digit": list(config.samples_per_digit)},
             "variants": {
-                name: {"frozen": _layers(reused)[0], "reinit": _layers(reused)[1], "toolkit": reused > 0}
-                for name, reused in VARIANTS.items()
+                name: {
+                    "frozen": _layers(spec.reused)[0],
+                    "reinit": _layers(spec.reused)[1] if spec.reused else [],
+                    "through_toolkit": spec.reused > 0,
+                    "batchnorm_momentum": _momentum(spec.stuck_statistics),
+                }
+                for name, spec in VARIANTS.items()
             },
             "pretrain_samples": int(len(y04)),
             "test_samples_5_to_9": int(len(test59[1])),
@@ -174,10 +207,11 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     for variant in VARIANTS:
         stats = [results["final_test_accuracy"][variant][str(n)] for n in sizes]
-        axes[0].errorbar(sizes, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], marker="o", capsize=3, label=variant)
+        style = "--" if VARIANTS[variant].stuck_statistics else "-"
+        axes[0].errorbar(sizes, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], marker="o", capsize=3, linestyle=style, label=variant)
         curves = [r["curve"] for r in results["runs"] if r["variant"] == variant and r["samples_per_digit"] == sizes[-1]]
         accuracy = np.array([c["test_accuracy"] for c in curves])
-        axes[1].plot(curves[0]["epochs"], accuracy.mean(0), marker=".", label=variant)
+        axes[1].plot(curves[0]["epochs"], accuracy.mean(0), marker=".", linestyle=style, label=variant)
         axes[1].fill_between(curves[0]["epochs"], accuracy.mean(0) - accuracy.std(0), accuracy.mean(0) + accuracy.std(0), alpha=0.15)
     seeds = len(results["seeds"])
     axes[0].set(xscale="log", xticks=sizes, xticklabels=[str(n) for n in sizes], xlabel="training samples per digit (5–9)",
@@ -197,11 +231,12 @@ def report(results: dict[str, Any]) -> str:
     for variant in VARIANTS:
         cells = results["final_test_accuracy"][variant]
         rows.append([variant, *(f"{cells[str(n)]['mean']:.4f} ± {cells[str(n)]['std']:.4f}" for n in sizes)])
-    pre = mean_spread([p["test_accuracy"] for p in results["pretrained"]])
+    pre = mean_spread([p["test_accuracy"] for p in results["pretrained"] if not p["stuck_statistics"]])
+    stuck = mean_spread([p["test_accuracy"] for p in results["pretrained"] if p["stuck_statistics"]])
     return "\n".join(
         [
             f"transfer: pretrained on digits 0–4 ({results['pretrain_samples']} samples, {results['config']['pretrain_epochs']} epochs): "
-            f"test accuracy {pre[0]:.4f} ± {pre[1]:.4f}",
+            f"test accuracy {pre[0]:.4f} ± {pre[1]:.4f} ({stuck[0]:.4f} ± {stuck[1]:.4f} with the seed's stuck BN statistics)",
             f"digits 5–9 test accuracy after {results['config']['epochs']} epochs ({results['test_samples_5_to_9']} test samples), "
             f"mean ± std over {len(results['seeds'])} seed(s)",
             table(["variant", *(f"{n}/digit" for n in sizes)], rows),
