@@ -254,6 +254,65 @@ def _print_report(document: dict) -> None:
             console.print(f"located: first differing node {located['node']!r} ({located['op']}), output {located['output']!r}: {detail} ({counts})", highlight=False)
     console.print("[bold green]EQUIVALENT[/]" if document["equivalent"] else "[bold red]NOT EQUIVALENT[/]")
 # --- to-keras ---
+def _names(values: tuple[str, ...]) -> list[str]:
+    """Repeatable option values, each also allowed to be a comma-separated list."""
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+@cli.command("to-keras")
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("-o", "--output", required=True, type=click.Path(), help="Keras file to write (.keras).")
+@click.option("--freeze", multiple=True, metavar="NAME", help="Make layer NAME non-trainable (repeatable; or a,b,c).")
+@click.option("--reinit", multiple=True, metavar="NAME", help="Redraw layer NAME's weights from its initializers (repeatable; or a,b,c).")
+@click.option("--head", type=int, default=None, metavar="UNITS", help="Replace the final Dense with a fresh one of UNITS outputs.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the redrawn weights (--reinit, --head).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@debug_option
+def to_keras(
+    model: str, output: str, freeze: tuple[str, ...], reinit: tuple[str, ...], head: int | None, seed: int, force: bool
+) -> None:
+    """Convert an ONNX model (widened, exported, PyTorch, skl2onnx) to a trainable Keras model."""
+    import os
+    from pathlib import Path
+
+    from surgery.modelio import atomic_output, load_model
+    from surgery.onnx_to_keras import FAITHFUL_TOLERANCE, check_faithful, convert
+
+    target = Path(output)
+    if target.suffix != ".keras":
+        raise SurgeryError(f"{output}: Keras saves only to a .keras file")
+    if target.exists() and not force:
+        raise SurgeryError(f"{output}: already exists (use --force to overwrite)")
+    ir_model = load_model(model)
+    conversion = convert(ir_model, freeze=_names(freeze), reinit=_names(reinit), head=head, seed=seed)
+    keras_model = conversion.model
+    route = "its Keras architecture (export metadata)" if conversion.source == "keras-config" else "its ONNX ops"
+    trainable = sum(int(w.numpy().size) for w in keras_model.trainable_weights)
+    click.echo(
+        f"rebuilt {model} from {route}: {len(keras_model.layers)} layers, "
+        f"{len(keras_model.trainable_weights)} trainable weights ({trainable} parameters)"
+    )
+    for note in conversion.notes:
+        click.echo(f"note: {note}")
+    changed = [flag for flag, used in (("--reinit", reinit), ("--head", head is not None)) if used]
+    if changed:
+        click.echo(f"faithfulness check skipped: {' and '.join(changed)} changed the function on purpose")
+    else:
+        difference = check_faithful(keras_model, ir_model, outputs=conversion.kept_outputs)
+        click.echo(f"faithfulness: max |keras - onnxruntime| / max(1, |output|) = {difference:.3g} (tolerance {FAITHFUL_TOLERANCE:g})")
+        if difference > FAITHFUL_TOLERANCE:
+            raise SurgeryError(f"the Keras model differs from the ONNX model by {difference:.3g} (> {FAITHFUL_TOLERANCE:g}); nothing written")
+    with atomic_output(output, force=force) as tmp:
+        staged = tmp.with_name(tmp.name + ".keras")  # Keras refuses any other suffix
+        try:
+            keras_model.save(staged)
+            os.replace(staged, tmp)
+        finally:
+            staged.unlink(missing_ok=True)
+    frozen = [layer.name for layer in keras_model.layers if layer.weights and not layer.trainable]
+    if frozen:
+        click.echo(f"frozen: {', '.join(frozen)}")
+    click.echo(f"wrote {output}")
 
 
 def main() -> None:

@@ -165,3 +165,83 @@ def sklearn_mlp(inputs: int = 4, hidden: int = 8, classes: int = 3, seed: int = 
         inits,
     )
     return finish(graph, opset=13, extra_opsets={"ai.onnx.ml": 1})
+
+
+def pytorch_convnet(channels: int = 4, size: int = 9, outputs: int = 6, seed: int = 4) -> onnx.ModelProto:
+    """A small PyTorch-style CNN mixing the ops a converter must place in the right layout.
+
+    `Conv2d(2, C, 3, stride=2, padding=1)` (pads that are not TensorFlow's SAME) →
+    `BatchNorm2d` → `PReLU(C)` (slope `[C, 1, 1]`) → residual `x + Conv2d(C, C, 3, padding=1)(x)`
+    → `cat([x, conv1x1(x)], dim=1)` → `AvgPool2d(3, stride=1, padding=1)` (counting the
+    padding, PyTorch's default) → `MaxPool2d(2)` → `Flatten` (channel-major) → `Linear` →
+    `LeakyReLU(0.1)` → `Linear` → `Softmax(dim=1)`; one more output taps the pooled map through
+    `AdaptiveAvgPool2d(1)` → `Flatten` → `Sigmoid`.
+    """
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    c = channels
+    half = (size + 1) // 2  # stride-2 conv with padding 1
+    pooled = half // 2
+    features = 2 * c * pooled * pooled
+
+    def conv(name: str, x: str, out: str, weight_shape, pads, strides=(1, 1)):
+        return helper.make_node(
+            "Conv", [x, f"{name}.weight", f"{name}.bias"], [out], name=f"/{name}/Conv",
+            dilations=[1, 1], group=1, kernel_shape=list(weight_shape[2:]), pads=list(pads), strides=list(strides),
+        )
+
+    nodes = [
+        conv("conv1", "input", "/conv1/Conv_output_0", (c, 2, 3, 3), (1, 1, 1, 1), (2, 2)),
+        helper.make_node(
+            "BatchNormalization", ["/conv1/Conv_output_0", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var"],
+            ["/bn1/BatchNormalization_output_0"], name="/bn1/BatchNormalization", epsilon=1e-5, momentum=0.9,
+        ),
+        helper.make_node("PRelu", ["/bn1/BatchNormalization_output_0", "act1.weight"], ["/act1/PRelu_output_0"], name="/act1/PRelu"),
+        conv("conv2", "/act1/PRelu_output_0", "/conv2/Conv_output_0", (c, c, 3, 3), (1, 1, 1, 1)),
+        helper.make_node("Add", ["/act1/PRelu_output_0", "/conv2/Conv_output_0"], ["/Add_output_0"], name="/Add"),
+        conv("side", "/Add_output_0", "/side/Conv_output_0", (c, c, 1, 1), (0, 0, 0, 0)),
+        helper.make_node("Concat", ["/Add_output_0", "/side/Conv_output_0"], ["/Concat_output_0"], name="/Concat", axis=1),
+        helper.make_node(
+            "AveragePool", ["/Concat_output_0"], ["/avg/AveragePool_output_0"], name="/avg/AveragePool",
+            ceil_mode=0, count_include_pad=1, kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1],
+        ),
+        helper.make_node(
+            "MaxPool", ["/avg/AveragePool_output_0"], ["/pool/MaxPool_output_0"], name="/pool/MaxPool",
+            ceil_mode=0, kernel_shape=[2, 2], pads=[0, 0, 0, 0], strides=[2, 2],
+        ),
+        helper.make_node("Flatten", ["/pool/MaxPool_output_0"], ["/flatten/Flatten_output_0"], name="/flatten/Flatten", axis=1),
+        helper.make_node("Gemm", ["/flatten/Flatten_output_0", "fc1.weight", "fc1.bias"], ["/fc1/Gemm_output_0"], name="/fc1/Gemm", alpha=1.0, beta=1.0, transB=1),
+        helper.make_node("LeakyRelu", ["/fc1/Gemm_output_0"], ["/act2/LeakyRelu_output_0"], name="/act2/LeakyRelu", alpha=0.1),
+        helper.make_node("Gemm", ["/act2/LeakyRelu_output_0", "fc2.weight", "fc2.bias"], ["/fc2/Gemm_output_0"], name="/fc2/Gemm", alpha=1.0, beta=1.0, transB=1),
+        helper.make_node("Softmax", ["/fc2/Gemm_output_0"], ["output"], name="/softmax/Softmax", axis=1),
+        helper.make_node("GlobalAveragePool", ["/avg/AveragePool_output_0"], ["/gap/GlobalAveragePool_output_0"], name="/gap/GlobalAveragePool"),
+        helper.make_node("Flatten", ["/gap/GlobalAveragePool_output_0"], ["/gap/Flatten_output_0"], name="/gap/Flatten", axis=1),
+        helper.make_node("Sigmoid", ["/gap/Flatten_output_0"], ["pooled"], name="/gap/Sigmoid"),
+    ]
+    inits = [
+        tensor("conv1.weight", rng.normal(0, 0.4, (c, 2, 3, 3)).astype(f32)),
+        tensor("conv1.bias", rng.normal(0, 0.1, c).astype(f32)),
+        tensor("bn1.weight", rng.uniform(0.5, 1.5, c).astype(f32)),
+        tensor("bn1.bias", rng.normal(0, 0.1, c).astype(f32)),
+        tensor("bn1.running_mean", rng.normal(0, 0.2, c).astype(f32)),
+        tensor("bn1.running_var", rng.uniform(0.5, 2.0, c).astype(f32)),
+        tensor("act1.weight", rng.uniform(0.05, 0.4, (c, 1, 1)).astype(f32)),
+        tensor("conv2.weight", rng.normal(0, 0.3, (c, c, 3, 3)).astype(f32)),
+        tensor("conv2.bias", rng.normal(0, 0.1, c).astype(f32)),
+        tensor("side.weight", rng.normal(0, 0.3, (c, c, 1, 1)).astype(f32)),
+        tensor("side.bias", rng.normal(0, 0.1, c).astype(f32)),
+        tensor("fc1.weight", rng.normal(0, 0.2, (8, features)).astype(f32)),
+        tensor("fc1.bias", rng.normal(0, 0.1, 8).astype(f32)),
+        tensor("fc2.weight", rng.normal(0, 0.3, (outputs, 8)).astype(f32)),
+        tensor("fc2.bias", rng.normal(0, 0.1, outputs).astype(f32)),
+    ]
+    graph = helper.make_graph(
+        nodes, "main_graph",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 2, size, size])],
+        [
+            helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", outputs]),
+            helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", 2 * c]),
+        ],
+        inits,
+    )
+    return finish(graph)

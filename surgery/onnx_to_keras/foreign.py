@@ -47,6 +47,7 @@ import onnx_ir as ir
 
 from surgery.errors import SurgeryError
 from surgery.graph import attribute, constant_array, consumers, is_constant
+from surgery.tensorflow_runtime import import_tensorflow
 
 if TYPE_CHECKING:
     import keras
@@ -182,6 +183,7 @@ class GraphBuilder:
     """Builds the Keras model for one ONNX graph (see the module docstring for the rules)."""
 
     def __init__(self, model: ir.Model):
+        import_tensorflow()
         import keras
 
         self.keras = keras
@@ -216,6 +218,8 @@ class GraphBuilder:
             parts = parts[:-1]  # PyTorch's "/fc1/Gemm" names the module fc1
         base = _sanitise("_".join(parts)) or node.op_type.lower()
         base = f"{base}_{suffix}" if suffix else base
+        if base in self.names and not suffix:  # "/gap/Flatten" after "/gap/GlobalAveragePool"
+            base = f"{base}_{node.op_type.lower()}"
         name, k = base, 1
         while name in self.names:
             name, k = f"{base}_{k}", k + 1
@@ -435,7 +439,7 @@ class GraphBuilder:
         kernel = tuple(weight.shape[2:])
         strides = tuple(attribute(node, "strides", [1, 1]))
         dilations = tuple(attribute(node, "dilations", [1, 1]))
-        padding, source_keras = self._padding(node, source, kernel, strides, dilations, zero_pad_ok=True)
+        padding, source_keras = self._padding(node, source, kernel, strides, dilations, padded_value="zero")
         bias = None
         if len(node.inputs) > 2 and node.inputs[2] is not None:
             bias = self._constant(node, 2, "bias")
@@ -448,26 +452,32 @@ class GraphBuilder:
         out = self._layer(node, layer, source_keras, weights=weights)
         self._set(node, _Tensor(out, source.perm), output)
 
-    def _padding(self, node, source: _Tensor, kernel, strides, dilations, *, zero_pad_ok: bool):
-        """Keras padding for the node's pads: "valid", "same", or a ZeroPadding2D in front."""
+    def _padding(self, node, source: _Tensor, kernel, strides, dilations, *, padded_value: str):
+        """Keras padding for the node's pads: "valid", "same", or a ZeroPadding2D in front.
+
+        `padded_value` says what the op reads in the padding: "zero" (Conv, AveragePool counting
+        the padding: a ZeroPadding2D is exact, and TF's SAME equals it for a Conv) or "ignored"
+        (MaxPool, AveragePool without count_include_pad: only TF's SAME reproduces it).
+        """
         height, width = source.keras.shape[1], source.keras.shape[2]
         auto_pad = attribute(node, "auto_pad", "NOTSET")
-        if auto_pad in ("VALID",):
+        if auto_pad == "VALID":
             return "valid", source.keras
-        if auto_pad == "SAME_UPPER":
+        if auto_pad == "SAME_UPPER" and not (node.op_type == "AveragePool" and padded_value == "zero"):
             return "same", source.keras
-        if auto_pad == "SAME_LOWER":
-            raise SurgeryError(f"{_where(node)}: auto_pad=SAME_LOWER has no Keras equivalent")
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            raise SurgeryError(f"{_where(node)}: auto_pad={auto_pad} has no Keras equivalent here")
         pads = tuple(attribute(node, "pads", [0, 0, 0, 0]))
         if not any(pads):
             return "valid", source.keras
-        if height is not None and width is not None:
-            same_h = _tf_same_pads(height, kernel[0], strides[0], dilations[0])
-            same_w = _tf_same_pads(width, kernel[1], strides[1], dilations[1])
-            if (pads[0], pads[2]) == same_h and (pads[1], pads[3]) == same_w:
-                return "same", source.keras
-        if not zero_pad_ok:
-            raise SurgeryError(f"{_where(node)}: pads {list(pads)} differ from Keras's 'same' padding and cannot be zero-padded")
+        if padded_value == "ignored" or node.op_type == "Conv":
+            if height is not None and width is not None:
+                same_h = _tf_same_pads(height, kernel[0], strides[0], dilations[0])
+                same_w = _tf_same_pads(width, kernel[1], strides[1], dilations[1])
+                if (pads[0], pads[2]) == same_h and (pads[1], pads[3]) == same_w:
+                    return "same", source.keras
+        if padded_value != "zero":
+            raise SurgeryError(f"{_where(node)}: pads {list(pads)} differ from Keras's 'same' padding")
         layer = self.keras.layers.ZeroPadding2D(((pads[0], pads[2]), (pads[1], pads[3])), name=self._name(node, "pad"))
         return "valid", layer(source.keras)
 
@@ -497,9 +507,8 @@ class GraphBuilder:
         if any(d != 1 for d in attribute(node, "dilations", [1, 1])):
             raise SurgeryError(f"{_where(node)}: dilated pooling has no Keras equivalent")
         average = node.op_type == "AveragePool"
-        # AveragePool counting the padding is a zero padding in front; otherwise only TF's SAME.
-        zero_pad_ok = average and bool(attribute(node, "count_include_pad", 0))
-        padding, source_keras = self._padding(node, source, kernel, strides, (1, 1), zero_pad_ok=zero_pad_ok)
+        padded_value = "zero" if average and attribute(node, "count_include_pad", 0) else "ignored"
+        padding, source_keras = self._padding(node, source, kernel, strides, (1, 1), padded_value=padded_value)
         if attribute(node, "ceil_mode", 0):
             pads = attribute(node, "pads", [0, 0, 0, 0])
             for axis, size in enumerate(source.keras.shape[1:3]):

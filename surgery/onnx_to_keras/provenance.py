@@ -35,6 +35,7 @@ from surgery.errors import SurgeryError
 from surgery.export import KERAS_CONFIG_KEY, LAYER_MAP_KEY, _layer_for_scope
 from surgery.graph import attribute, constant_array, consumers
 from surgery.onnx_to_keras.foreign import Conversion
+from surgery.tensorflow_runtime import import_tensorflow
 
 #: Layer classes whose weights this module knows how to find in a tf2onnx graph.
 _WEIGHTED = ("Dense", "Conv2D", "BatchNormalization")
@@ -250,6 +251,7 @@ def _strip_build_configs(config: dict) -> None:
 
 def convert_exported(model: ir.Model) -> Conversion:
     """Rebuild the Keras model recorded in the export metadata, at the graph's widths."""
+    import_tensorflow()
     from keras import saving
 
     config = json.loads(model.metadata_props[KERAS_CONFIG_KEY])

@@ -39,10 +39,14 @@ def resolve(model: "keras.Model", names: Sequence[str], node_layers: dict[str, s
             resolved.append(node_layers[name])
         else:
             candidates = [layer.name for layer in model.layers if layer.weights] or layer_names
-            close = get_close_matches(name, candidates + list(node_layers), n=3)
+            close = get_close_matches(name, list(dict.fromkeys(candidates + list(node_layers))), n=3)
             hint = f"did you mean {', '.join(close)}?" if close else f"layers with weights: {', '.join(candidates)}"
             raise SurgeryError(f"{flag} {name}: no such layer; {hint}")
     return resolved
+
+
+#: Seed-stream tag of the new head's weights (the others use the layer's position).
+_HEAD = 0xFFFF
 
 
 def _derived_seed(seed: int, *parts: int) -> int:
@@ -112,7 +116,7 @@ def replace_head(model: "keras.Model", units: int, seed: int) -> "keras.Model":
             for index, key in enumerate(("kernel_initializer", "bias_initializer")):
                 init = cfg.get(key)
                 if isinstance(init, dict) and "seed" in init.get("config", {}):
-                    init["config"]["seed"] = _derived_seed(seed, -1, index)
+                    init["config"]["seed"] = _derived_seed(seed, _HEAD, index)
     try:
         rebuilt = type(model).from_config(config)
     except Exception as error:
