@@ -105,12 +105,13 @@ class Layout:
     Attributes:
         axis: the widened axis (non-negative) of a tensor of rank `rank`.
         original: for each position, its index in the unwidened tensor, or -1 for a new one.
-        group: for new positions, the widening group they belong to (else -1).
-        unit: for new positions, which of the group's new units (0 … K-1) they hold (else -1).
-        base, stride: for new positions, where the group's old unit ``u`` sits in the unwidened
-            tensor at the same place: ``base + u * stride``. Net2Net uses this to find the
-            position a new unit copies (1 and the concat offset on a channel axis; ``H·W`` after
-            a channel-major flatten, 1 with base ``p·C`` after an NHWC flatten).
+        group: the widening group whose layer's unit the position holds (-1 for positions of
+            an unwidened tensor, e.g. another Concat input).
+        unit: the unit of that layer (0 … U+K-1; new units are U … U+K-1), else -1.
+        base, stride: where old unit ``u`` of the group sits in the unwidened tensor at the same
+            place: ``base + u * stride`` (stride 1 and the concat offset on a channel axis;
+            ``H·W`` after a channel-major flatten; 1 with base ``p·C`` after an NHWC flatten).
+            Net2Net uses it to find the position a new unit copies.
     """
 
     axis: int
@@ -126,11 +127,10 @@ class Layout:
         """A producer's output: `old` units, then `added` new ones of `group`."""
         size = old + added
         original = np.where(np.arange(size) < old, np.arange(size), -1)
-        is_new = original < 0
         return Layout(
             axis, rank, original,
-            np.where(is_new, group, -1),
-            np.where(is_new, np.arange(size) - old, -1),
+            np.full(size, group, dtype=np.int64),
+            np.arange(size, dtype=np.int64),
             np.zeros(size, dtype=np.int64),
             np.ones(size, dtype=np.int64),
         )._frozen()
@@ -174,10 +174,11 @@ class Layout:
 
     def copy_of(self, sources: Mapping[int, np.ndarray]) -> np.ndarray:
         """For each position, the unwidened position it replicates (Net2Net): old positions
-        replicate themselves, new unit k of group g replicates old unit ``sources[g][k]``."""
+        replicate themselves, unit u of group g replicates old unit ``sources[g][u]`` (the
+        identity on old units)."""
         result = self.original.copy()
         for g in self.groups():
-            mask = self.group == g
+            mask = (self.group == g) & self.new_mask
             result[mask] = self.base[mask] + sources[g][self.unit[mask]] * self.stride[mask]
         return result
 
@@ -192,7 +193,7 @@ class Layout:
                 arrays["original"].append(shifted)
                 arrays["group"].append(part.group)
                 arrays["unit"].append(part.unit)
-                arrays["base"].append(np.where(part.original >= 0, 0, part.base + offset))
+                arrays["base"].append(part.base + offset)
                 arrays["stride"].append(part.stride)
                 offset += part.original_size
             else:
@@ -1017,6 +1018,17 @@ def _backtrace(value: ir.Value, axis: int, sites: dict[ir.Node, LayerSite], join
     )
 
 
+def infer_missing_shapes(model: ir.Model) -> bool:
+    """Run ONNX shape inference (in place) when some node output has no shape; the analysis
+    needs ranks and static sizes. Returns whether it ran. Initializer data is not read."""
+    if all(v.shape is not None for node in model.graph for v in node.outputs if v is not None):
+        return False
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    ShapeInferencePass(strict_mode=False)(model)
+    return True
+
+
 def _parse_plan(model: ir.Model, plan: Mapping[str, int]) -> list[tuple[LayerSite, int, str]]:
     if not plan:
         raise SurgeryError("nothing to widen: give at least one layer and a number of new units")
@@ -1058,7 +1070,18 @@ def analyse(model: ir.Model, plan: Mapping[str, int], *, allow_output_change: bo
     """
     if align is not None and align < 1:
         raise SurgeryError(f"--align must be at least 1, got {align}")
-    requested = _parse_plan(model, plan)
+    return _analyse(model, _parse_plan(model, plan), allow_output_change, align)
+
+
+def trace_units(model: ir.Model, layer: str) -> WidenPlan:
+    """Where each unit of `layer` goes, as a widening by zero units would see it: its coupled
+    layers, every weight that reads it and every per-unit constant on the way (graph outputs
+    allowed). Used by `surgery.symmetry`; raises SurgeryError at a blocker."""
+    return _analyse(model, [(resolve_layer(model, layer), 0, layer)], True, None)
+
+
+def _analyse(model: ir.Model, requested: list[tuple[LayerSite, int, str]], allow_output_change: bool,
+             align: int | None) -> WidenPlan:
     sites = {site.node: site for site in layer_sites(model)}
     groups: list[dict] = []
     for site, added, name in requested:
@@ -1109,4 +1132,4 @@ def _finish(groups: list[dict], walk: _Walk) -> WidenPlan:
     return WidenPlan(frozen, tuple(walk.edits), tensors, tuple(walk.channel_changes))
 
 
-__all__ = ["Layout", "Member", "Group", "Edit", "ChannelChange", "WidenPlan", "analyse", "mask_ranges", "RELU_LIKE"]
+__all__ = ["Layout", "Member", "Group", "Edit", "ChannelChange", "WidenPlan", "analyse", "trace_units", "infer_missing_shapes", "mask_ranges", "RELU_LIKE"]

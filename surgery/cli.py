@@ -123,6 +123,80 @@ def inspect(model: str, as_json: bool, symmetry_layer: str | None) -> None:
 
 # Subcommands defined in their own sections below: widen, verify, to-keras.
 # --- widen ---
+def _parse_layers(specs: tuple[str, ...]) -> dict[str, int]:
+    """`--layer NAME=K` options → {NAME: K}; malformed or repeated ones are one-line errors."""
+    plan: dict[str, int] = {}
+    for spec in specs:
+        name, sep, count = spec.rpartition("=")
+        if not sep or not name:
+            raise SurgeryError(f"--layer {spec!r}: expected NAME=K (e.g. dense_1=8)")
+        try:
+            added = int(count)
+        except ValueError:
+            raise SurgeryError(f"--layer {spec!r}: K must be an integer, got {count!r}") from None
+        if added <= 0:
+            raise SurgeryError(f"--layer {spec!r}: K must be at least 1")
+        if name in plan:
+            raise SurgeryError(f"--layer {name!r} is given twice")
+        plan[name] = added
+    return plan
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write.")
+@click.option("--layer", "layers", multiple=True, required=True, metavar="NAME=K", help="Add K units to layer NAME (repeatable).")
+@click.option("--init", default="output-zero", show_default=True,
+              type=click.Choice(["output-zero", "all-zero", "net2net", "all-random"]), help="How the new units start.")
+@click.option("--fan-in", type=click.Choice(["glorot", "he", "normal"]), default=None,
+              help="Random fan-in initializer (default: He after ReLU-like activations, else Glorot).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every random draw.")
+@click.option("--no-verify", is_flag=True, help="Skip running both models with onnxruntime.")
+@click.option("--allow-output-change", is_flag=True, help="Let a widened tensor be a graph output (its shape changes).")
+@click.option("--align", type=click.IntRange(min=1), default=None, help="Round every new width up to a multiple of N.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@debug_option
+def widen(model: str, output: str, layers: tuple[str, ...], init: str, fan_in: str | None, seed: int,
+          no_verify: bool, allow_output_change: bool, align: int | None, force: bool) -> None:
+    """Add units to layers; the outputs stay bitwise equal (output-zero, all-zero)."""
+    from pathlib import Path
+
+    from surgery.errors import NotEquivalentError
+    from surgery.modelio import load_model, save_model
+    from surgery.rewrite import widen_in_place
+
+    plan = _parse_layers(layers)
+    if Path(output).exists() and not force:
+        raise SurgeryError(f"{output}: already exists (use --force to overwrite)")
+    ir_model = load_model(model)
+    result = widen_in_place(ir_model, plan, init=init, fan_in=fan_in, seed=seed,
+                            allow_output_change=allow_output_change, align=align)
+    for group in result.plan.groups:
+        names = [member.site.layer.name for member in group.members]
+        coupled = f" (coupled: {', '.join(names[1:])} grow with it)" if len(names) > 1 else ""
+        click.echo(f"{names[0]}: {group.old_width} -> {group.new_width} units{coupled}")
+    for change in result.plan.channel_changes:
+        crossed = [b for b in (8, 16) if -(-change.old // b) != -(-change.new // b) or (change.old % b == 0) != (change.new % b == 0)]
+        note = (f"crosses an NCHWc block boundary ({' and '.join(map(str, crossed))}): onnxruntime's default "
+                "optimizations may then differ by a few ULP; --align 16 avoids it") if crossed else "stays within its NCHWc blocks"
+        click.echo(f"conv {change.node!r} {change.side} channels {change.old} -> {change.new}: {note}")
+    if not no_verify:
+        from surgery.verification import verify
+
+        report = verify(model, ir_model)
+        diff = max((o.max_abs_diff for o in report.outputs), default=0.0)
+        if init in ("output-zero", "all-zero"):
+            if not report.equivalent:
+                raise NotEquivalentError(
+                    f"outputs are not bitwise equal after widening (max |diff| {diff:.3g}); {output} not written"
+                )
+            click.echo(f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, optimizations off)")
+        elif init == "net2net":
+            click.echo(f"verified: max |diff| {diff:.3g} (net2net is exact up to rounding)")
+        else:
+            click.echo(f"outputs changed, as all-random does (max |diff| {diff:.3g})")
+    save_model(ir_model, output, force=force)
+    click.echo(f"wrote {output}")
 @cli.command()
 @click.argument("reference", type=click.Path(dir_okay=True))
 @click.argument("candidate", type=click.Path(dir_okay=True))

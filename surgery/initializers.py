@@ -61,9 +61,11 @@ def _rng(seed: int, *key: str) -> np.random.Generator:
 
 
 def unit_sources(group: Group, seed: int) -> np.ndarray:
-    """Net2Net: for each new unit of `group`, the old unit it copies (uniformly at random)."""
+    """Net2Net: for each unit of `group`, the old unit it copies: itself for old units, one
+    drawn uniformly at random for each new unit."""
     key = "|".join(sorted(member.node.name or "" for member in group.members))
-    return _rng(seed, "net2net", key).integers(0, group.old_width, size=group.added)
+    chosen = _rng(seed, "net2net", key).integers(0, group.old_width, size=group.added)
+    return np.concatenate([np.arange(group.old_width), chosen])
 
 
 def _fans(shape: Sequence[int], weight_axes: tuple[int, int] | None) -> tuple[int, int]:

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from surgery.analysis import Edit, WidenPlan, analyse, mask_ranges
+from surgery.analysis import Edit, WidenPlan, analyse, infer_missing_shapes, mask_ranges
 from surgery.errors import SurgeryError
 from surgery.graph import ModelLike, as_ir, constant_array, like
 from surgery.initializers import check_strategy, extend, unit_sources
@@ -220,10 +220,7 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SurgeryError(f"--seed must be a non-negative integer, got {seed!r}")
     _precheck_size(model, plan)
-    if any(v.shape is None for node in model.graph for v in node.outputs if v is not None):
-        from onnx_ir.passes.common import ShapeInferencePass
-
-        ShapeInferencePass(strict_mode=False)(model)
+    infer_missing_shapes(model)
     widen_plan = analyse(model, plan, allow_output_change=allow_output_change, align=align)
     _check_memory(widen_plan)
     tensors = _composed_tensors(model, widen_plan)
