@@ -34,7 +34,7 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -129,17 +129,15 @@ class _Sources:
 
 
 class _Sink:
-    """The data file being written: positioned writes, kernel copies, alignment padding."""
+    """A cursor into the data file being written: positioned writes and kernel copies.
 
-    def __init__(self, fd: int) -> None:
+    Each job of the writer gets its own cursor at the offset planned for its bytes.
+    """
+
+    def __init__(self, fd: int, offset: int = 0) -> None:
         self.fd = fd
-        self.size = 0
+        self.size = offset  # the position the next byte goes to
         self._kernel_copy = hasattr(os, "copy_file_range")
-
-    def align(self, nbytes: int) -> int:
-        if nbytes >= ALIGN_THRESHOLD:
-            self.size = -(-self.size // ALIGNMENT) * ALIGNMENT  # the gap stays a hole of zeros
-        return self.size
 
     def write(self, data) -> None:
         view = memoryview(data).cast("B")
@@ -243,8 +241,11 @@ class ConcatenatedTensor(ir.LazyTensor):
         parts = [self._part_array(i) for i in range(len(self._parts))]
         return ir.Tensor(np.concatenate(parts, axis=self._axis), dtype=self.dtype, name=self.name)
 
+    def external_parts(self) -> list[ir.ExternalTensor]:
+        return [source for source, _, _ in self._parts if isinstance(source, ir.ExternalTensor)]
+
     def stream_into(self, sink: _Sink, sources: _Sources) -> None:
-        """Append this tensor's bytes to `sink`, holding at most about `CHUNK_BYTES` at a time."""
+        """Write this tensor's bytes at `sink`, holding at most about `CHUNK_BYTES` at a time."""
         dims = list(self.shape.numpy())
         itemsize = int(self.dtype.itemsize)
         outer = math.prod(dims[: self._axis])
@@ -356,14 +357,31 @@ def _shared_location(tensor: ir.ExternalTensor, folder: Path) -> str:
     return source.relative_to(real_folder).as_posix()
 
 
+#: Copies larger than this are split into several jobs (bounded work between interruptions).
+_COPY_PIECE = 256 << 20
+
+
 def _write_tensors(model: ir.Model, data_name: str, folder: Path, data_fd: int, share: bool) -> tuple[list[_Slot], int]:
     """Write every tensor that goes to the data file; swap external references into the model.
 
-    Returns the slots (to restore the model afterwards) and the number of bytes written.
+    First plans the layout (every offset, and every source file opened and checked), then runs
+    the copies and writes; nothing is written unless every source passed its checks. (Copying
+    on several threads measured no faster: the copies are bound by memory bandwidth.) Returns
+    the slots (to restore the model afterwards) and the size of the data file.
     """
     slots = _slots(model)
-    sink, sources = _Sink(data_fd), _Sources()
+    sources = _Sources()
     written: dict[int, ir.ExternalTensor] = {}
+    jobs: list[tuple[int, Callable[[_Sink], None]]] = []
+    size = 0
+
+    def place(nbytes: int) -> int:
+        nonlocal size
+        if nbytes >= ALIGN_THRESHOLD:
+            size = -(-size // ALIGNMENT) * ALIGNMENT  # the gap stays a hole of zeros
+        offset, size = size, size + nbytes
+        return offset
+
     try:
         for slot in slots:
             tensor = slot.tensor
@@ -372,26 +390,29 @@ def _write_tensors(model: ir.Model, data_name: str, folder: Path, data_fd: int, 
                 continue
             if isinstance(tensor, ir.ExternalTensor) and share:
                 sources.fd(tensor)  # same checks as a copy: the output must only point at safe files
-                location, offset = _shared_location(tensor, folder), tensor.offset
-                length = tensor.length
+                location, offset, length = _shared_location(tensor, folder), tensor.offset, tensor.length
             elif isinstance(tensor, ir.ExternalTensor):
                 length = tensor.length if tensor.length is not None else tensor.nbytes
-                offset = sink.align(length)
-                sink.copy(sources.fd(tensor), tensor.offset or 0, length)
-                location = data_name
+                offset, location, fd = place(length), data_name, sources.fd(tensor)
+                for start in range(0, length, _COPY_PIECE):
+                    piece = min(_COPY_PIECE, length - start)
+                    source_offset = (tensor.offset or 0) + start
+                    jobs.append((offset + start, lambda sink, fd=fd, at=source_offset, n=piece: sink.copy(fd, at, n)))
             elif tensor.nbytes <= INLINE_LIMIT or tensor.dtype == ir.DataType.STRING:
                 continue
             elif isinstance(tensor, ConcatenatedTensor):
-                offset = sink.align(tensor.nbytes)
-                tensor.stream_into(sink, sources)
-                location, length = data_name, sink.size - offset
+                for part in tensor.external_parts():
+                    sources.fd(part)
+                length = tensor.nbytes
+                offset, location = place(length), data_name
+                jobs.append((offset, lambda sink, t=tensor: t.stream_into(sink, sources)))
             else:
-                offset = sink.align(tensor.nbytes)
+                length = tensor.nbytes
+                offset, location = place(length), data_name
                 if tensor.dtype.bitwidth % 8 == 0 and isinstance(tensor, ir.Tensor) and isinstance(tensor.raw, np.ndarray):
-                    sink.write(_little_endian_bytes(tensor.raw).reshape(-1).view(np.uint8))
-                else:  # packed 4/2-bit types, strings, tensors from other libraries
-                    sink.write(tensor.tobytes())
-                location, length = data_name, sink.size - offset
+                    jobs.append((offset, lambda sink, a=tensor.raw: sink.write(_little_endian_bytes(a).reshape(-1).view(np.uint8))))
+                else:  # packed 4/2-bit types, tensors from other libraries
+                    jobs.append((offset, lambda sink, t=tensor: sink.write(t.tobytes())))
             replacement = ir.ExternalTensor(
                 location, offset, length, tensor.dtype,
                 shape=tensor.shape.copy(), name=tensor.name or (slot.value.name if slot.value else slot.attribute) or "",
@@ -399,14 +420,16 @@ def _write_tensors(model: ir.Model, data_name: str, folder: Path, data_fd: int, 
             )
             written[id(tensor)] = replacement
             slot.put(replacement)
-        os.ftruncate(data_fd, sink.size)  # a trailing alignment gap still belongs to the file
+        for offset, job in jobs:
+            job(_Sink(data_fd, offset))
+        os.ftruncate(data_fd, size)  # a trailing alignment gap still belongs to the file
     except BaseException:
         for slot in slots:
             slot.put(slot.tensor)
         raise
     finally:
         sources.close()
-    return slots, sink.size
+    return slots, size
 
 
 def write_model(model: ir.Model, path: str | os.PathLike, *, force: bool = False, share_external_data: bool = False) -> Path | None:
