@@ -60,10 +60,14 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 #: `locate`, which rewrites the graph without reading its weights).
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 WIDENED_TENSORS_KEY = "surgery.widened_tensors"
+SPINNING_KEY = "session.intra_op.allow_spinning"
 #: Default tolerance when Keras runs one side: |a - b| <= 1e-5 * max(1, max |reference|).
 KERAS_DEFAULT_ATOL = 1e-5
 #: Random integer inputs are drawn from [0, 10): valid as indices and class ids in most models.
 INTEGER_INPUT_RANGE = (0, 10)
+#: Random inputs are windows of a pool of this many fresh values per input (see _random_feeds).
+RANDOM_POOL_VALUES = 1 << 18
+_OFFSET_BLOCK = 4096
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -79,6 +83,8 @@ _ORT_TYPES = {
     "tensor(uint64)": np.uint64,
     "tensor(bool)": np.bool_,
 }
+#: Outputs up to this size are compared as bytes objects (cheaper than numpy calls when small).
+_SMALL_BYTES = 1 << 16
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 ModelSource = "onnx.ModelProto | ir.Model | str | os.PathLike"
@@ -318,12 +324,15 @@ def _update(stats: OutputComparison, reference: np.ndarray, candidate: np.ndarra
         stats.bitwise_equal &= equal
         stats.mismatches += 0 if equal else int(np.count_nonzero(reference != candidate))
         return not equal
-    unsigned = _UNSIGNED[reference.dtype.itemsize]
     reference = np.ascontiguousarray(reference)
     candidate = np.ascontiguousarray(candidate)
+    if reference.nbytes <= _SMALL_BYTES:  # one memcmp of two small copies beats numpy's dispatch
+        if reference.tobytes() == candidate.tobytes():
+            return False
+    unsigned = _UNSIGNED[reference.dtype.itemsize]
     reference_bits, candidate_bits = reference.view(unsigned), candidate.view(unsigned)
-    if np.array_equal(reference_bits, candidate_bits):  # the common case: no float arithmetic at all
-        return False
+    if reference.nbytes > _SMALL_BYTES and np.array_equal(reference_bits, candidate_bits):
+        return False  # the common case: bits compared in place, no float arithmetic at all
     return _update_differing(stats, reference, candidate, reference_bits != candidate_bits, tolerance)
 
 
@@ -407,6 +416,9 @@ def session_options(optimization: str = "disable") -> "ort.SessionOptions":
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
     # Deterministic kernels where a provider has a choice (CUDA reductions); a no-op on CPU.
     options.use_deterministic_compute = True
+    # Two sessions run in turn: threads that spin after a run would steal the cores the other
+    # session needs (3x slower on 2 cores). Changes scheduling only, never the arithmetic.
+    options.add_session_config_entry(SPINNING_KEY, "0")
     options.log_severity_level = 3
     return options
 
@@ -420,6 +432,7 @@ def describe_session_options(optimization: str, provider: str) -> dict[str, Any]
         "intra_op_num_threads": options.intra_op_num_threads,
         "inter_op_num_threads": options.inter_op_num_threads,
         "use_deterministic_compute": options.use_deterministic_compute,
+        "config": {SPINNING_KEY: options.get_session_config_entry(SPINNING_KEY)},
         "providers": [PROVIDERS[provider]] if provider == "cpu" else [PROVIDERS[provider], PROVIDERS["cpu"]],
     }
 
@@ -667,27 +680,53 @@ def _rows_per_run(specs: list[InputSpec], batch: int, dims: Mapping[str, int]) -
     return leading.pop() if leading else batch
 
 
+def _draw(rng: np.random.Generator, dtype: np.dtype, count: int) -> np.ndarray:
+    """`count` seeded random values: floats uniform in [-1, 1), integers in [0, 10), bools fair."""
+    if dtype.kind == "f":
+        values = rng.random(count, dtype=np.float64 if dtype == np.float64 else np.float32)
+        values *= 2
+        values -= 1
+        return values.astype(dtype, copy=False)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, count, dtype=np.uint8).astype(np.bool_)
+    return rng.integers(*INTEGER_INPUT_RANGE, count).astype(dtype)
+
+
 def _random_feeds(specs: list[InputSpec], dims: Mapping[str, int], samples: int, rows: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
-    """Seeded random batches; floats uniform in [-1, 1), integers in [0, 10), bools fair."""
+    """Seeded random batches of `rows` samples (the last one may be smaller), `samples` in all.
+
+    Drawing random numbers costs about as much as running a small model, so the values come
+    from a pool per input: when all batches together need at most RANDOM_POOL_VALUES values
+    every value is fresh; beyond that, each batch is a window of the pool at a random offset
+    (fresh windows, reused values). The pool bounds memory, and each batch is a view of it.
+    """
     rng = np.random.default_rng(seed)
-    done = 0
-    while done < samples:
-        count = min(rows, samples - done)
+    runs = -(-samples // rows)
+    pools = {}
+    for spec in specs:
+        per_run = math.prod(_resolve_shape(spec, rows, dims))
+        needed = per_run * runs
+        pool_size = needed if needed <= RANDOM_POOL_VALUES + per_run else RANDOM_POOL_VALUES + per_run
+        pools[spec.name] = (_draw(rng, spec.dtype, pool_size), needed <= pool_size)
+    offsets = np.empty(0, dtype=np.int64)  # window starts for pools smaller than the need, in blocks
+    full = {spec.name: _resolve_shape(spec, rows, dims) for spec in specs}
+    used = dict.fromkeys(pools, 0)
+    for run in range(runs):
+        if run % _OFFSET_BLOCK == 0:
+            offsets = rng.integers(0, RANDOM_POOL_VALUES + 1, min(_OFFSET_BLOCK, runs - run))
+        count = min(rows, samples - run * rows)
         feeds = {}
         for spec in specs:
-            shape = _resolve_shape(spec, count, dims)
-            if spec.dtype.kind == "f":
-                draw_dtype = np.float64 if spec.dtype == np.float64 else np.float32
-                values = rng.random(shape, dtype=draw_dtype)
-                values *= 2
-                values -= 1
-                feeds[spec.name] = values.astype(spec.dtype, copy=False)
-            elif spec.dtype.kind == "b":
-                feeds[spec.name] = rng.integers(0, 2, shape, dtype=np.uint8).astype(np.bool_)
+            shape = full[spec.name] if count == rows else _resolve_shape(spec, count, dims)
+            size = math.prod(shape)
+            pool, fresh = pools[spec.name]
+            if fresh:
+                start = used[spec.name]
+                used[spec.name] += size
             else:
-                feeds[spec.name] = rng.integers(*INTEGER_INPUT_RANGE, shape).astype(spec.dtype)
+                start = int(offsets[run % _OFFSET_BLOCK])
+            feeds[spec.name] = pool[start : start + size].reshape(shape)
         yield feeds
-        done += count
 
 
 def _declared(shape: tuple[int | str | None, ...]) -> str:
