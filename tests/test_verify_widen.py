@@ -1,0 +1,58 @@
+"""`verify --locate` across real widenings made by `surgery.widen`."""
+
+from __future__ import annotations
+
+import json
+
+import forms
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from surgery.graph import as_ir, consumers
+from surgery.rewrite import widen
+from surgery.verification import verify
+
+
+def give_new_unit_a_fan_out(model: onnx.ModelProto, weight: str, axis: int, new_index: int) -> onnx.ModelProto:
+    """A copy whose consumer weight `weight` has one non-zero entry for new unit `new_index`."""
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model)
+    proto = next(t for t in changed.graph.initializer if t.name == weight)
+    array = numpy_helper.to_array(proto).copy()
+    index = [0] * array.ndim
+    index[axis] = new_index
+    assert array[tuple(index)] == 0.0  # output-zero widening left it zero
+    array[tuple(index)] = 0.5
+    proto.CopyFrom(numpy_helper.from_array(array, weight))
+    return changed
+
+
+def reader_of(model: onnx.ModelProto, initializer: str) -> str:
+    (node,) = consumers(as_ir(model).graph.initializers[initializer])
+    return node.name
+
+
+@pytest.mark.parametrize(
+    "build, layer, consumer_weight, in_axis, new_index",
+    [
+        (forms.pytorch_mlp, "/fc1/Gemm", "fc2.weight", 1, 17),  # Gemm transB: weight [out, in]
+        # Conv widened 4 -> 7 channels: Flatten (channel-major, 4x4 per channel) puts channel 5 at 80..95
+        (forms.pytorch_cnn, "/conv1/Conv", "fc.weight", 1, 5 * 16 + 3),
+    ],
+    ids=["mlp", "cnn"],
+)
+def test_locate_names_the_consumer_of_a_widened_layer(build, layer, consumer_weight, in_axis, new_index):
+    reference = build()
+    wide = widen(reference, {layer: 3})
+    widened = json.loads({p.key: p.value for p in wide.metadata_props}["surgery.widened_tensors"])
+    assert verify(reference, wide, samples=32).equivalent
+
+    broken = give_new_unit_a_fan_out(wide, consumer_weight, in_axis, new_index)
+    report = verify(reference, broken, samples=32, locate=True)
+    assert not report.equivalent
+    located = report.located
+    assert located.node == reader_of(broken, consumer_weight)
+    # every widened intermediate was compared on its original units, none skipped
+    assert located.skipped == 0 and located.compared >= len(widened) + 1
