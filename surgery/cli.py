@@ -155,9 +155,11 @@ def _parse_layers(specs: tuple[str, ...]) -> dict[str, int]:
 @click.option("--allow-output-change", is_flag=True, help="Let a widened tensor be a graph output (its shape changes).")
 @click.option("--align", type=click.IntRange(min=1), default=None, help="Round every new width up to a multiple of N.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--share-external-data", is_flag=True,
+              help="Write only changed tensors; the output reads the input's unchanged external data in place (keep the input unchanged).")
 @debug_option
 def widen(model: str, output: str, layers: tuple[str, ...], init: str, fan_in: str | None, seed: int,
-          no_verify: bool, allow_output_change: bool, align: int | None, force: bool) -> None:
+          no_verify: bool, allow_output_change: bool, align: int | None, force: bool, share_external_data: bool) -> None:
     """Add units to layers; the outputs stay bitwise equal (output-zero, all-zero)."""
     from pathlib import Path
 
@@ -195,7 +197,7 @@ def widen(model: str, output: str, layers: tuple[str, ...], init: str, fan_in: s
             click.echo(f"verified: max |diff| {diff:.3g} (net2net is exact up to rounding)")
         else:
             click.echo(f"outputs changed, as all-random does (max |diff| {diff:.3g})")
-    save_model(ir_model, output, force=force)
+    save_model(ir_model, output, force=force, share_external_data=share_external_data)
     click.echo(f"wrote {output}")
 @cli.command()
 @click.argument("reference", type=click.Path(dir_okay=True))

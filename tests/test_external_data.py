@@ -144,6 +144,42 @@ def test_inspect_and_verify_cli_on_external_data(source, cli, tmp_path):
     assert same.returncode == 0, same.stderr
 
 
+def test_widen_cli_writes_a_self_contained_folder_and_copies_untouched_bytes(source, cli, tmp_path, x):
+    before = digest(source.parent)
+    out = tmp_path / "cli" / "wide.onnx"
+    out.parent.mkdir()
+    result = cli("widen", source, "-o", out, "--layer", "layer1/MatMul=24", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "verified" in result.stdout
+    assert sorted(p.name for p in out.parent.iterdir()) == ["wide.onnx", "wide.onnx.data"]
+    assert digest(source.parent) == before, "the input was modified"
+    entries, original = external_entries(out), external_entries(source)
+    assert {e["location"] for e in entries.values()} == {"wide.onnx.data"}
+    untouched = set(original) - {"layer1.weight", "layer1.bias", "layer2.weight"}
+    for name in untouched:
+        assert tensor_bytes(out.parent, entries[name]) == tensor_bytes(source.parent, original[name]), name
+    moved = Path(shutil.move(str(out.parent), str(tmp_path / "moved")))
+    assert np.array_equal(run(moved / "wide.onnx", x), run(source, x))
+    assert cli("verify", source, moved / "wide.onnx", "--samples", "4", "--batch", "2").returncode == 0
+
+
+def test_widen_cli_shares_external_data_beside_the_input(source, cli, tmp_path, x):
+    folder = tmp_path / "side_by_side"
+    shutil.copytree(source.parent, folder)
+    result = cli("widen", folder / "model.onnx", "-o", folder / "wide.onnx", "--layer", "layer2/MatMul=8",
+                 "--no-verify", "--share-external-data")
+    assert result.returncode == 0, result.stderr
+    entries = external_entries(folder / "wide.onnx")
+    assert {n for n, e in entries.items() if e["location"] == "wide.onnx.data"} == {"layer2.weight", "layer2.bias", "layer3.weight"}
+    assert cli("verify", folder / "model.onnx", folder / "wide.onnx", "--samples", "4", "--batch", "2").returncode == 0
+    sibling = tmp_path / "sibling"
+    sibling.mkdir()
+    elsewhere = cli("widen", folder / "model.onnx", "-o", sibling / "wide.onnx", "--layer", "layer2/MatMul=8",
+                    "--no-verify", "--share-external-data")
+    assert elsewhere.returncode == 2 and "does not contain the input's data file" in elsewhere.stderr
+    assert list(sibling.iterdir()) == []
+
+
 def test_streaming_write_is_self_contained_and_keeps_untouched_bytes(source, tmp_path, x):
     before = digest(source.parent)
     model = widen_by_hand(load_model(source), layer=1, added=32)
