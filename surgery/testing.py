@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from surgery.verification import Report, verify
+from surgery.verification import ModelSource, Report, verify
 
 
-def assert_equivalent(reference: Any, candidate: Any, **verify_kwargs: Any) -> Report:
+def assert_equivalent(reference: ModelSource, candidate: ModelSource, **verify_kwargs: Any) -> Report:
     """Verify `candidate` against `reference` (see `surgery.verify`); fail with the report's summary.
 
     Raises AssertionError, whose message is the report's table, when the models are not

@@ -34,9 +34,9 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import onnx
@@ -87,7 +87,8 @@ _ORT_TYPES = {
 _SMALL_BYTES = 1 << 16
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
-ModelSource = "onnx.ModelProto | ir.Model | str | os.PathLike"
+#: What `verify` accepts on either side.
+ModelSource: TypeAlias = "onnx.ModelProto | ir.Model | str | os.PathLike[str]"
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,11 +310,23 @@ def _float_ordered(bits: np.ndarray, itemsize: int) -> np.ndarray:
     return ordered.astype(np.uint64) ^ np.uint64(1 << 63)
 
 
+def _as_array(value: Any) -> np.ndarray:
+    """onnxruntime returns sequences (e.g. skl2onnx's ZipMap list of dicts) as Python lists."""
+    if isinstance(value, np.ndarray):
+        return value
+    array = np.empty(len(value), dtype=object)
+    array[:] = list(value)
+    return array
+
+
 def _update(stats: OutputComparison, reference: np.ndarray, candidate: np.ndarray, tolerance: _Tolerance | None) -> bool:
     """Fold one batch of one output into `stats`; returns True when the batch has a failure."""
+    reference, candidate = _as_array(reference), _as_array(candidate)
     if stats.shape is None:
         stats.shape, stats.dtype = list(reference.shape), str(reference.dtype)
         stats.candidate_shape, stats.candidate_dtype = list(candidate.shape), str(candidate.dtype)
+        if reference.dtype.kind != "f":
+            stats.max_ulp = None  # ULPs are defined for floats only
     if reference.shape != candidate.shape or reference.dtype != candidate.dtype:
         stats.shape, stats.dtype = list(reference.shape), str(reference.dtype)
         stats.candidate_shape, stats.candidate_dtype = list(candidate.shape), str(candidate.dtype)
@@ -776,8 +789,8 @@ def _user_feeds(specs: list[InputSpec], inputs: Mapping[str, np.ndarray], rows: 
 
 
 def verify(
-    reference: Any,
-    candidate: Any,
+    reference: ModelSource,
+    candidate: ModelSource,
     *,
     inputs: Mapping[str, np.ndarray] | None = None,
     samples: int = 16,

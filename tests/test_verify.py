@@ -384,3 +384,12 @@ def test_locate_with_external_data_reads_weights_in_place(tmp_path, mlp_weights)
 
     loaded = load_model(folder / "candidate.onnx")  # memory-mapped external tensors
     assert verify(reference, loaded, samples=64, locate=True).located.node == "MatMul1"
+
+
+def test_integer_and_sequence_outputs_have_no_ulps():
+    report = verify(forms.sklearn_mlp(), forms.sklearn_mlp())
+    by_name = {o.name: o for o in report.outputs}
+    assert report.equivalent and by_name["label"].max_ulp is None and by_name["probabilities"].max_ulp == 0
+    # onnxruntime returns ZipMap-style outputs as lists of dicts
+    differing = compare_arrays("zipmap", [{0: 0.25}, {0: 0.75}], [{0: 0.25}, {0: 0.5}])
+    assert differing.mismatches == 1 and differing.max_ulp is None and not differing.passed
