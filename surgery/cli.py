@@ -38,17 +38,28 @@ class _Group(click.Group):
         except SurgeryError as error:
             if debug:
                 raise
-            click.echo(f"surgery: {error}", err=True)
+            click.echo(f"surgery: {_one_line(str(error))}", err=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("surgery: interrupted", err=True)
             sys.exit(130)
+        except OSError as error:  # the file system said no (disk full, permission denied, ...): the user can act on it
+            if debug:
+                raise
+            where = f"{error.filename}: " if error.filename else ""
+            click.echo(f"surgery: {_one_line(where + (error.strerror or str(error)))}", err=True)
+            sys.exit(2)
         except Exception as error:  # never a traceback for the user; --debug shows it
             if debug:
                 raise
             first = (str(error).strip().splitlines() or [""])[0]
             click.echo(f"surgery: internal error: {type(error).__name__}: {first} (rerun with --debug)", err=True)
             sys.exit(3)
+
+
+def _one_line(message: str) -> str:
+    """`message` on one line: names read from a model file may hold line breaks."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 debug_option = click.option("--debug", is_flag=True, expose_value=False, help="Show tracebacks on errors.")
