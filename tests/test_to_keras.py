@@ -187,7 +187,9 @@ def test_widened_model_trains_on_mnist(exported, mnist):
     assert np.any(new_units != 0)  # the zero outgoing weights of the new units learned something
 
 
-def test_conv_round_trip_with_batch_norm_folded_into_the_conv():
+@pytest.fixture(scope="module")
+def keras_cnn():
+    """Conv → BN → pool → Conv (no bias) → BN → Flatten → Dense; tf2onnx folds the second BN."""
     keras.utils.set_random_seed(2)
     image = keras.Input((8, 8, 2), name="image")
     h = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="conv1")(image)
@@ -201,13 +203,29 @@ def test_conv_round_trip_with_batch_norm_folded_into_the_conv():
     rng = np.random.default_rng(0)
     for layer in original.layers:  # non-trivial statistics, so folding changes the weights
         layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in layer.weights])
-    proto = export_keras(original)
+    return original, export_keras(original), rng.standard_normal((4, 8, 8, 2)).astype("float32")
+
+
+def test_conv_round_trip_with_batch_norm_folded_into_the_conv(keras_cnn):
+    original, proto, x = keras_cnn
     assert "bn2" not in json.loads(next(p.value for p in proto.metadata_props if p.key == "surgery.layer_map"))
     conversion = convert(proto)
     assert any("bn2" in note for note in conversion.notes)
-    x = rng.standard_normal((4, 8, 8, 2)).astype("float32")
     np.testing.assert_allclose(np.asarray(conversion.model(x)), np.asarray(original(x)), atol=1e-5, rtol=0)
     assert check_faithful(conversion.model, proto) <= FAITHFUL_TOLERANCE
+
+
+def test_widened_conv_round_trip_follows_the_interleaved_flatten(keras_cnn):
+    rewrite = pytest.importorskip("surgery.rewrite", reason="surgery.widen has not landed yet")
+    from surgery.graph import as_ir
+    from surgery.layers import find_layers
+
+    original, proto, x = keras_cnn
+    # tf2onnx fused conv2 with bn2 into a node without the layer's scope: widen it by node name
+    conv2 = next(layer.node for layer in find_layers(as_ir(proto)) if layer.op == "Conv" and layer.name != "conv1")
+    widened = to_keras(rewrite.widen(proto, {"conv1": 2, conv2: 3}, init="output-zero"))
+    assert widened.get_layer("conv1").filters == 5 and widened.get_layer("conv2").filters == 7
+    np.testing.assert_allclose(np.asarray(widened(x)), np.asarray(original(x)), atol=1e-5, rtol=0)
 
 
 # -- foreign graphs -----------------------------------------------------------------------

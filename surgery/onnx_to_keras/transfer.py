@@ -65,7 +65,11 @@ def _seeded(initializer, seed: int):
 
 
 def final_dense(config: dict) -> str:
-    """Name of the last Dense on the path to the model's single output (from `get_config()`)."""
+    """Name of the last Dense before the output (from `get_config()`).
+
+    With several outputs, the one output whose path back (through single-input layers) reaches a
+    Dense decides; an output that reaches none (a pooled feature tap) is not a head.
+    """
     layers = {entry["config"]["name"]: entry for entry in config["layers"]}
     if "output_layers" not in config:  # Sequential
         for entry in reversed(config["layers"]):
@@ -74,15 +78,20 @@ def final_dense(config: dict) -> str:
         raise SurgeryError("--head: the model has no Dense layer to replace")
     outputs = config["output_layers"]
     outputs = [outputs] if outputs and isinstance(outputs[0], str) else outputs
-    if len(outputs) != 1:
-        raise SurgeryError(f"--head: the model has {len(outputs)} outputs; a new head needs exactly one")
-    name = outputs[0][0]
-    while layers[name]["class_name"] != "Dense":
-        sources = _inbound_layers(layers[name])
-        if len(sources) != 1:
-            raise SurgeryError(f"--head: layer {name!r} ({layers[name]['class_name']}) joins several inputs before any Dense")
-        name = sources[0]
-    return name
+    heads = []
+    for output in outputs:
+        name = output[0]
+        while layers[name]["class_name"] != "Dense":
+            sources = _inbound_layers(layers[name])
+            if len(sources) != 1:
+                break
+            name = sources[0]
+        else:
+            heads.append(name)
+    if len(set(heads)) != 1:
+        found = f"Dense layers {', '.join(heads)} end" if heads else "no Dense layer ends"
+        raise SurgeryError(f"--head: {found} the model's outputs; a new head needs exactly one")
+    return heads[0]
 
 
 def _inbound_layers(entry: dict) -> list[str]:
