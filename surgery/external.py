@@ -491,17 +491,10 @@ def write_model(model: ir.Model, path: str | os.PathLike, *, force: bool = False
     return data_path if size else None
 
 
-def iter_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
-    """Every tensor of the model, as the writer sees them (initializers, tensor attributes)."""
-    for slot in _slots(model):
-        yield slot.tensor
-
-
 __all__ = [
     "ConcatenatedTensor",
     "concatenate",
     "external_files",
-    "iter_tensors",
     "needs_external_data",
     "open_checked_source",
     "write_model",

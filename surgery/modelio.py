@@ -21,9 +21,6 @@ import onnx_ir as ir
 from surgery.errors import SurgeryError
 from surgery.validation import validate
 
-#: Protobuf cannot hold more than 2 GiB: above this, tensors go to an external data file.
-EXTERNAL_DATA_THRESHOLD = 1 << 31
-
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
