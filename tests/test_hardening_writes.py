@@ -1,0 +1,230 @@
+"""Safe writes and determinism for every command that writes a model (export, widen, to-keras).
+
+- The same inputs, plan and seed give the same output: byte for byte for ``.onnx`` files. A
+  ``.keras`` file is a zip whose ``metadata.json`` records the save time (to the minute) and whose
+  entries carry zip timestamps, so two saves are byte-identical only within the same minute;
+  what must match is the architecture (``config.json``) and every weight array.
+- A failure or Ctrl-C in the middle of a write leaves no output and no temporary file, and an
+  existing output that ``--force`` was about to replace is still whole.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from test_hardening import assert_one_line_error, has_command, run_surgery
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def _keras_contents(path: Path) -> tuple[bytes, dict[str, np.ndarray]]:
+    """(config.json, {weight path: array}) of a .keras file."""
+    import h5py
+
+    with zipfile.ZipFile(path) as archive:
+        config = archive.read("config.json")
+        weights = archive.read("model.weights.h5")
+    arrays: dict[str, np.ndarray] = {}
+    with h5py.File(io.BytesIO(weights), "r") as store:
+        store.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return config, arrays
+
+
+def _same_weights(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def test_export_is_byte_identical_across_runs(tmp_path):
+    """Two independent `surgery export` processes on the same .keras file write the same bytes.
+
+    (Within one process tf2onnx numbers generated names from a process-wide counter, so a second
+    export there can name a shape constant ``__38`` instead of ``__19``; each CLI run is a process.)
+    """
+    runs = [
+        subprocess.Popen([sys.executable, "-m", "surgery", "export", MODELS / "mlp.keras", "-o", tmp_path / f"run{i}.onnx"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+        for i in range(2)
+    ]
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err.decode()
+    first, second = (tmp_path / "run0.onnx").read_bytes(), (tmp_path / "run1.onnx").read_bytes()
+    assert first == second
+    assert onnx.load_from_string(first).graph.node  # a real model, not two empty files
+
+
+@pytest.mark.parametrize("init", ["output-zero", "all-random"])
+def test_widen_is_byte_identical_for_the_same_seed(init, tmp_path, capfd):
+    if not has_command("widen"):
+        pytest.skip("surgery widen is not in this tree yet")
+    outputs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        args = ["widen", MODELS / "transfer.onnx", "-o", tmp_path / f"{name}.onnx", "--layer", "hidden1=3", "--layer", "hidden3=2",
+                "--init", init, "--seed", seed, "--no-verify"]
+        outcome = run_surgery(capfd, *args)
+        assert outcome.code == 0, outcome.err
+        outputs[name] = (tmp_path / f"{name}.onnx").read_bytes()
+    assert outputs["a"] == outputs["b"]
+    assert outputs["a"] != outputs["c"]  # the seed matters, so the equality above is not vacuous
+
+
+def test_to_keras_is_deterministic_in_architecture_and_weights(tmp_path, capfd):
+    if not has_command("to-keras"):
+        pytest.skip("surgery to-keras is not in this tree yet")
+    contents = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        args = ["to-keras", MODELS / "transfer.onnx", "-o", tmp_path / f"{name}.keras", "--reinit", "hidden2", "--head", "5", "--seed", seed]
+        outcome = run_surgery(capfd, *args)
+        assert outcome.code == 0, outcome.err
+        contents[name] = _keras_contents(tmp_path / f"{name}.keras")
+    assert contents["a"][0] == contents["b"][0]
+    assert _same_weights(contents["a"][1], contents["b"][1])
+    assert not _same_weights(contents["a"][1], contents["c"][1])  # the seed redraws the reinit layer
+
+
+# ---------------------------------------------------------------------------------------------
+# Interrupted and failed writes
+
+
+def _writer_args(command: str, out: Path) -> list:
+    return {
+        "export": ["export", MODELS / "mlp.keras", "-o", out.with_suffix(".onnx")],
+        "widen": ["widen", MODELS / "mlp.onnx", "-o", out.with_suffix(".onnx"), "--layer", "dense_1=2", "--no-verify"],
+        "to-keras": ["to-keras", MODELS / "mlp.onnx", "-o", out.with_suffix(".keras")],
+    }[command]
+
+
+def _failing_writer(failure: BaseException):
+    """A writer that puts half a file at its destination, then fails the way `failure` says."""
+
+    def write(model, destination, *args, **kwargs):
+        Path(destination).write_bytes(b"half a model")
+        raise failure
+
+    return write
+
+
+def _break_writer(command: str, monkeypatch, failure: BaseException) -> None:
+    """Make the library call that writes `command`'s output fail in the middle of the write."""
+    if command == "export":
+        monkeypatch.setattr(onnx, "save", _failing_writer(failure))
+    elif command == "widen":
+        monkeypatch.setattr(ir, "save", _failing_writer(failure))
+    else:
+        from surgery.tensorflow_runtime import import_tensorflow
+
+        import_tensorflow()
+        import keras
+
+        broken = _failing_writer(failure)
+        monkeypatch.setattr(keras.Model, "save", lambda self, path, *a, **k: broken(self, path))
+
+
+FAILURES = {
+    "ctrl-c": (KeyboardInterrupt(), 130, "interrupted"),
+    "disk-full": (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), 2, "No space left on device"),
+}
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-output", "forced-over-existing"])
+@pytest.mark.parametrize("failure", list(FAILURES))
+@pytest.mark.parametrize("command", ["export", "widen", "to-keras"])
+def test_failure_mid_write_leaves_no_partial_file(command, failure, existing, tmp_path, monkeypatch, capfd):
+    if not has_command(command):
+        pytest.skip(f"surgery {command} is not in this tree yet")
+    args = _writer_args(command, tmp_path / "out")
+    target = Path(args[3])
+    if existing:
+        target.write_bytes(b"the previous output")
+        args.append("--force")
+    error, code, says = FAILURES[failure]
+    _break_writer(command, monkeypatch, error)
+    assert_one_line_error(run_surgery(capfd, *args), code=code, says=(says,))
+    left = sorted(p.name for p in tmp_path.iterdir())
+    if existing:
+        assert left == [target.name] and target.read_bytes() == b"the previous output"
+    else:
+        assert left == []
+
+
+def _big_mlp(path: Path, width: int = 1536) -> None:
+    """An MLP with a `width` × `width` hidden layer (9 MiB): its write takes measurable time."""
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    nodes = [
+        helper.make_node("Gemm", ["input", "w1", "b1"], ["h1"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+        helper.make_node("Gemm", ["r1", "w2", "b2"], ["h2"], name="fc2", transB=1),
+        helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+        helper.make_node("Gemm", ["r2", "w3", "b3"], ["output"], name="fc3", transB=1),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.1, (width, 64)).astype(f32), "w1"),
+        numpy_helper.from_array(np.zeros(width, f32), "b1"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (width, width)).astype(f32), "w2"),
+        numpy_helper.from_array(np.zeros(width, f32), "b2"),
+        numpy_helper.from_array(rng.normal(0, 0.1, (10, width)).astype(f32), "w3"),
+        numpy_helper.from_array(np.zeros(10, f32), "b3"),
+    ]
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_sigint_during_the_write_leaves_nothing_or_a_whole_model(tmp_path):
+    """Real Ctrl-C: SIGINT a `surgery widen` subprocess right as it starts writing.
+
+    widen prints the new widths, then writes; the signal is sent at several short delays after
+    that line, so it lands before, during or after the write. Whatever the moment, the folder
+    then holds either nothing (exit 130, one line) or the complete model: never a partial file
+    or a temporary file.
+    """
+    if not has_command("widen"):
+        pytest.skip("surgery widen is not in this tree yet")
+    source = tmp_path / "big.onnx"
+    _big_mlp(source)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+
+    def start(name: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "surgery", "widen", source, "-o", out_dir / name, "--layer", "fc2=64", "--no-verify"]
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**ENV, "PYTHONUNBUFFERED": "1"})
+
+    baseline = start("baseline.onnx")
+    assert baseline.wait(timeout=120) == 0, baseline.stderr.read().decode()
+    reference = (out_dir / "baseline.onnx").read_bytes()
+    (out_dir / "baseline.onnx").unlink()
+    outcomes = []
+    for index, delay in enumerate((0.0, 0.005, 0.02, 0.05, 0.2)):
+        run = start(f"run{index}.onnx")
+        assert b"units" in run.stdout.readline()  # the widths are printed just before the write
+        time.sleep(delay)
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=120)
+        written = out_dir / f"run{index}.onnx"
+        if written.exists():  # the rename happened before the signal (which may then end the process at exit)
+            assert written.read_bytes() == reference
+        else:
+            assert run.returncode == 130 and err.decode().strip() == "surgery: interrupted", (run.returncode, err.decode())
+            assert not written.exists()
+        assert sorted(p.name for p in out_dir.iterdir()) == ([written.name] if written.exists() else [])
+        outcomes.append(run.returncode)
+        written.unlink(missing_ok=True)
+    assert 130 in outcomes, f"no run was interrupted ({outcomes}); the test did not test"
