@@ -115,8 +115,9 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
     print(
         f"\nonnxruntime outputs bitwise equal after widening: {'yes' if bitwise else 'NO'} "
         f"({len(data.y_test)} test images); Keras accuracy right after widening identical: "
-        f"{'yes' if accuracy_widened == accuracy_trained else 'NO'} (loss differs by {abs(loss_widened - loss_trained):.1e}: "
-        "TensorFlow's matrix products round differently at the new width)"
+        f"{'yes' if accuracy_widened == accuracy_trained else 'NO'}, test loss "
+        + ("identical" if loss_widened == loss_trained else f"differs by {abs(loss_widened - loss_trained):.1e} "
+           "(TensorFlow's matrix products round differently at the new width)")
     )
     print(f"plot: {plot}\nresults: {out / 'results.json'}\nmodels: {', '.join(results['files'])}")
     print(f"done in {results['wall_s']:.0f} s")

@@ -114,6 +114,7 @@ def single_neuron(data: Mnist, x_train, y_train, seed: int, config: GrowConfig) 
     for init in STRATEGIES:
         grown, record = _grow(one, 1, init=init, seed=seed, learning_rate=config.learning_rate, x_check=data.x_test)
         loss_after, accuracy_after = evaluate(grown, *test)
+        keras_difference = _keras_difference(one, grown, data.x_test)
         more = train(grown, x_train, y_train, epochs=config.more_epochs, batch_size=config.batch_size, test=test, seed=seed)
         variants[init] = {
             "onnx": record.to_json(),
@@ -123,7 +124,7 @@ def single_neuron(data: Mnist, x_train, y_train, seed: int, config: GrowConfig) 
             "keras_test_accuracy_after": accuracy_after,
             "keras_loss_identical": loss_after == loss_before,
             "keras_accuracy_identical": accuracy_after == accuracy_before,
-            **_keras_difference(one, grown, data.x_test),
+            **keras_difference,
             "curve": _joined(start_curve, more, config.first_epochs).to_json(),
             "final_test_accuracy": more.accuracy[-1],
         }

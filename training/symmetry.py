@@ -40,7 +40,7 @@ class SymmetryConfig:
 
 
 FULL = SymmetryConfig()
-QUICK = SymmetryConfig(epochs=1, units=8, depths=(1,), train_limit=500)
+QUICK = SymmetryConfig(epochs=2, units=8, learning_rate=0.01, depths=(1,), train_limit=1000)
 
 
 def zero_sets(hidden: int) -> list[tuple[str, ...]]:
@@ -79,6 +79,10 @@ def run_one(data: Mnist, x, y, *, hidden: int, zero: tuple[str, ...], activation
     curve = train(model, x, y, epochs=config.epochs, batch_size=config.batch_size, test=test, seed=seed)
     exported = surgery.export_keras(model)
     layers = {f"hidden{i}": symmetric_units(exported, f"hidden{i}", config.units) for i in range(1, hidden + 1)}
+    for name, layer in layers.items():
+        # Units whose incoming weights are still all zero: with ReLU they output relu(bias) and,
+        # at a zero bias, get no gradient at all (dead), whatever their outgoing weights.
+        layer["zero_fan_in_units"] = int(np.sum(~np.any(model.get_layer(name).kernel.numpy() != 0, axis=0)))
     accuracy = curve.accuracy[-1]
     return {
         "layers": hidden + 1,
@@ -142,6 +146,9 @@ def _summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         distinct = {
             layer: sorted({r["symmetry"][layer]["distinct_units"] for r in group}) for layer in group[0]["symmetry"]
         }
+        zero_fan_in = {
+            layer: sorted({r["symmetry"][layer]["zero_fan_in_units"] for r in group}) for layer in group[0]["symmetry"]
+        }
         mean = float(np.mean(accuracy))
         rows.append(
             {
@@ -153,6 +160,7 @@ def _summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "max_test_accuracy": float(max(accuracy)),
                 "learns": "yes" if mean >= LEARNS else "partly" if mean > PARTLY else "no",
                 "distinct_units": distinct,
+                "zero_fan_in_units": zero_fan_in,
             }
         )
     return rows
@@ -163,14 +171,16 @@ def report(results: dict[str, Any]) -> str:
     rows = []
     for row in results["summary"]:
         distinct = ", ".join(f"{layer} {'/'.join(map(str, values))}" for layer, values in row["distinct_units"].items())
+        dead = ", ".join(f"{layer} {'/'.join(map(str, values))}" for layer, values in row["zero_fan_in_units"].items())
         rows.append(
-            [row["activation"], row["layers"], "+".join(row["zero"]) or "none", f"{row['mean_test_accuracy']:.4f}", row["learns"], distinct]
+            [row["activation"], row["layers"], "+".join(row["zero"]) or "none", f"{row['mean_test_accuracy']:.4f}", row["learns"], distinct, dead]
         )
     return "\n".join(
         [
             f"symmetry: Constant(0) kernels, {results['config']['epochs']} epochs, {units} units per hidden layer, "
-            f"{len(results['seeds'])} seed(s); 'distinct units' = {units} minus the units the toolkit finds symmetric",
-            table(["activation", "layers", "zero kernels", "test acc", "learns", f"distinct units (of {units})"], rows),
+            f"{len(results['seeds'])} seed(s); 'distinct units' = {units} minus the units the toolkit finds symmetric "
+            "(same fan-in, bias and fan-out as another unit)",
+            table(["activation", "layers", "zero kernels", "test acc", "learns", f"distinct units (of {units})", "units with all-zero fan-in"], rows),
         ]
     )
 
