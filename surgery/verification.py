@@ -455,11 +455,12 @@ class _OnnxSide:
 
     kind = "onnx"
 
-    def __init__(self, source: Any, label: str, provider: str):
+    def __init__(self, source: Any, label: str, provider: str, optimization: str):
         from surgery.modelio import load_proto
 
         self.label = label
         self.provider = provider
+        self.optimization = optimization  # the level whose session also answers input/output queries
         self.path: Path | None = None
         self.model_bytes: bytes | None = None
         self.external_folder: str | None = None
@@ -494,14 +495,14 @@ class _OnnxSide:
 
     def inputs(self) -> list[InputSpec]:
         specs = []
-        for node_arg in self.session("disable").get_inputs():
+        for node_arg in self.session(self.optimization).get_inputs():
             if node_arg.type not in _ORT_TYPES:
                 raise SurgeryError(f"{self.label}: input {node_arg.name!r} has type {node_arg.type}, which verify cannot generate")
             specs.append(InputSpec(node_arg.name, tuple(node_arg.shape), np.dtype(_ORT_TYPES[node_arg.type])))
         return specs
 
     def output_names(self) -> list[str]:
-        return [node_arg.name for node_arg in self.session("disable").get_outputs()]
+        return [node_arg.name for node_arg in self.session(self.optimization).get_outputs()]
 
     def runner(self, optimization: str) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
         session = self.session(optimization)
@@ -635,12 +636,12 @@ class _KerasSide:
         return {"keras": keras.__version__, "tensorflow": tf.__version__}
 
 
-def _open(source: Any, label: str, provider: str) -> _OnnxSide | _KerasSide:
+def _open(source: Any, label: str, provider: str, optimization: str) -> _OnnxSide | _KerasSide:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.suffix in (".keras", ".h5"):
             return _KerasSide(path, label)
-    return _OnnxSide(source, label, provider)
+    return _OnnxSide(source, label, provider, optimization)
 
 
 def _label(source: Any, default: str) -> str:
@@ -840,11 +841,13 @@ def verify(
         if value is not None and not (value >= 0):
             raise SurgeryError(f"{name} must be a non-negative number, got {value}")
     dims = dict(dims or {})
-    reference_side = _open(reference, _label(reference, "reference"), provider)
-    candidate_side = _open(candidate, _label(candidate, "candidate"), provider)
+    reference_side = _open(reference, _label(reference, "reference"), provider, optimization)
+    candidate_side = _open(candidate, _label(candidate, "candidate"), provider, optimization)
     uses_keras = "keras" in (reference_side.kind, candidate_side.kind)
     if locate and uses_keras:
         raise SurgeryError("locate compares intermediate tensors and needs ONNX models on both sides, not Keras")
+    if deployed and uses_keras:
+        raise SurgeryError("deployed reruns both models in onnxruntime at level 'all' and needs ONNX models on both sides, not Keras")
     _match_keras(reference_side, candidate_side)
 
     tolerance: _Tolerance | None = None
@@ -878,7 +881,7 @@ def verify(
     equivalent = all(comparison.passed for comparison in comparisons)
 
     deployed_report = None
-    if deployed and not uses_keras:
+    if deployed:
         if optimization == "all":
             deployed_outputs = outputs
         else:

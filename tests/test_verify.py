@@ -393,3 +393,11 @@ def test_integer_and_sequence_outputs_have_no_ulps():
     # onnxruntime returns ZipMap-style outputs as lists of dicts
     differing = compare_arrays("zipmap", [{0: 0.25}, {0: 0.75}], [{0: 0.25}, {0: 0.5}])
     assert differing.mismatches == 1 and differing.max_ulp is None and not differing.passed
+
+
+def test_optimization_level_applies_to_both_and_is_named(cli, files):
+    result = cli("verify", files["reference"], files["reference"], "--optimization", "all", "--deployed", "--json", "-")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["optimization"] == "all"
+    assert report["session_options"]["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    assert report["deployed"]["outputs"][0]["mismatches"] == 0

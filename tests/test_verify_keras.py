@@ -43,9 +43,11 @@ def test_onnx_against_keras_detects_a_change(keras_and_onnx):
     assert report.outputs[0].max_abs_diff > 1e-3
 
 
-def test_keras_side_cannot_locate(keras_and_onnx):
+def test_keras_side_cannot_locate_or_deploy(keras_and_onnx):
     with pytest.raises(SurgeryError, match="locate .* needs ONNX models on both sides"):
         verify(keras_and_onnx / "model.keras", keras_and_onnx / "model.onnx", locate=True)
+    with pytest.raises(SurgeryError, match="deployed .* needs ONNX models on both sides"):
+        verify(keras_and_onnx / "model.onnx", keras_and_onnx / "model.keras", deployed=True)
 
 
 def test_keras_side_with_explicit_tolerance(keras_and_onnx):
