@@ -851,7 +851,9 @@ class _Walk:
         def matches(j: int, i: int) -> bool:
             kind, value = entries[j][0], entries[j][1]
             if kind == "const":
-                return (value == 0 and j == i) or (in_dims[i] is not None and value == in_dims[i])
+                # -1 may stand for one unmerged dim: the merged entry's size is checked below,
+                # so the inferred size is that dim's.
+                return (value in (0, -1) and j == i) or (in_dims[i] is not None and value == in_dims[i])
             source, index = value
             if index == 0 and i == 0 and j == 0:
                 return True  # the batch dim, preserved by everything between Shape and Reshape
