@@ -8,6 +8,7 @@ verification that finds differences exits with 1.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import click
@@ -21,6 +22,10 @@ class _Group(click.Group):
     def main(self, *args, **kwargs):  # noqa: D401 - click's signature
         kwargs["standalone_mode"] = False
         debug = "--debug" in sys.argv
+        if not debug and not logging.getLogger().handlers:
+            # Libraries log warnings (some with tracebacks) through `logging`, which Python prints on
+            # stderr when nothing is configured; stderr carries only the toolkit's one-line messages.
+            logging.getLogger().addHandler(logging.NullHandler())
         try:
             rc = super().main(*args, **kwargs)
             return sys.exit(rc or 0)

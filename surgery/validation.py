@@ -9,6 +9,11 @@ says which node, tensor or opset is wrong; `onnx.checker` still runs after it.
 
 Rules, case by case (every graph, subgraphs of If/Loop/Scan included):
 
+- **Text**: every string field is valid UTF-8 (protobuf does not check it for ONNX's proto2
+  messages, and onnx-ir fails later with an unreadable error).
+- **Toolkit metadata**: ``surgery.*`` entries (export's Keras config and layer map, widen's
+  history and widened tensors) are valid JSON of the kind their readers expect.
+
 - **Opsets**: the default domain (``""`` or ``"ai.onnx"``) at versions 7-26, ``ai.onnx.ml``
   1-5 and ``com.microsoft`` 1 — what onnxruntime 1.31 loads and guarantees. A node of any other
   domain is refused unless it calls a function the model itself defines. A domain imported twice
@@ -34,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -50,6 +56,14 @@ SUPPORTED_OPSETS: Mapping[str, range] = {
     "com.microsoft": range(1, 2),
 }
 _DISPLAY_DOMAIN = {"": "ai.onnx (default)"}
+#: Metadata the toolkit writes and reads back, and the JSON kind each holds (see contracts).
+SURGERY_METADATA: Mapping[str, type] = {
+    "surgery.keras_config": dict,
+    "surgery.layer_map": dict,
+    "surgery.keras_inputs": list,
+    "surgery.widen_history": list,
+    "surgery.widened_tensors": dict,
+}
 
 _T = onnx.TensorProto
 #: The typed field each data type keeps its values in, and how many entries one value takes
@@ -228,8 +242,46 @@ def _graph_problems(
             yield f"{where}graph output {value.name!r} is not produced by any node, input or initializer"
 
 
+def _non_utf8_string(message, where: str) -> str | None:
+    """The first string field under `message` that is not valid UTF-8 (protobuf hands it over as bytes)."""
+    for field, value in message.ListFields():
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue  # numbers and raw bytes (tensor data) are not text
+        values = value if field.is_repeated else [value]
+        if field.type == field.TYPE_STRING:
+            for text in values:
+                if isinstance(text, bytes):
+                    return f"{where}.{field.name} is not valid UTF-8 text ({text[:40]!r})"
+        elif field.type == field.TYPE_MESSAGE:
+            for index, item in enumerate(values):
+                found = _non_utf8_string(item, f"{where}.{field.name}[{index}]" if field.is_repeated else f"{where}.{field.name}")
+                if found:
+                    return found
+    return None
+
+
+def _metadata_problems(proto: onnx.ModelProto) -> Iterator[str]:
+    """`surgery.*` metadata (written by export and widen) must be the JSON kinds their readers expect."""
+    for entry in proto.metadata_props:
+        expected = SURGERY_METADATA.get(entry.key)
+        if expected is None:
+            continue
+        try:
+            value = json.loads(entry.value)
+        except ValueError as error:
+            yield f"metadata {entry.key!r} is not valid JSON ({error})"
+            continue
+        if not isinstance(value, expected):
+            yield f"metadata {entry.key!r} holds a JSON {type(value).__name__}, expected a {expected.__name__}"
+
+
 def problems(proto: onnx.ModelProto) -> Iterator[str]:
     """Every structural problem of `proto`, one line each, in the order the graph is read."""
+    bad_text = _non_utf8_string(proto, "model")
+    if bad_text:
+        yield bad_text
+        return  # names that are bytes would make every later message unreadable
+    yield from _metadata_problems(proto)
     yield from _opset_problems(list(proto.opset_import), "the model")
     imported = {_domain(opset.domain) for opset in proto.opset_import}
     functions = {(function.domain, function.name) for function in proto.functions}

@@ -432,7 +432,9 @@ def session_options(optimization: str = "disable") -> "ort.SessionOptions":
     # Two sessions run in turn: threads that spin after a run would steal the cores the other
     # session needs (3x slower on 2 cores). Changes scheduling only, never the arithmetic.
     options.add_session_config_entry(SPINNING_KEY, "0")
-    options.log_severity_level = 3
+    # Fatal only: a failed run is raised and reported as one line; onnxruntime's own error and
+    # warning log lines would add lines to stderr around it.
+    options.log_severity_level = 4
     return options
 
 

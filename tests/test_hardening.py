@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import tracemalloc
 import zipfile
 from dataclasses import dataclass
@@ -44,11 +45,18 @@ class Outcome:
 def run_surgery(capfd, *args) -> Outcome:
     """`surgery ARGS...` in this process; stdout/stderr captured at the file-descriptor level."""
     capfd.readouterr()
+    # As in a real run, the root logger starts without handlers (pytest's are set aside), so a
+    # library's logged warning reaches stderr unless the CLI keeps it off.
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()
     try:
         surgery_cli.main([str(a) for a in args], prog_name="surgery")
         code = 0
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    finally:
+        root.handlers[:] = saved
     out, err = capfd.readouterr()
     return Outcome(code, out, err)
 
