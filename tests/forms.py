@@ -245,3 +245,115 @@ def pytorch_convnet(channels: int = 4, size: int = 9, outputs: int = 6, seed: in
         inits,
     )
     return finish(graph)
+
+
+def pytorch_transformer_ffn(d_model: int = 8, hidden: int = 16, seq: int = 5, gelu: str = "erf",
+                            embed: bool = False, seed: int = 5) -> onnx.ModelProto:
+    """A pre-norm transformer feed-forward block, `x + fc2(gelu(fc1(layer_norm(x))))`, as
+    torch.onnx.export writes it for a 3-D input: LayerNormalization, MatMul with `onnx::MatMul_N`
+    weights [in, out] and an Add with the bias FIRST.
+
+    gelu="erf": opset 17, GELU as Div/Erf/Add/Mul/Mul with scalar Constant nodes.
+    gelu="op": opset 20, the Gelu op.
+    embed=True: the residual stream comes from a Linear `/embed/MatMul` on the input instead of
+    the graph input itself.
+    """
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    nodes, inits = [], []
+    x = "input"
+    if embed:
+        nodes += [
+            helper.make_node("MatMul", ["input", "onnx::MatMul_90"], ["/embed/MatMul_output_0"], name="/embed/MatMul"),
+            helper.make_node("Add", ["embed.bias", "/embed/MatMul_output_0"], ["/embed/Add_output_0"], name="/embed/Add"),
+        ]
+        inits += [tensor("onnx::MatMul_90", rng.normal(0, 0.4, (d_model, d_model)).astype(f32)),
+                  tensor("embed.bias", rng.normal(0, 0.1, d_model).astype(f32))]
+        x = "/embed/Add_output_0"
+    nodes += [
+        helper.make_node("LayerNormalization", [x, "norm.weight", "norm.bias"], ["/norm/LayerNormalization_output_0"],
+                         name="/norm/LayerNormalization", axis=-1, epsilon=1e-5),
+        helper.make_node("MatMul", ["/norm/LayerNormalization_output_0", "onnx::MatMul_91"], ["/fc1/MatMul_output_0"], name="/fc1/MatMul"),
+        helper.make_node("Add", ["fc1.bias", "/fc1/MatMul_output_0"], ["/fc1/Add_output_0"], name="/fc1/Add"),
+    ]
+    h = "/fc1/Add_output_0"
+    if gelu == "erf":
+        def scalar(name: str, value: float):
+            return helper.make_node("Constant", [], [name], name=name.replace("_output_0", ""),
+                                    value=helper.make_tensor("value", TensorProto.FLOAT, [], [value]))
+        nodes += [
+            scalar("/act/Constant_output_0", 1.4142135381698608),
+            helper.make_node("Div", [h, "/act/Constant_output_0"], ["/act/Div_output_0"], name="/act/Div"),
+            helper.make_node("Erf", ["/act/Div_output_0"], ["/act/Erf_output_0"], name="/act/Erf"),
+            scalar("/act/Constant_1_output_0", 1.0),
+            helper.make_node("Add", ["/act/Erf_output_0", "/act/Constant_1_output_0"], ["/act/Add_output_0"], name="/act/Add"),
+            helper.make_node("Mul", [h, "/act/Add_output_0"], ["/act/Mul_output_0"], name="/act/Mul"),
+            scalar("/act/Constant_2_output_0", 0.5),
+            helper.make_node("Mul", ["/act/Mul_output_0", "/act/Constant_2_output_0"], ["/act/Mul_1_output_0"], name="/act/Mul_1"),
+        ]
+        a, opset = "/act/Mul_1_output_0", 17
+    else:
+        nodes.append(helper.make_node("Gelu", [h], ["/act/Gelu_output_0"], name="/act/Gelu"))
+        a, opset = "/act/Gelu_output_0", 20
+    nodes += [
+        helper.make_node("MatMul", [a, "onnx::MatMul_92"], ["/fc2/MatMul_output_0"], name="/fc2/MatMul"),
+        helper.make_node("Add", ["fc2.bias", "/fc2/MatMul_output_0"], ["/fc2/Add_output_0"], name="/fc2/Add"),
+        helper.make_node("Add", [x, "/fc2/Add_output_0"], ["output"], name="/Add"),
+    ]
+    inits += [
+        tensor("norm.weight", rng.uniform(0.5, 1.5, d_model).astype(f32)),
+        tensor("norm.bias", rng.normal(0, 0.1, d_model).astype(f32)),
+        tensor("onnx::MatMul_91", rng.normal(0, 0.3, (d_model, hidden)).astype(f32)),
+        tensor("fc1.bias", rng.normal(0, 0.1, hidden).astype(f32)),
+        tensor("onnx::MatMul_92", rng.normal(0, 0.3, (hidden, d_model)).astype(f32)),
+        tensor("fc2.bias", rng.normal(0, 0.1, d_model).astype(f32)),
+    ]
+    graph = helper.make_graph(
+        nodes, "main_graph",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", seq, d_model])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", seq, d_model])],
+        inits,
+    )
+    model = finish(graph, opset=opset) if opset < 20 else _finish_ir9(graph, opset)
+    return model
+
+
+def _finish_ir9(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
+    """Like `finish`, for opsets that need IR version 9 or later."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="forms")
+    model.ir_version = 9
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def pytorch_swiglu(d_model: int = 8, hidden: int = 12, seq: int = 5, seed: int = 6) -> onnx.ModelProto:
+    """A LLaMA-style SwiGLU feed-forward block, `x + down(silu(gate(n)) * up(n))` with
+    `n = layer_norm(x)`, bias-free Linears on a 3-D input (MatMul, weights [in, out]) and SiLU as
+    PyTorch exports it (Sigmoid then Mul), at opset 17."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    n = "/norm/LayerNormalization_output_0"
+    nodes = [
+        helper.make_node("LayerNormalization", ["input", "norm.weight", "norm.bias"], [n], name="/norm/LayerNormalization", axis=-1, epsilon=1e-5),
+        helper.make_node("MatMul", [n, "onnx::MatMul_70"], ["/gate/MatMul_output_0"], name="/gate/MatMul"),
+        helper.make_node("Sigmoid", ["/gate/MatMul_output_0"], ["/act/Sigmoid_output_0"], name="/act/Sigmoid"),
+        helper.make_node("Mul", ["/gate/MatMul_output_0", "/act/Sigmoid_output_0"], ["/act/Mul_output_0"], name="/act/Mul"),
+        helper.make_node("MatMul", [n, "onnx::MatMul_71"], ["/up/MatMul_output_0"], name="/up/MatMul"),
+        helper.make_node("Mul", ["/act/Mul_output_0", "/up/MatMul_output_0"], ["/Mul_output_0"], name="/Mul"),
+        helper.make_node("MatMul", ["/Mul_output_0", "onnx::MatMul_72"], ["/down/MatMul_output_0"], name="/down/MatMul"),
+        helper.make_node("Add", ["input", "/down/MatMul_output_0"], ["output"], name="/Add"),
+    ]
+    inits = [
+        tensor("norm.weight", rng.uniform(0.5, 1.5, d_model).astype(f32)),
+        tensor("norm.bias", rng.normal(0, 0.1, d_model).astype(f32)),
+        tensor("onnx::MatMul_70", rng.normal(0, 0.3, (d_model, hidden)).astype(f32)),
+        tensor("onnx::MatMul_71", rng.normal(0, 0.3, (d_model, hidden)).astype(f32)),
+        tensor("onnx::MatMul_72", rng.normal(0, 0.3, (hidden, d_model)).astype(f32)),
+    ]
+    graph = helper.make_graph(
+        nodes, "main_graph",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", seq, d_model])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", seq, d_model])],
+        inits,
+    )
+    return finish(graph)
