@@ -710,7 +710,7 @@ class _Walk:
             return self._over_axes(node, widened)
         if op == "GroupNormalization":
             raise _block(node, "normalises over groups of channels and would mix the new units into the statistics")
-        raise _block(node, f"(op {op}) is not known to the width analysis; refusing to guess")
+        raise _block(node, "is not an op the width analysis knows; refusing to guess")
 
     def _batch_norm(self, node: ir.Node, widened: dict) -> dict:
         if attribute(node, "training_mode", 0):
