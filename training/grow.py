@@ -208,16 +208,16 @@ def _plot(single: list[dict], stages: list[dict], config: GrowConfig, path: Path
         epochs = curves[0]["epochs"]
         accuracy = np.array([c["test_accuracy"] for c in curves])
         axes[0].plot(epochs, accuracy.mean(0), label=name)
-        axes[0].fill_between(epochs, accuracy.min(0), accuracy.max(0), alpha=0.15)
+        axes[0].fill_between(epochs, accuracy.mean(0) - accuracy.std(0), accuracy.mean(0) + accuracy.std(0), alpha=0.08)
     axes[0].axvline(config.first_epochs, color="grey", linestyle=":", label="widened 1 → 2")
-    axes[0].set(title="grow dense_1 from 1 to 2 units", xlabel="epoch", ylabel="test accuracy")
+    axes[0].set(title="grow dense_1 from 1 to 2 units (mean ± std over seeds)", xlabel="epoch", ylabel="test accuracy")
     axes[0].legend(fontsize=8)
     for name in stages[0]["runs"]:
         curves = [s["runs"][name]["curve"] for s in stages]
         accuracy = np.array([c["test_accuracy"] for c in curves])
         epochs = curves[0]["epochs"]
         axes[1].plot(epochs, accuracy.mean(0), label=name)
-        axes[1].fill_between(epochs, accuracy.min(0), accuracy.max(0), alpha=0.15)
+        axes[1].fill_between(epochs, accuracy.mean(0) - accuracy.std(0), accuracy.mean(0) + accuracy.std(0), alpha=0.15)
         wall = np.mean([s["runs"][name]["wall_s"] for s in stages])
         axes[2].bar(name, np.mean([s["runs"][name]["param_epochs"] for s in stages]) / 1e6)
         axes[2].annotate(f"{wall:.1f} s", (name, 0), ha="center", va="bottom", fontsize=8)
@@ -225,6 +225,8 @@ def _plot(single: list[dict], stages: list[dict], config: GrowConfig, path: Path
         axes[1].axvline(index * config.stage_epochs, color="grey", linestyle=":")
     widths = " → ".join(map(str, config.stage_widths))
     axes[1].set(title=f"staged growth {widths} vs scratch", xlabel="epoch", ylabel="test accuracy")
+    # Epoch 0 (untrained) would squash the curves worth comparing.
+    axes[1].set_ylim(bottom=min(min(s["runs"][n]["curve"]["test_accuracy"][1:]) for s in stages for n in s["runs"]) - 0.02)
     axes[1].legend(fontsize=8)
     axes[2].set(title="training compute (wall time on bars)", ylabel="epochs × parameters (millions)")
     axes[2].tick_params(axis="x", labelsize=8)

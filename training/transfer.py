@@ -217,8 +217,9 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     axes[0].set(xscale="log", xticks=sizes, xticklabels=[str(n) for n in sizes], xlabel="training samples per digit (5–9)",
                 ylabel=f"test accuracy after {config['epochs']} epochs", title=f"digits 5–9: mean ± std over {seeds} seed(s)")
     axes[1].set(xlabel="epoch", ylabel="held-out test accuracy", title=f"{sizes[-1]} samples per digit")
+    axes[0].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="lower right")
     for axis in axes:
-        axis.legend(fontsize=8)
         axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=80)
