@@ -88,6 +88,12 @@ REDUCTIONS = frozenset(
     }
 )
 
+#: onnxruntime's CPU matrix multiply (MLAS SGEMM) sums the contracted dimension in blocks of
+#: this many terms and adds the blocks' partial sums (measured on onnxruntime 1.31, x86-64; see
+#: benchmarks/conv_alignment.py). Zero rows inserted *between* existing ones can move an
+#: existing term into another block, which changes the rounding of the existing outputs.
+SGEMM_K_BLOCK = 256
+
 #: Above this many positions in one tracked tensor the analysis refuses (the new model would not
 #: fit anywhere anyway); checked before the position arrays are allocated.
 MAX_POSITIONS = 1 << 31
@@ -321,6 +327,17 @@ class ChannelChange:
 
 
 @dataclass(frozen=True)
+class RowShift:
+    """A MatMul/Gemm whose existing fan-out rows move into another SGEMM K-block (see
+    `SGEMM_K_BLOCK`): onnxruntime then rounds its existing outputs differently."""
+
+    node: str
+    old: int
+    new: int
+    moved: int  # how many existing rows changed block
+
+
+@dataclass(frozen=True)
 class WidenPlan:
     """The complete, immutable result of the analysis.
 
@@ -329,12 +346,14 @@ class WidenPlan:
         edits: every parameter change, in a deterministic order.
         tensors: every tensor whose shape grows, with where its new positions are.
         channel_changes: Conv channel counts that change (for the NCHWc report).
+        row_shifts: MatMul/Gemm consumers whose existing rows change SGEMM K-block.
     """
 
     groups: tuple[Group, ...]
     edits: tuple[Edit, ...]
     tensors: tuple[tuple[ir.Value, Layout], ...]
     channel_changes: tuple[ChannelChange, ...] = field(default=())
+    row_shifts: tuple[RowShift, ...] = field(default=())
 
     def new_shapes(self) -> dict[tuple[int, int], tuple[int, ...]]:
         """(id of node, input index) → the parameter's shape after the widening."""
@@ -485,6 +504,7 @@ class _Walk:
         self.layouts: dict[ir.Value, Layout | _ShapeVector] = {}
         self.edits: list[Edit] = []
         self.channel_changes: list[ChannelChange] = []
+        self.row_shifts: list[RowShift] = []
         self.producers: dict[ir.Node, tuple[int, Member]] = {}
 
     # -- driver ---------------------------------------------------------------------------
@@ -570,6 +590,11 @@ class _Walk:
         if not is_constant(weight):
             raise _block(node, f"has a non-constant weight {weight.name!r}; its fan-out cannot be extended")
         self.edits.append(Edit(node, weight_input, "fan-out", weight_axis, layout, weight_axes=weight_axes))
+        if node.op_type in ("MatMul", "Gemm"):
+            old = np.flatnonzero(layout.original >= 0)
+            moved = int(np.count_nonzero(layout.original[old] // SGEMM_K_BLOCK != old // SGEMM_K_BLOCK))
+            if moved:
+                self.row_shifts.append(RowShift(node.name or "", layout.original_size, layout.size, moved))
         return {}
 
     def _matmul(self, node: ir.Node, widened: dict) -> dict:
@@ -1131,7 +1156,7 @@ def _finish(groups: list[dict], walk: _Walk) -> WidenPlan:
         Group(i, g["old"], g["added"], tuple(g["members"]), tuple(g["requested"])) for i, g in enumerate(groups)
     )
     tensors = tuple((v, l) for v, l in walk.layouts.items() if isinstance(l, Layout))
-    return WidenPlan(frozen, tuple(walk.edits), tensors, tuple(walk.channel_changes))
+    return WidenPlan(frozen, tuple(walk.edits), tensors, tuple(walk.channel_changes), tuple(walk.row_shifts))
 
 
-__all__ = ["Layout", "Member", "Group", "Edit", "ChannelChange", "WidenPlan", "analyse", "trace_units", "infer_missing_shapes", "mask_ranges", "RELU_LIKE"]
+__all__ = ["Layout", "Member", "Group", "Edit", "ChannelChange", "RowShift", "SGEMM_K_BLOCK", "WidenPlan", "analyse", "trace_units", "infer_missing_shapes", "mask_ranges", "RELU_LIKE"]

@@ -194,10 +194,15 @@ def widen(model: str, output: str, layers: tuple[str, ...], init: str, fan_in: s
         coupled = f" (coupled: {', '.join(names[1:])} grow with it)" if len(names) > 1 else ""
         click.echo(f"{names[0]}: {group.old_width} -> {group.new_width} units{coupled}")
     for change in result.plan.channel_changes:
-        crossed = [b for b in (8, 16) if -(-change.old // b) != -(-change.new // b) or (change.old % b == 0) != (change.new % b == 0)]
-        note = (f"crosses an NCHWc block boundary ({' and '.join(map(str, crossed))}): onnxruntime's default "
-                "optimizations may then differ by a few ULP; --align 16 avoids it") if crossed else "stays within its NCHWc blocks"
+        # onnxruntime's NCHWc layout (default optimizations) picks Conv kernels by whether channel
+        # counts are multiples of its block (8 on AVX2, 16 on AVX-512): see docs/widen.md.
+        crossed = [b for b in (8, 16) if (change.old % b == 0) != (change.new % b == 0)]
+        note = (f"crosses an NCHWc block boundary ({', '.join(map(str, crossed))}): with onnxruntime's default "
+                "optimizations its outputs may differ by a few ULP (see --align)") if crossed else "same NCHWc blocking"
         click.echo(f"conv {change.node!r} {change.side} channels {change.old} -> {change.new}: {note}")
+    for shift in result.plan.row_shifts:
+        click.echo(f"{shift.node!r}: {shift.moved} of its {shift.old} input rows move to another block of "
+                   f"onnxruntime's CPU matrix multiply ({shift.old} -> {shift.new} rows); its outputs may differ by a few ULP")
     if not no_verify:
         from surgery.verification import verify
 
