@@ -1,0 +1,102 @@
+"""`surgery widen` as users run it: success, one-line errors (exit 2), refusal to write a model
+whose outputs are not bitwise equal (exit 1), and the non-preserving strategies."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import forms
+
+
+@pytest.fixture(scope="module")
+def cnn_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("widen") / "cnn.onnx"
+    onnx.save(forms.pytorch_cnn(channels=4), path)
+    return path
+
+
+def _single_channel_conv(path):
+    """A Conv with ONE output channel: onnxruntime computes it with another kernel than a Conv
+    with several, so widening it changes the old channel's rounding (benchmarks/conv_alignment.py)."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "conv.weight"], ["c"], name="/conv/Conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+         helper.make_node("Flatten", ["c"], ["f"], name="/flatten/Flatten", axis=1),
+         helper.make_node("Gemm", ["f", "fc.weight"], ["output"], name="/fc/Gemm", transB=1)],
+        "main_graph", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 5, 5])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2])],
+        [forms.tensor("conv.weight", rng.normal(size=(1, 3, 3, 3)).astype(np.float32)),
+         forms.tensor("fc.weight", rng.normal(size=(2, 25)).astype(np.float32))],
+    )
+    onnx.save(forms.finish(graph), path)
+    return path
+
+
+def test_widen_writes_a_verified_model_deterministically(cli, cnn_file, tmp_path):
+    first, second = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    done = cli("widen", cnn_file, "-o", first, "--layer", "/conv1/Conv=3", "--seed", "5")
+    assert done.returncode == 0, done.stderr
+    assert "/conv1/Conv: 4 -> 7 units" in done.stdout
+    assert "outputs bitwise equal" in done.stdout
+    assert "conv '/conv1/Conv' output channels 4 -> 7: same NCHWc blocking" in done.stdout
+    assert cli("widen", cnn_file, "-o", second, "--layer", "/conv1/Conv=3", "--seed", "5").returncode == 0
+    assert first.read_bytes() == second.read_bytes()
+    assert cli("widen", cnn_file, "-o", second, "--layer", "/conv1/Conv=3", "--seed", "6", "--force").returncode == 0
+    assert first.read_bytes() != second.read_bytes()
+    wide = onnx.load(first)
+    assert next(i for i in wide.graph.initializer if i.name == "conv1.weight").dims[0] == 7
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        ("/conv9/Conv=2", "no layer named '/conv9/Conv'; did you mean /conv1/Conv"),
+        ("/conv1/Conv", "expected NAME=K"),
+        ("/conv1/Conv=x", "K must be an integer"),
+        ("/conv1/Conv=0", "K must be at least 1"),
+        ("/fc/Gemm=2", "graph output 'output'"),
+    ],
+)
+def test_bad_requests_are_one_line_errors(cli, cnn_file, tmp_path, layer, message):
+    out = tmp_path / "out.onnx"
+    done = cli("widen", cnn_file, "-o", out, "--layer", layer)
+    assert done.returncode == 2
+    assert done.stderr.startswith("surgery: ") and message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+def test_same_layer_twice_and_existing_output_are_refused(cli, cnn_file, tmp_path):
+    out = tmp_path / "out.onnx"
+    done = cli("widen", cnn_file, "-o", out, "--layer", "/conv1/Conv=1", "--layer", "/conv1/Conv=2")
+    assert done.returncode == 2 and "given twice" in done.stderr and not out.exists()
+    out.write_bytes(b"keep me")
+    done = cli("widen", cnn_file, "-o", out, "--layer", "/conv1/Conv=1")
+    assert done.returncode == 2 and "--force" in done.stderr and out.read_bytes() == b"keep me"
+
+
+def test_outputs_that_are_not_bitwise_equal_are_not_written(cli, tmp_path):
+    model, out = _single_channel_conv(tmp_path / "one.onnx"), tmp_path / "wide.onnx"
+    done = cli("widen", model, "-o", out, "--layer", "/conv/Conv=2")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "not bitwise equal" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
+    done = cli("widen", model, "-o", out, "--layer", "/conv/Conv=2", "--no-verify")
+    assert done.returncode == 0 and out.exists() and "verified" not in done.stdout
+
+
+def test_non_preserving_strategies_report_what_they_measure(cli, cnn_file, tmp_path):
+    done = cli("widen", cnn_file, "-o", tmp_path / "r.onnx", "--layer", "/conv1/Conv=2", "--init", "all-random")
+    assert done.returncode == 0 and "outputs changed" in done.stdout and (tmp_path / "r.onnx").exists()
+    done = cli("widen", cnn_file, "-o", tmp_path / "n.onnx", "--layer", "/conv1/Conv=2", "--init", "net2net")
+    assert done.returncode == 0 and "max |diff|" in done.stdout
+
+
+def test_inspect_symmetry_sees_all_zero_units(cli, cnn_file, tmp_path):
+    out = tmp_path / "z.onnx"
+    assert cli("widen", cnn_file, "-o", out, "--layer", "/conv1/Conv=3", "--init", "all-zero").returncode == 0
+    done = cli("inspect", out, "--symmetry", "/conv1/Conv")
+    assert done.returncode == 0 and "units 4, 5, 6 are identical" in done.stdout
