@@ -533,8 +533,7 @@ class _Walk:
                 if value in self.layouts:  # a producer's seed: its own widening wins
                     continue
                 self.layouts[value] = layout
-                if isinstance(layout, Layout):
-                    self._check_output(node, value)
+                self._check_output(node, value)  # a shape tensor's contents would change too
 
     def _region(self, seeds: list[ir.Value]) -> list[ir.Node]:
         """Nodes reachable from the seeds through uses, in topological order (reverse DFS postorder)."""

@@ -220,6 +220,8 @@ def widen(model: str, output: str, layers: tuple[str, ...], init: str, fan_in: s
             click.echo(f"outputs changed, as all-random does (max |diff| {diff:.3g})")
     save_model(ir_model, output, force=force, share_external_data=share_external_data)
     click.echo(f"wrote {output}")
+
+
 @cli.command()
 @click.argument("reference", type=click.Path(dir_okay=True))
 @click.argument("candidate", type=click.Path(dir_okay=True))
