@@ -29,6 +29,8 @@ Rules, case by case (every graph, subgraphs of If/Loop/Scan included):
   non-negative dims, and exactly as much data as shape × type needs, in ``raw_data``, in the one
   typed field that type uses, or in the ``length`` an external-data entry declares. The data
   files themselves are not opened here (`surgery.modelio` checks their locations).
+- **Types and shapes** (last, once the structure is sound): ONNX's strict type and shape
+  inference must find every node's inputs consistent, as onnxruntime requires at load.
 
 Example:
     >>> proto = onnx.load("model.onnx", load_external_data=False)
@@ -42,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 
 import onnx
@@ -294,6 +297,27 @@ def problems(proto: onnx.ModelProto) -> Iterator[str]:
     yield from _graph_problems(proto.graph, frozenset(), imported, functions, "")
 
 
+def _inference_problem(proto: onnx.ModelProto) -> str | None:
+    """What ONNX's strict type and shape inference finds inconsistent, as onnxruntime would at load.
+
+    A model whose weights disagree with its ops' shapes or types (a Gemm fed 7 features whose
+    weight has 12 rows, a MatMul of float by int64) passes `onnx.checker`; left in, it surfaces
+    as a Keras or NumPy error deep inside a pass. Only shapes and types are read, never tensor
+    data; ops without a schema (com.microsoft) are skipped by the inference.
+    """
+    try:
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except Exception as error:  # InferenceError, and ValidationError for some malformed attributes
+        text = " ".join(str(error).split())
+        text = re.sub(r"\[(ShapeInferenceError|TypeInferenceError)\]\s*|Inference error\(s\):\s*", "", text)
+        first = re.search(r"\(op_type:(\S+), node name: (.*?)\): (.*?)(?= \(op_type:|$)", text)
+        if first:  # the first of the errors it lists, in the toolkit's words
+            op, node, why = first.groups()
+            text = f"node {node!r} ({op}): {why}"
+        return f"types or shapes do not agree: {text[:300]}"
+    return None
+
+
 def validate(proto: onnx.ModelProto, path: str | os.PathLike | None = None) -> None:
     """Raise `SurgeryError` naming `path` and the first problem `problems` finds.
 
@@ -301,6 +325,6 @@ def validate(proto: onnx.ModelProto, path: str | os.PathLike | None = None) -> N
         >>> validate(onnx.load("broken.onnx"), "broken.onnx")
         SurgeryError: broken.onnx: node '/relu/Relu' (Relu) reads tensor 'nope', which no graph input, initializer or earlier node defines
     """
-    first = next(problems(proto), None)
+    first = next(problems(proto), None) or _inference_problem(proto)
     if first is not None:
         raise SurgeryError(f"{os.fspath(path) if path is not None else 'model'}: {first}")

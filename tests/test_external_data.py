@@ -217,7 +217,8 @@ def test_concatenated_tensor_streams_what_numpy_would_concatenate(source, tmp_pa
             node.outputs[0].shape = None
     out = tmp_path / "sliced.onnx"
     save_model(model, out)
-    written = load_model(out).graph.initializers["layer2.weight"].const_value.numpy()
+    # ir.load, not load_model: this half-widened model's shapes disagree, which load_model refuses.
+    written = ir.load(out).graph.initializers["layer2.weight"].const_value.numpy()
     assert written.shape == (UNITS, UNITS + 5)
     assert np.array_equal(written, expected)
     assert np.array_equal(lazy.numpy(), expected)

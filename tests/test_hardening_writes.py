@@ -222,7 +222,10 @@ def test_sigint_during_the_write_leaves_nothing_or_a_whole_model(tmp_path):
         if written.exists():  # the rename happened before the signal (which may then end the process at exit)
             assert written.read_bytes() == reference
         else:
-            assert run.returncode == 130 and err.decode().strip() == "surgery: interrupted", (run.returncode, err.decode())
+            # 130 from the CLI's handler; under load CPython sometimes ends an interrupted run by
+            # re-raising SIGINT at exit (-2), after the same message.
+            assert run.returncode in (130, -signal.SIGINT), (run.returncode, err.decode())
+            assert err.decode().strip() == "surgery: interrupted", err.decode()
             assert not written.exists()
         assert sorted(p.name for p in out_dir.iterdir()) == ([written.name] if written.exists() else [])
         outcomes.append(run.returncode)

@@ -34,12 +34,14 @@ EXPERIMENTS = {
 def main(experiment: str, data: str | None, seeds: int | None, out: str | None, quick: bool) -> None:
     quiet()
     from surgery import SurgeryError
+    from surgery.tensorflow_runtime import import_tensorflow
     from training.data import load_mnist
 
     if seeds is None:
         seeds = 1 if quick or experiment == "demo" else 3
     try:
         mnist = load_mnist(data)
+        import_tensorflow()  # before the experiment imports it: keeps TensorFlow's start-up logs off stderr
         module = importlib.import_module(EXPERIMENTS[experiment])
         module.run(mnist, seeds=list(range(seeds)), out=Path(out or f"runs/{experiment}"), quick=quick)
     except SurgeryError as error:
@@ -47,5 +49,21 @@ def main(experiment: str, data: str | None, seeds: int | None, out: str | None, 
         sys.exit(getattr(error, "exit_code", 2))
 
 
+def run() -> None:
+    """Entry point: usage errors and unexpected failures as one line on stderr, like `surgery`."""
+    try:
+        sys.exit(main.main(prog_name="python -m training", standalone_mode=False) or 0)
+    except click.UsageError as error:
+        click.echo(f"error: {error.format_message()}", err=True)
+        sys.exit(2)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as error:  # a bug: one line, not a traceback
+        first = (str(error).strip().splitlines() or [""])[0]
+        click.echo(f"error: internal error: {type(error).__name__}: {first}", err=True)
+        sys.exit(3)
+
+
 if __name__ == "__main__":
-    main(prog_name="python -m training")
+    run()

@@ -158,6 +158,13 @@ def load_npz(path: str | Path) -> Mnist:
         x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
         if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE or len(x) != len(y):
             raise SurgeryError(f"{file}: x_{part} must be (N, 28, 28) with N labels, got {x.shape} and {y.shape}")
+        # Checked here, or TensorFlow fails deep inside training with a multi-page traceback.
+        if len(y) == 0 or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+            raise SurgeryError(f"{file}: y_{part} must hold at least one digit label, got {len(y)} of type {y.dtype}")
+        if not np.all(np.isin(y, np.arange(10))):
+            raise SurgeryError(f"{file}: y_{part} must hold the digits 0-9, got values from {y.min()} to {y.max()}")
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)) or not np.all(np.isfinite(x)):
+            raise SurgeryError(f"{file}: x_{part} must hold finite pixel values")
     # Keras's file holds uint8 0–255; a float file already in [0, 1] is kept as it is.
     scale = np.float32(255.0) if arrays["x_train"].dtype == np.uint8 or arrays["x_train"].max() > 1 else np.float32(1)
     return Mnist(
