@@ -156,3 +156,19 @@ def test_widening_twice_composes_metadata_relative_to_the_original():
 def test_align_rounds_new_widths_up():
     wide = widen(forms.pytorch_mlp(hidden=16), {"/fc1/Gemm": 3}, align=8)
     assert _weights(wide)["fc1.weight"].shape == (24, 20)
+
+
+MODELS = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "models").glob("*.onnx"))
+
+
+@pytest.mark.parametrize("path", MODELS, ids=[p.name for p in MODELS])
+def test_reference_models_widen_exactly(path):
+    from surgery.layers import find_layers
+    from surgery.modelio import load_model
+
+    model = load_model(path)
+    hidden = [layer.name for layer in find_layers(model)][:-1]  # the last layer feeds the output
+    assert hidden
+    wide = widen(model, {name: 3 + i for i, name in enumerate(hidden)}, seed=2)
+    assert isinstance(wide, ir.Model)
+    assert_equivalent(path, wide)
