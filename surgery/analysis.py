@@ -370,9 +370,9 @@ class WidenPlan:
 
     def added_bytes(self) -> int:
         """Bytes the changed parameters will take (an upper bound on what the rewrite allocates)."""
-        total = 0
+        total, shapes = 0, self.new_shapes()
         for edit in {(id(e.node), e.input_index): e for e in self.edits}.values():
-            shape = self.new_shapes()[(id(edit.node), edit.input_index)]
+            shape = shapes[(id(edit.node), edit.input_index)]
             dtype = edit.value.dtype
             itemsize = dtype.itemsize if dtype is not None else 8
             total += math.prod(shape) * itemsize
@@ -505,14 +505,10 @@ class _Walk:
         self.edits: list[Edit] = []
         self.channel_changes: list[ChannelChange] = []
         self.row_shifts: list[RowShift] = []
-        self.producers: dict[ir.Node, tuple[int, Member]] = {}
 
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> None:
         seeds: list[ir.Value] = []
-        for gid, group in enumerate(self.groups):
-            for member in group["members"]:
-                self.producers[member.node] = (gid, member)
         for gid, group in enumerate(self.groups):
             for member in group["members"]:
                 axis, rank = _output_axis_rank(member)
@@ -639,10 +635,7 @@ class _Walk:
                 raise _block(node, f"joins the widened tensor with {value.name!r} of unknown shape")
             ranks.append(rank)
         out_rank = max(ranks)
-        layouts = {i: l for i, l in widened.items()}
-        for i, layout in layouts.items():
-            if not isinstance(layout, Layout):
-                raise _block(node, "computes with the widened tensor's shape")
+        layouts = dict(widened)  # shape tensors never get here (see _rule)
         axes = {layout.axis + out_rank - layout.rank for layout in layouts.values()}
         if len(axes) != 1:
             raise _block(node, "joins tensors widened along different axes")

@@ -34,8 +34,9 @@ import onnx_ir as ir
 
 from surgery.analysis import Edit, WidenPlan, analyse, infer_missing_shapes, mask_ranges
 from surgery.errors import SurgeryError
-from surgery.graph import ModelLike, as_ir, constant_array, like
+from surgery.graph import ModelLike, as_ir, constant_array, constant_shape, like
 from surgery.initializers import check_strategy, extend, unit_sources
+from surgery.layers import resolve_layer
 
 HISTORY_KEY = "surgery.widen_history"
 TENSORS_KEY = "surgery.widened_tensors"
@@ -82,9 +83,6 @@ def _check_memory(plan: WidenPlan) -> None:
 
 def _precheck_size(model: ir.Model, plan: Mapping[str, int]) -> None:
     """Refuse absurd unit counts before the analysis allocates position arrays for them."""
-    from surgery.graph import constant_shape
-    from surgery.layers import resolve_layer
-
     available = _available_memory()
     for name, added in plan.items():
         if isinstance(added, (int, np.integer)) and not isinstance(added, bool) and added > 0:
