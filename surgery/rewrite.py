@@ -99,7 +99,10 @@ def _precheck_size(model: ir.Model, plan: Mapping[str, int]) -> None:
 def _composed_tensors(model: ir.Model, plan: WidenPlan) -> dict:
     """``surgery.widened_tensors`` after this widening, relative to the never-widened model."""
     raw = model.metadata_props.get(TENSORS_KEY)
-    entries = json.loads(raw) if raw else {}
+    try:
+        entries = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        raise SurgeryError(f"metadata {TENSORS_KEY!r} is not valid JSON; cannot compose a new widening with it") from None
     for value, layout in plan.tensors:
         name = value.name or ""
         earlier = entries.get(name)
@@ -224,11 +227,15 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
     tensors = _composed_tensors(model, widen_plan)
     arrays = _new_arrays(widen_plan, init=init, fan_in=fan_in, seed=seed)
     records = _history(widen_plan, init, int(seed))
+    raw = model.metadata_props.get(HISTORY_KEY)
+    try:
+        history = json.loads(raw) if raw else []
+    except json.JSONDecodeError:
+        raise SurgeryError(f"metadata {HISTORY_KEY!r} is not valid JSON; cannot append to it") from None
     # Nothing above changed the model (beyond inferred shapes); from here on it is written.
     forked = _write_parameters(model.graph, arrays)
     _write_shapes(widen_plan)
-    raw = model.metadata_props.get(HISTORY_KEY)
-    model.metadata_props[HISTORY_KEY] = json.dumps((json.loads(raw) if raw else []) + records)
+    model.metadata_props[HISTORY_KEY] = json.dumps(history + records)
     model.metadata_props[TENSORS_KEY] = json.dumps(tensors)
     return WidenResult(widen_plan, tuple(records), tuple(forked))
 

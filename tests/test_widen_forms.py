@@ -172,3 +172,27 @@ def test_reference_models_widen_exactly(path):
     wide = widen(model, {name: 3 + i for i, name in enumerate(hidden)}, seed=2)
     assert isinstance(wide, ir.Model)
     assert_equivalent(path, wide)
+
+
+def test_convnet_concat_offsets_and_residual_coupling_keep_the_other_output_exact():
+    """PyTorch convnet: conv1 → BN → PReLU, residual Add with conv2 (coupled), Concat with a
+    side branch (new channels land at an offset), padded pools, Flatten → Gemm; the second
+    output 'pooled' grows (allowed), its old positions and 'output' stay bitwise equal."""
+    import onnxruntime as ort
+
+    from surgery.verification import session_options
+
+    model = forms.pytorch_convnet(channels=4)
+    wide = widen(model, {"/conv1/Conv": 3}, allow_output_change=True, seed=5)
+    history = _meta(wide, "surgery.widen_history")
+    assert {r["node"] for r in history} == {"/conv1/Conv", "/conv2/Conv"}
+    concat = _meta(wide, "surgery.widened_tensors")["/Concat_output_0"]
+    assert concat == {"axis": 1, "original": 8, "new": [[4, 7]]}
+    feed = {"input": np.random.default_rng(0).normal(size=(4, 2, 9, 9)).astype(np.float32)}
+    runs = [ort.InferenceSession(m.SerializeToString(), session_options("disable"), providers=["CPUExecutionProvider"]).run(None, feed)
+            for m in (model, wide)]
+    names = [o.name for o in model.graph.output]
+    before, after = dict(zip(names, runs[0])), dict(zip(names, runs[1]))
+    np.testing.assert_array_equal(before["output"], after["output"])
+    kept = np.r_[0:4, 7:11]
+    np.testing.assert_array_equal(before["pooled"], after["pooled"][:, kept])
