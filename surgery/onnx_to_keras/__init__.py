@@ -118,7 +118,11 @@ def check_faithful(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # onnxruntime's warnings would add lines to the command's stderr
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    expected = session.run(list(outputs), {i.name: a for i, a in zip(graph_inputs, arrays)})
+    try:
+        expected = session.run(list(outputs), {i.name: a for i, a in zip(graph_inputs, arrays)})
+    except Exception as error:  # inputs drawn for the Keras model that the ONNX graph does not take
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise SurgeryError(f"the ONNX model cannot run on the Keras model's inputs: {first}") from None
     got = keras_model(arrays if len(arrays) > 1 else arrays[0], training=False)
     got = [np.asarray(g) for g in (got if isinstance(got, (list, tuple)) else [got])]
     if len(got) != len(expected):
