@@ -13,6 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def expected_replicas() -> int:
+    """MirroredStrategy over every GPU when there are several, else the default strategy's one replica."""
+    import tensorflow as tf
+
+    gpus = len(tf.config.list_logical_devices("GPU"))
+    return gpus if gpus > 1 else 1
+
+
 def run_experiment(name: str, out: Path, *extra: str) -> tuple[dict, str]:
     done = subprocess.run(
         [sys.executable, "-m", "training", name, "--quick", "--out", str(out), *extra],
@@ -24,6 +32,7 @@ def run_experiment(name: str, out: Path, *extra: str) -> tuple[dict, str]:
     assert results["command"].startswith("python -m training " + name)
     assert "tensorflow" in results["versions"] and "onnxruntime" in "".join(results["versions"])
     assert results["data"]["kind"] == "bundled" and results["data"]["test"] == 1000 and results["seeds"] == [0]
+    assert results["replicas"] == expected_replicas()
     pngs = list(out.glob("*.png"))
     assert pngs and all(p.stat().st_size > 1000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert [str(p) for p in sorted(pngs)] == sorted(results["plots"])

@@ -121,6 +121,9 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
     )
     print(f"plot: {plot}\nresults: {out / 'results.json'}\nmodels: {', '.join(results['files'])}")
     print(f"done in {results['wall_s']:.0f} s")
+    if not bitwise:
+        # The demo's claim is exact preservation: a difference is a failure, not a footnote.
+        raise surgery.NotEquivalentError("the widened model's onnxruntime outputs differ from the original's")
     return results
 
 
