@@ -72,7 +72,6 @@ def make(name: str, data, out: Path, *, seed: int) -> dict:
     proto = surgery.export_keras(plain)
     export_diff = self_check(plain, proto)
     surgery.save_model(proto, onnx_path, force=True)
-    onnx_path.chmod(0o644)  # save_model writes through a private temp file (mode 0600); these are shared
     return {
         "description": plain.name,
         "task": f"digits {recipe['digits'][0]}-{recipe['digits'][-1]}"
