@@ -49,6 +49,8 @@ def test_output_zero_fan_in_is_he_uniform_after_gelu():
     assert np.abs(fan_in).max() <= limit and np.abs(fan_in).max() > 0.95 * limit
     glorot = widen(forms.pytorch_transformer_ffn(), {"/fc1/MatMul": 400}, fan_in="glorot")
     assert np.abs(_weights(glorot)["onnx::MatMul_91"][:, 16:]).max() <= np.sqrt(6 / (8 + 416))
+    normal = _weights(widen(forms.pytorch_transformer_ffn(), {"/fc1/MatMul": 400}, fan_in="normal"))["onnx::MatMul_91"][:, 16:]
+    assert abs(normal.std() - np.sqrt(1 / 8)) < 0.02  # LeCun normal: N(0, 1/fan_in)
 
 
 @pytest.mark.parametrize("embed", [False, True])
