@@ -26,7 +26,7 @@ import forms
 from test_hardening import run_surgery
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
-DEFAULT_CASES = 600
+DEFAULT_CASES = 2000
 TIME_BUDGET_S = 40.0
 CASES = int(os.environ.get("SURGERY_FUZZ_CASES", DEFAULT_CASES))
 SEED = int(os.environ.get("SURGERY_FUZZ_SEED", 20261123))
