@@ -661,8 +661,8 @@ class _Walk:
             if is_constant(value):
                 if dim != reference.original_size:
                     raise _block(node, f"has constant {value.name!r} of size {dim} along the widened axis (expected {reference.original_size} or 1)")
-                if dim == 1:
-                    continue
+                if dim == 1 and not self._is_layer_bias(node, layouts):
+                    continue  # a width-1 constant that is not a layer's bias is a broadcast scalar
                 self.edits.append(Edit(node, i, "neutral", own_axis, reference.moved(own_axis, len(dims)), neutral=ELEMENTWISE_NEUTRAL[node.op_type]))
                 continue
             if node.op_type not in COUPLING_OPS:
@@ -674,6 +674,21 @@ class _Walk:
                 raise _NeedsMember(node, value, own_axis, groups.pop())
             raise _block(node, f"joins the widened tensor with {value.name!r} of size {dim} along the widened axis")
         return {0: reference.moved(axis, out_rank)}
+
+    @staticmethod
+    def _is_layer_bias(node: ir.Node, layouts: dict) -> bool:
+        """True for the per-unit bias Add right after a MatMul layer (its only use).
+
+        With one unit, a bias of shape [1] reads like a broadcast scalar; it is a bias all the
+        same, and its new entries must be 0, not copies of the old unit's bias.
+        """
+        if node.op_type != "Add":
+            return False
+        for index in layouts:
+            producer = node.inputs[index].producer()
+            if producer is not None and producer.op_type == "MatMul" and len(node.inputs[index].uses()) == 1:
+                return is_constant(producer.inputs[1])
+        return False
 
     def _rule(self, node: ir.Node, widened: dict) -> dict:
         op = node.op_type

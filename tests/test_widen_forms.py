@@ -198,3 +198,35 @@ def test_convnet_concat_offsets_and_residual_coupling_keep_the_other_output_exac
     np.testing.assert_array_equal(before["output"], after["output"])
     kept = np.r_[0:4, 7:11]
     np.testing.assert_array_equal(before["pooled"], after["pooled"][:, kept])
+
+
+def test_width_one_layer_bias_gets_zero_entries_for_new_units():
+    """A [1]-shaped bias of a one-unit layer is a bias, not a broadcast scalar (grow's 1 → 2)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    import forms
+    import surgery
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+            helper.make_node("Add", ["h", "b1"], ["hb"], name="add1"),
+            helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
+        ], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3])],
+        [
+            forms.tensor("w1", np.ones((4, 1), np.float32)),
+            forms.tensor("b1", np.array([0.7], np.float32)),
+            forms.tensor("w2", np.ones((1, 3), np.float32)),
+        ],
+    )
+    model = forms.finish(graph)
+    for init in ("output-zero", "all-zero"):
+        wide = surgery.widen(model, {"mm1": 2}, init=init)
+        bias = {t.name: onnx.numpy_helper.to_array(t) for t in wide.graph.initializer}["b1"]
+        assert bias.tolist() == [np.float32(0.7), 0.0, 0.0]
+        assert surgery.verify(model, wide).equivalent
