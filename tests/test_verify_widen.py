@@ -56,3 +56,32 @@ def test_locate_names_the_consumer_of_a_widened_layer(build, layer, consumer_wei
     assert located.node == reader_of(broken, consumer_weight)
     # every widened intermediate was compared on its original units, none skipped
     assert located.skipped == 0 and located.compared >= len(widened) + 1
+
+
+def test_locate_looks_past_tf2onnx_flatten_shape_chain():
+    """tf2onnx's dynamic-batch Flatten reads Shape(widened tensor): that differs on purpose."""
+    import keras
+
+    from surgery.export import export_keras
+
+    keras.utils.set_random_seed(0)
+    cnn = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(4, 3, activation="relu", name="conv", bias_initializer="ones"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(3, name="head", bias_initializer="ones"),
+        ],
+        name="cnn",
+    )
+    reference = export_keras(cnn)
+    wide = widen(reference, {"conv": 2})
+    assert verify(reference, wide, samples=8).equivalent
+    head = as_ir(wide)
+    (matmul,) = [n for n in head.graph if n.op_type == "MatMul"]
+    weight = matmul.inputs[1].name
+    # NHWC flatten of 4x4 positions x 6 channels: new channels are 4 and 5 of each position.
+    broken = give_new_unit_a_fan_out(wide, weight, 0, 6 * 3 + 4)
+    located = verify(reference, broken, samples=8, locate=True).located
+    assert located.node == matmul.name
+    assert located.skipped >= 1  # the Shape chain, skipped rather than blamed
