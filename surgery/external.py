@@ -229,6 +229,11 @@ class ConcatenatedTensor(ir.LazyTensor):
     def axis(self) -> int:
         return self._axis
 
+    @property
+    def parts(self) -> list[tuple[ir.TensorProtocol | np.ndarray, int, int]]:
+        """The parts as ``(source, start, stop)`` along `axis`, in order."""
+        return list(self._parts)
+
     def __repr__(self) -> str:
         return f"{self._repr_base()}(parts={len(self._parts)}, axis={self._axis}, name={self.name!r})"
 

@@ -130,20 +130,39 @@ def extend(array: np.ndarray, edits: Sequence[Edit], final_shape: Sequence[int],
             continue
         grown = np.take(result, np.where(layout.original >= 0, layout.original, 0), axis=axis)
         new = np.flatnonzero(layout.new_mask)
-        region = _along(axis, grown.ndim, new)
-        shape = grown[region].shape
-        rng = _rng(seed, edit.role, key, str(axis))
-        if edit.role == "fan-in" and strategy in ("output-zero", "all-random"):
-            kind = fan_in or ("he" if edit.activation in RELU_LIKE else "glorot")
-            grown[region] = _random(rng, shape, grown.dtype, kind, _fans(final_shape, edit.weight_axes))
-        elif edit.role == "fan-out" and strategy == "all-random":
-            grown[region] = _random(rng, shape, grown.dtype, "glorot", _fans(final_shape, edit.weight_axes))
-        elif edit.role == "neutral":
-            grown[region] = edit.neutral
-        else:
-            grown[region] = 0
+        shape = list(grown.shape)
+        shape[axis] = new.size
+        grown[_along(axis, grown.ndim, new)] = new_unit_values(
+            edit, shape, grown.dtype, final_shape, strategy=strategy, fan_in=fan_in, seed=seed, key=key)
         result = grown
     return result
 
 
-__all__ = ["STRATEGIES", "FAN_IN_INITS", "check_strategy", "unit_sources", "extend"]
+def new_unit_values(edit: Edit, shape: Sequence[int], dtype: np.dtype, final_shape: Sequence[int], *, strategy: str,
+                    fan_in: str | None, seed: int, key: str) -> np.ndarray:
+    """What one edit puts into its new positions, for every strategy but net2net.
+
+    `extend` writes this block over the new positions along ``edit.axis`` (in their order);
+    `surgery.rewrite` joins it lazily to the untouched old tensor instead. Both get it from
+    here, so the two give the same bytes.
+
+    Args:
+        edit: a non-literal edit (its role picks the values, its layout is not read).
+        shape: the parameter's shape with ``edit.axis`` cut to the number of new positions.
+        dtype: the parameter's dtype.
+        final_shape, strategy, fan_in, seed, key: as for `extend`.
+    """
+    shape = tuple(int(d) for d in shape)
+    if edit.role == "fan-in" and strategy in ("output-zero", "all-random"):
+        kind = fan_in or ("he" if edit.activation in RELU_LIKE else "glorot")
+        rng = _rng(seed, edit.role, key, str(edit.axis))
+        return _random(rng, shape, dtype, kind, _fans(final_shape, edit.weight_axes))
+    if edit.role == "fan-out" and strategy == "all-random":
+        rng = _rng(seed, edit.role, key, str(edit.axis))
+        return _random(rng, shape, dtype, "glorot", _fans(final_shape, edit.weight_axes))
+    if edit.role == "neutral":
+        return np.full(shape, edit.neutral, dtype=dtype)
+    return np.zeros(shape, dtype=dtype)
+
+
+__all__ = ["STRATEGIES", "FAN_IN_INITS", "check_strategy", "unit_sources", "extend", "new_unit_values"]

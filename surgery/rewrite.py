@@ -2,15 +2,24 @@
 
 `widen` is the public entry point (a copy of the model comes back; the input is never
 modified). `widen_in_place` does the same on an `ir.Model` without copying it, for the CLI and
-for models larger than memory: only the parameters that change are read (`.numpy()`), every
-other tensor, memory-mapped external data included, is left as it is.
+for models larger than memory: every tensor that does not change, memory-mapped external data
+included, is left as it is, and a changed parameter whose old units stay as they were is not
+read either (see rule 3).
 
 Rules, in the order they are applied:
 
 1. The analysis (`surgery.analysis.analyse`) produces the complete plan; a blocker or a bad
    request raises `SurgeryError` before anything changes.
 2. The bytes the new parameters need are checked against the memory available.
-3. Every changed parameter is computed (`surgery.initializers.extend`) before any is written.
+3. Every changed parameter is computed before any is written. Where the strategy keeps the old
+   units as they are (output-zero, all-zero, all-random) and the parameter has one edit along
+   one axis that keeps the old units in order, it becomes a lazy
+   `surgery.external.ConcatenatedTensor`: slices of the old tensor (never read here; the
+   streaming writer copies them file-to-file) joined with the new units' values, which are the
+   only part held in memory. Otherwise (net2net, several edits, reordered units, ``Constant``
+   nodes) `surgery.initializers.extend` computes it in memory. Both take the new values from
+   `surgery.initializers.new_unit_values`, so they give the same bytes. ``numpy()`` on a lazy
+   tensor computes the full array whenever it is asked for (fine for models that fit in memory).
 4. Parameters are written: an initializer or ``Constant`` whose every use gets the same new
    contents is replaced in place (same name); one that is shared with a node that must not
    change (or needs other contents) is forked into a new initializer for the changed uses.
@@ -34,8 +43,9 @@ import onnx_ir as ir
 
 from surgery.analysis import Edit, WidenPlan, analyse, infer_missing_shapes, mask_ranges
 from surgery.errors import SurgeryError
+from surgery.external import ConcatenatedTensor, concatenate
 from surgery.graph import ModelLike, as_ir, constant_array, constant_shape, like
-from surgery.initializers import check_strategy, extend, unit_sources
+from surgery.initializers import check_strategy, extend, new_unit_values, unit_sources
 from surgery.layers import resolve_layer
 
 HISTORY_KEY = "surgery.widen_history"
@@ -139,21 +149,88 @@ def _history(plan: WidenPlan, init: str, seed: int) -> list[dict]:
     return records
 
 
-def _new_arrays(plan: WidenPlan, *, init: str, fan_in: str | None, seed: int) -> list[tuple[list[Edit], np.ndarray]]:
-    """Every changed parameter's new contents, keyed by its edits (one list per node input)."""
+#: A changed parameter's new contents: in memory, or lazily "old tensor plus new units".
+Contents = np.ndarray | ConcatenatedTensor
+
+
+def _lazy_contents(edits: list[Edit], value: ir.Value, final_shape: tuple[int, ...], *, init: str,
+                   fan_in: str | None, seed: int, key: str) -> ConcatenatedTensor | None:
+    """The parameter as "old tensor plus new units", or None when it must be computed in memory.
+
+    Lazy when the old units stay as they are: a strategy that leaves old weights alone, one
+    non-literal edit, an initializer (not a ``Constant``) of a byte-sized dtype, and old positions
+    in their old order. Runs of old positions become ``(old tensor, start, stop)`` slices (never
+    read here: the writer streams them file-to-file), runs of new positions the matching columns
+    of `new_unit_values`'s block, the same values `extend` writes.
+    """
+    if init == "net2net" or len(edits) != 1 or edits[0].role == "literal" or edits[0].layout is None:
+        return None
+    edit, tensor = edits[0], value.const_value
+    if tensor is None or tensor.dtype == ir.DataType.STRING or tensor.dtype.bitwidth % 8:
+        return None
+    layout, axis = edit.layout, edit.axis
+    dims = [int(d) for d in tensor.shape.numpy()]
+    if not np.array_equal(layout.original[layout.original >= 0], np.arange(dims[axis])):
+        return None  # old units reordered (or repeated): only a gather in memory can do that
+    is_new = layout.new_mask
+    dims[axis] = int(np.count_nonzero(is_new))
+    block = new_unit_values(edit, dims, np.dtype(tensor.dtype.numpy()), final_shape,
+                            strategy=init, fan_in=fan_in, seed=seed, key=key)
+    cuts = [0, *(np.flatnonzero(is_new[1:] != is_new[:-1]) + 1).tolist(), layout.size]
+    parts: list = []
+    taken = 0  # new positions already placed: the block's next column
+    for start, stop in zip(cuts[:-1], cuts[1:]):
+        if is_new[start]:
+            index = (slice(None),) * axis + (slice(taken, taken + stop - start),)
+            parts.append(np.ascontiguousarray(block[index]))
+            taken += stop - start
+        else:
+            parts.append((tensor, int(layout.original[start]), int(layout.original[stop - 1]) + 1))
+    return concatenate(parts, axis, name=value.name)
+
+
+def _new_arrays(plan: WidenPlan, *, init: str, fan_in: str | None, seed: int) -> list[tuple[list[Edit], Contents]]:
+    """Every changed parameter's new contents, keyed by its edits (one list per node input).
+
+    Contents are a lazy `ConcatenatedTensor` where `_lazy_contents` allows it (only the new
+    units are in memory; the writer streams the old ones), else an array computed by `extend`.
+    """
     sources = {group.id: unit_sources(group, seed) for group in plan.groups} if init == "net2net" else {}
     shapes = plan.new_shapes()
     by_input: dict[tuple[int, int], list[Edit]] = {}
     for edit in plan.edits:
         by_input.setdefault((id(edit.node), edit.input_index), []).append(edit)
-    results = []
+    results: list[tuple[list[Edit], Contents]] = []
     for key, edits in by_input.items():
         value = edits[0].value
-        array = constant_array(value)  # only parameters that change are ever read
         name = f"{value.name}@{edits[0].node.name}:{edits[0].input_index}"
+        lazy = _lazy_contents(edits, value, shapes[key], init=init, fan_in=fan_in, seed=seed, key=name)
+        if lazy is not None:
+            results.append((edits, lazy))
+            continue
+        array = constant_array(value)  # only parameters that change are ever read
         new = extend(array, edits, shapes[key], strategy=init, fan_in=fan_in, seed=seed, sources=sources, key=name)
         results.append((edits, np.ascontiguousarray(new)))
     return results
+
+
+def _as_array(contents: Contents) -> np.ndarray:
+    return contents if isinstance(contents, np.ndarray) else contents.numpy()
+
+
+def _shape(contents: Contents) -> ir.Shape:
+    return ir.Shape(contents.shape if isinstance(contents, np.ndarray) else contents.shape.numpy())
+
+
+def _dtype(contents: Contents) -> ir.DataType:
+    return ir.DataType.from_numpy(contents.dtype) if isinstance(contents, np.ndarray) else contents.dtype
+
+
+def _tensor(contents: Contents, name: str | None) -> ir.TensorProtocol:
+    if isinstance(contents, np.ndarray):
+        return ir.Tensor(contents, name=name)
+    contents.name = name  # each lazy tensor is made for one destination: naming it is safe
+    return contents
 
 
 def _unique_name(graph: ir.Graph, base: str) -> str:
@@ -165,40 +242,46 @@ def _unique_name(graph: ir.Graph, base: str) -> str:
     raise SurgeryError(f"cannot find a free name for a widened copy of {base!r}")
 
 
-def _write_parameters(graph: ir.Graph, arrays: list[tuple[list[Edit], np.ndarray]]) -> list[str]:
+def _write_parameters(graph: ir.Graph, arrays: list[tuple[list[Edit], Contents]]) -> list[str]:
     """Put the new contents in place (rule 4 of the module docstring); returns forked names."""
-    by_value: dict[ir.Value, list[tuple[ir.Node, int, np.ndarray]]] = {}
-    for edits, array in arrays:
-        by_value.setdefault(edits[0].value, []).append((edits[0].node, edits[0].input_index, array))
+    by_value: dict[ir.Value, list[tuple[ir.Node, int, Contents]]] = {}
+    for edits, contents in arrays:
+        by_value.setdefault(edits[0].value, []).append((edits[0].node, edits[0].input_index, contents))
     forked = []
     for value, changes in by_value.items():
         uses = {(id(use.node), use.idx) for use in value.uses()}
         changed = {(id(node), index) for node, index, _ in changes}
         first = changes[0][2]
-        same = all(a.shape == first.shape and a.dtype == first.dtype and np.array_equal(a, first) for *_, a in changes)
+        # A parameter changed for a single use is never compared (a lazy one is never read here).
+        same = len(changes) == 1 or all(_same(contents, first) for *_, contents in changes)
         if same and uses == changed and not value.is_graph_output():
             _replace_contents(value, first)
             continue
-        for node, index, array in changes:
+        for node, index, contents in changes:
             name = _unique_name(graph, value.name or "param")
-            copy = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                            const_value=ir.Tensor(array, name=name))
+            copy = ir.Value(name=name, shape=_shape(contents), type=ir.TensorType(_dtype(contents)),
+                            const_value=_tensor(contents, name))
             graph.register_initializer(copy)
             node.replace_input_with(index, copy)
             forked.append(name)
     return forked
 
 
-def _replace_contents(value: ir.Value, array: np.ndarray) -> None:
-    tensor = ir.Tensor(array, name=value.name)
+def _same(a: Contents, b: Contents) -> bool:
+    if _shape(a) != _shape(b) or _dtype(a) != _dtype(b):
+        return False
+    return np.array_equal(_as_array(a), _as_array(b))
+
+
+def _replace_contents(value: ir.Value, contents: Contents) -> None:
     producer = value.producer()
     if value.const_value is not None:
-        value.const_value = tensor
+        value.const_value = _tensor(contents, value.name)
     elif producer is not None and producer.op_type == "Constant":
-        producer.attributes["value"] = ir.AttrTensor("value", tensor)
+        producer.attributes["value"] = ir.AttrTensor("value", ir.Tensor(_as_array(contents), name=value.name))
     else:
         raise SurgeryError(f"{value.name!r} is not a constant; it cannot be widened")
-    value.shape = ir.Shape(array.shape)
+    value.shape = _shape(contents)
 
 
 def _write_shapes(plan: WidenPlan) -> None:
