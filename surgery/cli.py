@@ -180,7 +180,7 @@ def widen(model: str, output: str, layers: tuple[str, ...], init: str, fan_in: s
     from pathlib import Path
 
     from surgery.errors import NotEquivalentError
-    from surgery.modelio import load_model, save_model
+    from surgery.modelio import load_model, staged_save
     from surgery.rewrite import widen_in_place
 
     plan = _parse_layers(layers)
@@ -203,22 +203,24 @@ def widen(model: str, output: str, layers: tuple[str, ...], init: str, fan_in: s
     for shift in result.plan.row_shifts:
         click.echo(f"{shift.node!r}: {shift.moved} of its {shift.old} input rows move to another block of "
                    f"onnxruntime's CPU matrix multiply ({shift.old} -> {shift.new} rows); its outputs may differ by a few ULP")
-    if not no_verify:
-        from surgery.verification import verify
+    # Written first (temporary files beside the output), then verified path against path, so a
+    # model of any size is checked by onnxruntime from disk; renamed into place only if accepted.
+    with staged_save(ir_model, output, force=force, share_external_data=share_external_data) as staged:
+        if not no_verify:
+            from surgery.verification import verify
 
-        report = verify(model, ir_model)
-        diff = max((o.max_abs_diff for o in report.outputs), default=0.0)
-        if init in ("output-zero", "all-zero"):
-            if not report.equivalent:
-                raise NotEquivalentError(
-                    f"outputs are not bitwise equal after widening (max |diff| {diff:.3g}); {output} not written"
-                )
-            click.echo(f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, optimizations off)")
-        elif init == "net2net":
-            click.echo(f"verified: max |diff| {diff:.3g} (net2net is exact up to rounding)")
-        else:
-            click.echo(f"outputs changed, as all-random does (max |diff| {diff:.3g})")
-    save_model(ir_model, output, force=force, share_external_data=share_external_data)
+            report = verify(model, staged)
+            diff = max((o.max_abs_diff for o in report.outputs), default=0.0)
+            if init in ("output-zero", "all-zero"):
+                if not report.equivalent:
+                    raise NotEquivalentError(
+                        f"outputs are not bitwise equal after widening (max |diff| {diff:.3g}); {output} not written"
+                    )
+                click.echo(f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, optimizations off)")
+            elif init == "net2net":
+                click.echo(f"verified: max |diff| {diff:.3g} (net2net is exact up to rounding)")
+            else:
+                click.echo(f"outputs changed, as all-random does (max |diff| {diff:.3g})")
     click.echo(f"wrote {output}")
 
 

@@ -28,18 +28,20 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError
@@ -437,22 +439,17 @@ def _write_tensors(model: ir.Model, data_name: str, folder: Path, data_fd: int, 
     return slots, size
 
 
-def write_model(model: ir.Model, path: str | os.PathLike, *, force: bool = False, share_external_data: bool = False) -> Path | None:
-    """Write `model` as ``path`` plus its data file ``path + ".data"``, both or neither.
+def _rename_data_file(proto: onnx.ModelProto, staged: str, final: str) -> None:
+    """Point every tensor of `proto` stored in the data file `staged` at `final` instead."""
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == staged:
+                entry.value = final
 
-    Order of events: both files are written as hidden temporary files in the destination folder;
-    only when both are complete is an existing ``path`` removed (with `force`), the data file
-    renamed into place, then the ``.onnx``. An error or Ctrl-C before the renames leaves nothing;
-    a crash between the two renames leaves a data file without its ``.onnx`` (never an ``.onnx``
-    whose data is missing or stale). Nothing is fsync'ed: after a power loss, what the file
-    system had flushed is what remains (run ``sync`` when that matters).
 
-    With `share_external_data` unchanged external tensors keep pointing at the input's data
-    files (which the output folder must contain) and the new data file holds only the changed
-    tensors. The model object is left as it was. Returns the data file written, or None when
-    no tensor needed one.
-    """
-    path = Path(path)
+@contextlib.contextmanager
+def _staged(model: ir.Model, path: Path, force: bool, share_external_data: bool) -> Iterator[tuple[Path, bool]]:
+    """`staged_model`, also telling whether a data file was written."""
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise SurgeryError(f"{folder}: output folder does not exist")
@@ -471,7 +468,7 @@ def write_model(model: ir.Model, path: str | os.PathLike, *, force: bool = False
     model_tmp: Path | None = None
     try:
         try:
-            slots, size = _write_tensors(model, data_name, folder, data_fd, share_external_data)
+            slots, size = _write_tensors(model, data_tmp.name, folder, data_fd, share_external_data)
         finally:
             os.close(data_fd)
         try:
@@ -484,6 +481,10 @@ def write_model(model: ir.Model, path: str | os.PathLike, *, force: bool = False
             handle.write(proto.SerializeToString())
         if size == 0:
             data_tmp.unlink()
+        yield model_tmp, bool(size)
+        if size:  # the staged .onnx names the staged data file; the final one names its final name
+            _rename_data_file(proto, data_tmp.name, data_name)
+            model_tmp.write_bytes(proto.SerializeToString())
         if force and path.exists():
             path.unlink()  # never leave the old .onnx pointing at the new data file
         if size:
@@ -493,7 +494,49 @@ def write_model(model: ir.Model, path: str | os.PathLike, *, force: bool = False
         data_tmp.unlink(missing_ok=True)
         if model_tmp is not None:
             model_tmp.unlink(missing_ok=True)
-    return data_path if size else None
+
+
+@contextlib.contextmanager
+def staged_model(model: ir.Model, path: str | os.PathLike, *, force: bool = False,
+                 share_external_data: bool = False) -> Iterator[Path]:
+    """Write `model` as hidden temporary files beside `path`; commit them when the block succeeds.
+
+    Yields the temporary ``.onnx``: a complete model that onnxruntime (or `surgery.verification`)
+    can load by path. Its tensors point at the temporary data file (``.OUT.onnx.data.XXXX.tmp``),
+    which sits in the destination folder under that name until the commit, so external data
+    resolves while the block runs. When the block ends without an error the ``.onnx`` is
+    rewritten to name the final data file ``path + ".data"``, then the files are moved into
+    place as `write_model` describes; when it raises (a failed verification, Ctrl-C) both
+    temporary files are removed and nothing else is touched.
+
+    Example:
+        >>> with staged_model(model, "wide/model.onnx") as staged:
+        ...     if not surgery.verify("big/model.onnx", staged).equivalent:
+        ...         raise NotEquivalentError("not written")
+    """
+    with _staged(model, Path(path), force, share_external_data) as (staged, _):
+        yield staged
+
+
+def write_model(model: ir.Model, path: str | os.PathLike, *, force: bool = False, share_external_data: bool = False) -> Path | None:
+    """Write `model` as ``path`` plus its data file ``path + ".data"``, both or neither.
+
+    Order of events: both files are written as hidden temporary files in the destination folder;
+    only when both are complete is an existing ``path`` removed (with `force`), the data file
+    renamed into place, then the ``.onnx``. An error or Ctrl-C before the renames leaves nothing;
+    a crash between the two renames leaves a data file without its ``.onnx`` (never an ``.onnx``
+    whose data is missing or stale). Nothing is fsync'ed: after a power loss, what the file
+    system had flushed is what remains (run ``sync`` when that matters).
+
+    With `share_external_data` unchanged external tensors keep pointing at the input's data
+    files (which the output folder must contain) and the new data file holds only the changed
+    tensors. The model object is left as it was. Returns the data file written, or None when
+    no tensor needed one. `staged_model` does the same in two steps, with a check in between.
+    """
+    path = Path(path)
+    with _staged(model, path, force, share_external_data) as (_, has_data):
+        pass
+    return path.resolve().parent / f"{path.name}.data" if has_data else None
 
 
 __all__ = [
@@ -502,5 +545,6 @@ __all__ = [
     "external_files",
     "needs_external_data",
     "open_checked_source",
+    "staged_model",
     "write_model",
 ]

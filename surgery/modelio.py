@@ -3,7 +3,8 @@
 `load_model` validates a file before anything else sees it (so that a bad file is one clear
 error, not a traceback from deep inside a pass) and memory-maps external data through onnx-ir.
 `save_model` writes next to the destination and renames into place, so an interrupted write
-never leaves a partial file behind.
+never leaves a partial file behind; `staged_save` does the same in two steps, so that the
+written model can be checked (verified by path) before it takes its name.
 """
 
 from __future__ import annotations
@@ -149,6 +150,40 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
         tmp_path.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def staged_save(
+    model: ir.Model | onnx.ModelProto,
+    path: str | os.PathLike,
+    *,
+    force: bool = False,
+    share_external_data: bool = False,
+) -> Iterator[Path]:
+    """`save_model` in two steps, for checking the written model before it takes its name.
+
+    Writes the model as hidden temporary files in `path`'s folder and yields the temporary
+    ``.onnx``, a complete model that can be loaded and run by path (its external data, if any,
+    is a temporary file of the same folder that it names). When the ``with`` block ends without
+    an error the files are moved into place (see `save_model`); when it raises, they are removed
+    and an existing output is left as it was.
+
+    Example:
+        >>> with staged_save(wider, "wide.onnx") as staged:
+        ...     if not surgery.verify("model.onnx", staged).equivalent:
+        ...         raise NotEquivalentError("wide.onnx not written")
+    """
+    from surgery.external import needs_external_data, staged_model
+
+    if isinstance(model, onnx.ModelProto):
+        model = ir.serde.deserialize_model(model)
+    if share_external_data or needs_external_data(model):
+        with staged_model(model, path, force=force, share_external_data=share_external_data) as staged:
+            yield staged
+        return
+    with atomic_output(path, force=force) as tmp:
+        ir.save(model, tmp)
+        yield tmp
+
+
 def save_model(
     model: ir.Model | onnx.ModelProto,
     path: str | os.PathLike,
@@ -164,12 +199,5 @@ def save_model(
     file-to-file; both files appear together or not at all). `share_external_data` makes the
     output reference the input's unchanged data files in place instead of copying them.
     """
-    from surgery.external import needs_external_data, write_model
-
-    if isinstance(model, onnx.ModelProto):
-        model = ir.serde.deserialize_model(model)
-    if share_external_data or needs_external_data(model):
-        write_model(model, path, force=force, share_external_data=share_external_data)
-        return
-    with atomic_output(path, force=force) as tmp:
-        ir.save(model, tmp)
+    with staged_save(model, path, force=force, share_external_data=share_external_data):
+        pass
