@@ -10,7 +10,8 @@ Rules, in the order they are applied:
 
 1. The analysis (`surgery.analysis.analyse`) produces the complete plan; a blocker or a bad
    request raises `SurgeryError` before anything changes.
-2. The bytes the new parameters need are checked against the memory available.
+2. The bytes the new parameters need are checked against the memory available (only the new
+   units of a parameter that rule 3 keeps lazy; three times the grown size of the others).
 3. Every changed parameter is computed before any is written. Where the strategy keeps the old
    units as they are (output-zero, all-zero, all-random) and the parameter has one edit along
    one axis that keeps the old units in order, it becomes a lazy
@@ -33,6 +34,7 @@ Rules, in the order they are applied:
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -81,10 +83,19 @@ def _available_memory() -> int:
         return 1 << 62
 
 
-def _check_memory(plan: WidenPlan) -> None:
-    needed, available = plan.added_bytes(), _available_memory()
-    # The old array, the grown one and a temporary per parameter: three times the new size.
-    if 3 * needed > available:
+def _check_memory(plan: WidenPlan, init: str) -> None:
+    """Refuse a widening whose parameters cannot be computed in the memory available."""
+    shapes, needed = plan.new_shapes(), 0
+    for key, edits in _edits_by_input(plan).items():
+        value = edits[0].value
+        itemsize = value.dtype.itemsize if value.dtype is not None else 8
+        grown = math.prod(shapes[key]) * itemsize
+        if _keeps_old_units(edits, value, init):  # only the new units are held (rule 3)
+            needed += grown - math.prod(constant_shape(value) or ()) * itemsize
+        else:  # the old array, the grown one and a temporary: three times the new size
+            needed += 3 * grown
+    available = _available_memory()
+    if needed > available:
         raise SurgeryError(
             f"the widened parameters need {needed / 2**30:.1f} GiB, more than fits in the "
             f"{available / 2**30:.1f} GiB of memory available; ask for fewer units"
@@ -153,6 +164,26 @@ def _history(plan: WidenPlan, init: str, seed: int) -> list[dict]:
 Contents = np.ndarray | ConcatenatedTensor
 
 
+def _edits_by_input(plan: WidenPlan) -> dict[tuple[int, int], list[Edit]]:
+    """The plan's edits grouped per changed parameter: (id of node, input index) → edits."""
+    by_input: dict[tuple[int, int], list[Edit]] = {}
+    for edit in plan.edits:
+        by_input.setdefault((id(edit.node), edit.input_index), []).append(edit)
+    return by_input
+
+
+def _keeps_old_units(edits: list[Edit], value: ir.Value, init: str) -> bool:
+    """Whether the parameter can be "old tensor + new units" (see `_lazy_contents`)."""
+    if init == "net2net" or len(edits) != 1 or edits[0].role == "literal" or edits[0].layout is None:
+        return False
+    tensor = value.const_value
+    if tensor is None or tensor.dtype == ir.DataType.STRING or tensor.dtype.bitwidth % 8:
+        return False
+    layout = edits[0].layout
+    # Old units reordered (or repeated) need a gather in memory.
+    return np.array_equal(layout.original[layout.original >= 0], np.arange(tensor.shape[edits[0].axis]))
+
+
 def _lazy_contents(edits: list[Edit], value: ir.Value, final_shape: tuple[int, ...], *, init: str,
                    fan_in: str | None, seed: int, key: str) -> ConcatenatedTensor | None:
     """The parameter as "old tensor plus new units", or None when it must be computed in memory.
@@ -163,15 +194,11 @@ def _lazy_contents(edits: list[Edit], value: ir.Value, final_shape: tuple[int, .
     read here: the writer streams them file-to-file), runs of new positions the matching columns
     of `new_unit_values`'s block, the same values `extend` writes.
     """
-    if init == "net2net" or len(edits) != 1 or edits[0].role == "literal" or edits[0].layout is None:
+    if not _keeps_old_units(edits, value, init):
         return None
     edit, tensor = edits[0], value.const_value
-    if tensor is None or tensor.dtype == ir.DataType.STRING or tensor.dtype.bitwidth % 8:
-        return None
     layout, axis = edit.layout, edit.axis
     dims = [int(d) for d in tensor.shape.numpy()]
-    if not np.array_equal(layout.original[layout.original >= 0], np.arange(dims[axis])):
-        return None  # old units reordered (or repeated): only a gather in memory can do that
     is_new = layout.new_mask
     dims[axis] = int(np.count_nonzero(is_new))
     block = new_unit_values(edit, dims, np.dtype(tensor.dtype.numpy()), final_shape,
@@ -197,11 +224,8 @@ def _new_arrays(plan: WidenPlan, *, init: str, fan_in: str | None, seed: int) ->
     """
     sources = {group.id: unit_sources(group, seed) for group in plan.groups} if init == "net2net" else {}
     shapes = plan.new_shapes()
-    by_input: dict[tuple[int, int], list[Edit]] = {}
-    for edit in plan.edits:
-        by_input.setdefault((id(edit.node), edit.input_index), []).append(edit)
     results: list[tuple[list[Edit], Contents]] = []
-    for key, edits in by_input.items():
+    for key, edits in _edits_by_input(plan).items():
         value = edits[0].value
         name = f"{value.name}@{edits[0].node.name}:{edits[0].input_index}"
         lazy = _lazy_contents(edits, value, shapes[key], init=init, fan_in=fan_in, seed=seed, key=name)
@@ -306,7 +330,7 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
     _precheck_size(model, plan)
     infer_missing_shapes(model)
     widen_plan = analyse(model, plan, allow_output_change=allow_output_change, align=align)
-    _check_memory(widen_plan)
+    _check_memory(widen_plan, init)
     tensors = _composed_tensors(model, widen_plan)
     arrays = _new_arrays(widen_plan, init=init, fan_in=fan_in, seed=seed)
     records = _history(widen_plan, init, int(seed))

@@ -96,3 +96,13 @@ def test_lazy_and_eager_give_the_same_bytes_on_random_graphs(data):
         except SurgeryError:
             return  # refused the same way by both (the analysis runs before either path)
     assert ir.serde.serialize_model(lazy).SerializeToString() == ir.serde.serialize_model(eager).SerializeToString()
+
+
+def test_memory_check_counts_only_new_units_of_lazy_parameters(monkeypatch):
+    """2,000 bytes free: output-zero holds only the new units (about 200 bytes); net2net holds
+    the old, grown and temporary arrays of fc1.weight, fc1.bias and fc2.weight (about 5,600)."""
+    monkeypatch.setattr(rewrite, "_available_memory", lambda: 2000)
+    proto = forms.pytorch_mlp(hidden=16)
+    rewrite.widen_in_place(ir.serde.deserialize_model(proto), {"/fc1/Gemm": 2}, init="output-zero")
+    with pytest.raises(SurgeryError, match="more than fits"):
+        rewrite.widen_in_place(ir.serde.deserialize_model(proto), {"/fc1/Gemm": 2}, init="net2net")
