@@ -8,7 +8,9 @@ interleaved so that the page cache and the disk treat every approach alike:
 - ``cp -r`` of the model folder (the physical limit: every byte read and written once);
 - ``onnx.load`` + a numpy edit + ``onnx.save`` with external data (the common approach);
 - ``surgery widen --layer layer3/MatMul=256 --no-verify`` (the CLI, in a subprocess);
-- the same with ``--share-external-data`` (output beside the input, only changed tensors written).
+- the same with ``--share-external-data`` (output beside the input, only changed tensors written);
+- with ``--verify``, also ``surgery widen`` with its verification (written, then both models run
+  by onnxruntime from disk, then renamed into place).
 
 Each measurement runs in a fresh wrapper process that reports wall time, wall time including a
 final ``sync`` (the bytes on disk, not only in the page cache) and the child's peak RSS from
@@ -167,6 +169,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temp dir, removed at the end)")
     parser.add_argument("--skip-onnx", action="store_true", help="leave out the slow onnx.load/onnx.save approach")
+    parser.add_argument("--verify", action="store_true",
+                        help="also measure surgery widen with its verification (onnxruntime runs both models from disk)")
     parser.add_argument("--onnx-approach", nargs=2, type=Path, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.onnx_approach:
@@ -190,6 +194,11 @@ def main() -> None:
             "surgery widen --share-external-data": ([sys.executable, "-m", "surgery", "widen", str(model), "-o", str(source / "shared.onnx"),
                                                      "--layer", f"layer{WIDENED}/MatMul={ADDED}", "--no-verify", "--share-external-data"], None),
         }
+        if args.verify:  # before the shared run, whose output is kept from the last repeat
+            shared = approaches.pop("surgery widen --share-external-data")
+            approaches["surgery widen, verified"] = ([sys.executable, "-m", "surgery", "widen", str(model), "-o", str(out / "model.onnx"),
+                                                      "--layer", f"layer{WIDENED}/MatMul={ADDED}"], out)
+            approaches["surgery widen --share-external-data"] = shared
         if args.skip_onnx:
             del approaches["onnx.load + numpy + onnx.save"]
         results: dict[str, list[dict]] = {name: [] for name in approaches}
