@@ -59,6 +59,11 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 #: Tells onnxruntime where external data lives for a model handed over as bytes (used by
 #: `locate`, which rewrites the graph without reading its weights).
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+#: Above this many bytes of weights in both models together, the two sessions never coexist
+#: (see `_compare_one_at_a_time`): memory stays at one session plus one round of batches.
+ONE_SESSION_BYTES = 1 << 30
+#: Inputs and reference outputs held per round in that mode.
+ROUND_BYTES = 256 << 20
 WIDENED_TENSORS_KEY = "surgery.widened_tensors"
 SPINNING_KEY = "session.intra_op.allow_spinning"
 #: Default tolerance when Keras runs one side: |a - b| <= 1e-5 * max(1, max |reference|).
@@ -476,7 +481,12 @@ class _OnnxSide:
             self.model_bytes = ir.serde.serialize_model(source).SerializeToString()
         else:
             raise SurgeryError(f"{label}: expected an ONNX model, an onnx_ir model or a path, got {type(source).__name__}")
+        self.footprint = _footprint(source, self.model_bytes)
         self._sessions: dict[str, ort.InferenceSession] = {}
+
+    def release(self) -> None:
+        """Drop this side's sessions (and the weights onnxruntime holds for them)."""
+        self._sessions.clear()
 
     def session(self, optimization: str) -> "ort.InferenceSession":
         if optimization not in self._sessions:
@@ -551,6 +561,27 @@ class _OnnxSide:
 
     def versions(self) -> dict[str, str]:
         return {}
+
+
+def _footprint(source: Any, model_bytes: bytes | None) -> int:
+    """Bytes of weights onnxruntime will hold for a model: its file or bytes plus external data."""
+    if isinstance(source, ir.Model):
+        external = sum(
+            value.const_value.nbytes for value in source.graph.initializers.values()
+            if isinstance(value.const_value, ir.ExternalTensor)
+        )
+        return len(model_bytes or b"") + external
+    if model_bytes is not None:
+        return len(model_bytes)
+    from surgery.modelio import load_proto
+
+    path = Path(source)
+    external = 0
+    for tensor in onnx.external_data_helper._get_all_tensors(load_proto(path)):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entries = {entry.key: entry.value for entry in tensor.external_data}
+            external += int(entries.get("length", 0) or 0)
+    return path.stat().st_size + external
 
 
 def _run(session: "ort.InferenceSession", names: list[str], feeds: dict[str, np.ndarray], label: str) -> list[np.ndarray]:
@@ -858,8 +889,18 @@ def verify(
     elif uses_keras:
         tolerance = _Tolerance(KERAS_DEFAULT_ATOL, 0.0, True)
 
+    one_at_a_time = (
+        reference_side.kind == candidate_side.kind == "onnx"
+        and reference_side.footprint + candidate_side.footprint > ONE_SESSION_BYTES
+    )
     specs = reference_side.inputs()
+    reference_outputs = reference_side.output_names()
+    if one_at_a_time:
+        reference_side.release()
     _check_same_inputs(specs, candidate_side.inputs(), reference_side.label, candidate_side.label)
+    candidate_outputs = candidate_side.output_names()
+    if one_at_a_time:
+        candidate_side.release()
     if inputs is not None:
         total = _check_user_inputs(specs, inputs, dims)
 
@@ -872,12 +913,14 @@ def verify(
         def feeds() -> Iterator[dict[str, np.ndarray]]:
             return _random_feeds(specs, dims, samples, rows, seed)
 
-    reference_outputs = reference_side.output_names()
-    candidate_outputs = candidate_side.output_names()
     shared = [name for name in reference_outputs if name in candidate_outputs]
-    outputs, first_failing = _compare_runs(
-        reference_side.runner(optimization), candidate_side.runner(optimization), shared, feeds(), tolerance, total, progress
-    )
+
+    def compare(level: str, tolerance: _Tolerance | None, progress) -> tuple[dict[str, OutputComparison], Any]:
+        if one_at_a_time:
+            return _compare_one_at_a_time(reference_side, candidate_side, level, shared, feeds(), tolerance, total, progress)
+        return _compare_runs(reference_side.runner(level), candidate_side.runner(level), shared, feeds(), tolerance, total, progress)
+
+    outputs, first_failing = compare(optimization, tolerance, progress)
     comparisons = [outputs[name] if name in outputs else OutputComparison(name, present_in="reference") for name in reference_outputs]
     comparisons += [OutputComparison(name, present_in="candidate") for name in candidate_outputs if name not in reference_outputs]
     equivalent = all(comparison.passed for comparison in comparisons)
@@ -887,9 +930,7 @@ def verify(
         if optimization == "all":
             deployed_outputs = outputs
         else:
-            deployed_outputs, _ = _compare_runs(
-                reference_side.runner("all"), candidate_side.runner("all"), shared, feeds(), None, total, None
-            )
+            deployed_outputs, _ = compare("all", None, None)
         deployed_report = {
             "optimization": "all",
             "session_options": describe_session_options("all", provider),
@@ -982,6 +1023,58 @@ def _compare_runs(
         if progress is not None:
             done += len(next(iter(feeds.values()))) if feeds else 1
             progress(min(done, total), total)
+    return stats, first_failing
+
+
+def _compare_one_at_a_time(
+    reference: "_OnnxSide",
+    candidate: "_OnnxSide",
+    optimization: str,
+    names: list[str],
+    batches: Iterator[dict[str, np.ndarray]],
+    tolerance: _Tolerance | None,
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[dict[str, OutputComparison], dict[str, np.ndarray] | None]:
+    """`_compare_runs` for models too large to hold two sessions: one session at a time.
+
+    The reference runs over a round of batches whose inputs and outputs fit in ROUND_BYTES; its
+    session is dropped, the candidate's is opened and compared on the same round, and dropped in
+    turn. Peak memory is one session plus one round, at the price of reopening the sessions
+    once per round (a single round unless the outputs are very large).
+    """
+    stats = {name: OutputComparison(name) for name in names}
+    first_failing = None
+    done = 0
+    batches = iter(batches)
+    exhausted = False
+    while not exhausted:
+        held, round_ = 0, []
+        run_reference = reference.runner(optimization)
+        for feeds in batches:
+            produced = run_reference(feeds)
+            kept = {name: produced[name] for name in names}
+            round_.append((feeds, kept))
+            held += sum(np.asarray(a).nbytes for a in (*feeds.values(), *kept.values()))
+            if held >= ROUND_BYTES:
+                break
+        else:
+            exhausted = True
+        reference.release()
+        if not round_:
+            break
+        run_candidate = candidate.runner(optimization)
+        for feeds, expected in round_:
+            produced = run_candidate(feeds)
+            failed = False
+            for name in names:
+                failed |= _update(stats[name], expected[name], produced[name], tolerance)
+            if failed and first_failing is None:
+                first_failing = feeds
+            if progress is not None:
+                done += len(next(iter(feeds.values()))) if feeds else 1
+                progress(min(done, total), total)
+        candidate.release()
     return stats, first_failing
 
 

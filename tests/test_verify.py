@@ -401,3 +401,42 @@ def test_optimization_level_applies_to_both_and_is_named(cli, files):
     assert result.returncode == 0 and report["optimization"] == "all"
     assert report["session_options"]["graph_optimization_level"] == "ORT_ENABLE_ALL"
     assert report["deployed"]["outputs"][0]["mismatches"] == 0
+
+
+def test_large_models_run_one_session_at_a_time(monkeypatch):
+    """Above ONE_SESSION_BYTES the two sessions never coexist, and the verdicts are the same."""
+    import surgery.verification as verification
+
+    reference = forms.pytorch_mlp()
+    changed = onnx.ModelProto()
+    changed.CopyFrom(reference)
+    weight = next(t for t in changed.graph.initializer if t.name == "fc2.bias")
+    array = onnx.numpy_helper.to_array(weight).copy()
+    array[0] = np.nextafter(array[0], np.float32(np.inf))
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, "fc2.bias"))
+
+    alive: list[int] = []
+    create = verification._create_session
+
+    def counting(*args, **kwargs):
+        session = create(*args, **kwargs)
+        alive.append(sum(len(side._sessions) for side in sides) + 1)
+        return session
+
+    sides: list = []
+    make_side = verification._OnnxSide
+
+    def tracked(*args, **kwargs):
+        side = make_side(*args, **kwargs)
+        sides.append(side)
+        return side
+
+    monkeypatch.setattr(verification, "ONE_SESSION_BYTES", 0)
+    monkeypatch.setattr(verification, "ROUND_BYTES", 1)  # a round per batch: several rounds
+    monkeypatch.setattr(verification, "_create_session", counting)
+    monkeypatch.setattr(verification, "_OnnxSide", tracked)
+    same = verification.verify(reference, reference, samples=24, batch=8)
+    differs = verification.verify(reference, changed, samples=24, batch=8)
+    assert same.equivalent and not differs.equivalent
+    assert differs.outputs[0].max_ulp >= 1
+    assert max(alive) == 1  # never two sessions at once
