@@ -137,8 +137,6 @@ def inspect(model: str, as_json: bool, symmetry_layer: str | None) -> None:
     Console(width=200).print(table)
 
 
-# Subcommands defined in their own sections below: widen, verify, to-keras.
-# --- widen ---
 def _parse_layers(specs: tuple[str, ...]) -> dict[str, int]:
     """`--layer NAME=K` options → {NAME: K}; malformed or repeated ones are one-line errors."""
     plan: dict[str, int] = {}
@@ -195,7 +193,7 @@ def widen(model: str, output: str, layers: tuple[str, ...], init: str, fan_in: s
         click.echo(f"{names[0]}: {group.old_width} -> {group.new_width} units{coupled}")
     for change in result.plan.channel_changes:
         # onnxruntime's NCHWc layout (default optimizations) picks Conv kernels by whether channel
-        # counts are multiples of its block (8 on AVX2, 16 on AVX-512): see docs/widen.md.
+        # counts are multiples of its block (8 on AVX2, 16 on AVX-512): see the README, "Exactness on onnxruntime".
         crossed = [b for b in (8, 16) if (change.old % b == 0) != (change.new % b == 0)]
         note = (f"crosses an NCHWc block boundary ({', '.join(map(str, crossed))}): with onnxruntime's default "
                 "optimizations its outputs may differ by a few ULP (see --align)") if crossed else "same NCHWc blocking"
@@ -354,7 +352,6 @@ def _print_report(document: dict) -> None:
             detail = f"{diff['mismatches']} differing, max ULP {diff['max_ulp']}" if diff and diff["shape"] == diff["candidate_shape"] else "incomparable"
             console.print(f"located: first differing node {located['node']!r} ({located['op']}), output {located['output']!r}: {detail} ({counts})", highlight=False)
     console.print("[bold green]EQUIVALENT[/]" if document["equivalent"] else "[bold red]NOT EQUIVALENT[/]")
-# --- to-keras ---
 def _names(values: tuple[str, ...]) -> list[str]:
     """Repeatable option values, each also allowed to be a comma-separated list."""
     return [name.strip() for value in values for name in value.split(",") if name.strip()]

@@ -179,7 +179,7 @@ class Located:
 
 @dataclass
 class Report:
-    """The outcome of `verify`; `to_json()` is the stable schema documented in docs/verify.md."""
+    """The outcome of `verify`; `to_json()` is the stable schema documented in the README."""
 
     equivalent: bool
     mode: str

@@ -167,7 +167,7 @@ def conv_graph(draw) -> tuple[onnx.ModelProto, list[str]]:
     x = b.node("Transpose", ["input"], perm=[0, 3, 1, 2]) if nhwc else "input"
     for _ in range(draw(st.integers(1, 3))):
         # At least 2: onnxruntime computes a single-output-channel Conv with another kernel, so
-        # widening one from 1 channel changes its rounding (docs/widen.md, benchmarks/conv_alignment.py).
+        # widening one from 1 channel changes its rounding (README, benchmarks/conv_alignment.py).
         units = draw(st.integers(2, 6))
         kernel = draw(st.sampled_from([1, 3]))
         inputs_conv = [x, b.const("weight", b.weights(units, channels, kernel, kernel))]

@@ -279,7 +279,7 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
 
 
 def report(results: dict[str, Any]) -> str:
-    """The tables the experiment prints (also pasted into docs/results.md)."""
+    """The tables the experiment prints (also pasted into the README)."""
     first = results["single_neuron"][0]
     ordered = first["variants"]
     rows = []
