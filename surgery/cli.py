@@ -352,6 +352,8 @@ def _print_report(document: dict) -> None:
             detail = f"{diff['mismatches']} differing, max ULP {diff['max_ulp']}" if diff and diff["shape"] == diff["candidate_shape"] else "incomparable"
             console.print(f"located: first differing node {located['node']!r} ({located['op']}), output {located['output']!r}: {detail} ({counts})", highlight=False)
     console.print("[bold green]EQUIVALENT[/]" if document["equivalent"] else "[bold red]NOT EQUIVALENT[/]")
+
+
 def _names(values: tuple[str, ...]) -> list[str]:
     """Repeatable option values, each also allowed to be a comma-separated list."""
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
