@@ -1060,6 +1060,7 @@ def _compare_one_at_a_time(
                 break
         else:
             exhausted = True
+        del run_reference  # the closure holds the session: drop both before the candidate loads
         reference.release()
         if not round_:
             break
@@ -1074,6 +1075,7 @@ def _compare_one_at_a_time(
             if progress is not None:
                 done += len(next(iter(feeds.values()))) if feeds else 1
                 progress(min(done, total), total)
+        del run_candidate
         candidate.release()
     return stats, first_failing
 
