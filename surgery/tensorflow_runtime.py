@@ -29,4 +29,6 @@ def import_tensorflow() -> ModuleType:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+    # Python-side warnings (tf.function retracing advice) would interleave with our output.
+    tensorflow.get_logger().setLevel("ERROR")
     return tensorflow
