@@ -1009,21 +1009,31 @@ def _compare_runs(
 
     Returns the statistics and the feeds of the first batch that had a failure (for `locate`).
     """
-    stats = {name: OutputComparison(name) for name in names}
-    first_failing = None
-    done = 0
+    tally = _Tally(names, tolerance, total, progress)
     for feeds in batches:
-        reference_values = run_reference(feeds)
-        candidate_values = run_candidate(feeds)
+        tally.add(feeds, run_reference(feeds), run_candidate(feeds))
+    return tally.stats, tally.first_failing
+
+
+class _Tally:
+    """Running comparison statistics over batches, with the first failing batch and progress."""
+
+    def __init__(self, names: list[str], tolerance: _Tolerance | None, total: int,
+                 progress: Callable[[int, int], None] | None) -> None:
+        self.names, self.tolerance, self.total, self.progress = names, tolerance, total, progress
+        self.stats = {name: OutputComparison(name) for name in names}
+        self.first_failing: dict[str, np.ndarray] | None = None
+        self.done = 0
+
+    def add(self, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray], produced: dict[str, np.ndarray]) -> None:
         failed = False
-        for name in names:
-            failed |= _update(stats[name], reference_values[name], candidate_values[name], tolerance)
-        if failed and first_failing is None:
-            first_failing = feeds
-        if progress is not None:
-            done += len(next(iter(feeds.values()))) if feeds else 1
-            progress(min(done, total), total)
-    return stats, first_failing
+        for name in self.names:
+            failed |= _update(self.stats[name], expected[name], produced[name], self.tolerance)
+        if failed and self.first_failing is None:
+            self.first_failing = feeds
+        if self.progress is not None:
+            self.done += len(next(iter(feeds.values()))) if feeds else 1
+            self.progress(min(self.done, self.total), self.total)
 
 
 def _compare_one_at_a_time(
@@ -1043,9 +1053,7 @@ def _compare_one_at_a_time(
     turn. Peak memory is one session plus one round, at the price of reopening the sessions
     once per round (a single round unless the outputs are very large).
     """
-    stats = {name: OutputComparison(name) for name in names}
-    first_failing = None
-    done = 0
+    tally = _Tally(names, tolerance, total, progress)
     batches = iter(batches)
     exhausted = False
     while not exhausted:
@@ -1066,18 +1074,10 @@ def _compare_one_at_a_time(
             break
         run_candidate = candidate.runner(optimization)
         for feeds, expected in round_:
-            produced = run_candidate(feeds)
-            failed = False
-            for name in names:
-                failed |= _update(stats[name], expected[name], produced[name], tolerance)
-            if failed and first_failing is None:
-                first_failing = feeds
-            if progress is not None:
-                done += len(next(iter(feeds.values()))) if feeds else 1
-                progress(min(done, total), total)
+            tally.add(feeds, expected, run_candidate(feeds))
         del run_candidate
         candidate.release()
-    return stats, first_failing
+    return tally.stats, tally.first_failing
 
 
 # --------------------------------------------------------------------------------------------
