@@ -38,8 +38,8 @@ from training.runtime import (
     table,
     test_inputs,
     train,
+    publish,
     widen_keras,
-    write_results,
 )
 
 #: Widening strategies compared in part 1 (all function preserving, up to rounding for net2net).
@@ -268,14 +268,7 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
             "wall_s": time.perf_counter() - started,
         }
     )
-    plot = out / "grow.png"
-    out.mkdir(parents=True, exist_ok=True)
-    _plot(single, stages, config, plot)
-    results["plots"] = [str(plot)]
-    write_results(out, results)
-    print(report(results))
-    print(f"\nplot: {plot}\nresults: {out / 'results.json'}")
-    return results
+    return publish(out, "grow", results, lambda plot: _plot(single, stages, config, plot), report)
 
 
 def report(results: dict[str, Any]) -> str:

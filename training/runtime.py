@@ -13,7 +13,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -199,6 +199,19 @@ def write_results(out: Path, results: Mapping[str, Any]) -> Path:
     path = out / "results.json"
     path.write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
     return path
+
+
+def publish(out: Path, name: str, results: dict[str, Any], draw: Callable[[Path], None],
+            report: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """Draw ``out/NAME.png``, write ``out/results.json`` (naming the plot), print the tables."""
+    out.mkdir(parents=True, exist_ok=True)
+    plot = out / f"{name}.png"
+    draw(plot)
+    results["plots"] = [str(plot)]
+    write_results(out, results)
+    print(report(results))
+    print(f"\nplot: {plot}\nresults: {out / 'results.json'}")
+    return results
 
 
 def _json_default(value: Any) -> Any:

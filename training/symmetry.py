@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from training.data import Mnist
-from training.runtime import compile_classifier, evaluate, header, pyplot, strategy, table, train, write_results
+from training.runtime import compile_classifier, evaluate, header, publish, pyplot, strategy, table, train
 
 LEARNS, PARTLY = 0.8, 0.2
 
@@ -123,14 +123,7 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
             "wall_s": time.perf_counter() - started,
         }
     )
-    out.mkdir(parents=True, exist_ok=True)
-    plot = out / "symmetry.png"
-    _plot(results, plot)
-    results["plots"] = [str(plot)]
-    write_results(out, results)
-    print(report(results))
-    print(f"\nplot: {plot}\nresults: {out / 'results.json'}")
-    return results
+    return publish(out, "symmetry", results, lambda plot: _plot(results, plot), report)
 
 
 def _key(run: dict[str, Any]) -> tuple:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from training.data import Mnist, digit_subset, per_class_sample
-from training.runtime import Curve, compile_classifier, evaluate, header, mean_spread, pyplot, strategy, table, train, write_results
+from training.runtime import Curve, compile_classifier, evaluate, header, mean_spread, publish, pyplot, strategy, table, train
 
 HIDDEN = ("hidden1", "hidden2", "hidden3", "hidden4")
 SEED_BN = "seed's BN"
@@ -190,14 +190,7 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
             "wall_s": time.perf_counter() - started,
         }
     )
-    out.mkdir(parents=True, exist_ok=True)
-    plot = out / "transfer.png"
-    _plot(results, plot)
-    results["plots"] = [str(plot)]
-    write_results(out, results)
-    print(report(results))
-    print(f"\nplot: {plot}\nresults: {out / 'results.json'}")
-    return results
+    return publish(out, "transfer", results, lambda plot: _plot(results, plot), report)
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
