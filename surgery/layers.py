@@ -88,16 +88,24 @@ def _bias_add(output: ir.Value, width: int) -> ir.Node | None:
     return add
 
 
+def _is_folded_batchnorm(node: ir.Node, value: ir.Value) -> bool:
+    """tf2onnx's folded BatchNormalization: a Mul or Add of `value` with a constant."""
+    if node.op_type not in ("Mul", "Add") or len(node.inputs) != 2:
+        return False
+    other = node.inputs[1] if node.inputs[0] is value else node.inputs[0]
+    return constant_shape(other) is not None
+
+
 def _activation(output: ir.Value) -> str | None:
     value = output
-    for _ in range(4):  # a few transparent wrappers at most (tf2onnx's Transposes)
+    for _ in range(4):  # a few transparent wrappers at most (Transposes, a folded Mul + Add)
         users = consumers(value)
         if len(users) != 1:
             return None
         node = users[0]
         if node.op_type in ACTIVATIONS:
             return node.op_type
-        if node.op_type not in _TRANSPARENT:
+        if not (node.op_type in _TRANSPARENT or _is_folded_batchnorm(node, value)):
             return None
         value = node.outputs[0]
     return None

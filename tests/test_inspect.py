@@ -177,3 +177,24 @@ def test_inspect_does_not_import_tensorflow(tmp_path):
     ) % str(path)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_activation_is_found_behind_tf2onnx_folded_batchnorm():
+    """Dense → BatchNormalization → ELU exported by tf2onnx: MatMul+Add → Mul → Add → Elu."""
+    import keras
+
+    from surgery.export import export_keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5, name="hidden", bias_initializer="ones"),
+            keras.layers.BatchNormalization(name="bn", beta_initializer="ones"),
+            keras.layers.ELU(name="elu"),
+            keras.layers.Dense(2, name="out"),
+        ],
+        name="bnnet",
+    )
+    layers = find_layers(as_ir(export_keras(model)))
+    assert [(l.name, l.activation) for l in layers] == [("hidden", "Elu"), ("out", None)]
