@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from surgery.errors import SurgeryError
+from surgery.errors import SurgeryError, first_line
 
 
 class _Group(click.Group):
@@ -263,8 +263,7 @@ def verify(
         except FileNotFoundError:
             raise SurgeryError(f"{inputs_file}: no such file") from None
         except Exception as error:
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise SurgeryError(f"{inputs_file}: not an .npz archive of arrays ({first})") from None
+            raise SurgeryError(f"{inputs_file}: not an .npz archive of arrays ({first_line(error)})") from None
     quiet = json_path == "-"
     show_progress = not quiet and inputs is None and samples >= 10 * batch and sys.stderr.isatty()
     kwargs = dict(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from surgery.errors import SurgeryError
+from surgery.errors import SurgeryError, first_line
 from surgery.tensorflow_runtime import import_tensorflow
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def load_keras(path: str, *, unsafe: bool = False) -> "keras.Model":
     try:
         return keras.models.load_model(file, safe_mode=not unsafe, compile=False)
     except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = first_line(error)
         if "safe_mode" in first:
             raise SurgeryError(
                 f"{file}: refused by Keras safe mode: the file carries Python code (a Lambda layer) that loading would run; "

@@ -19,13 +19,8 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from surgery.errors import SurgeryError
+from surgery.errors import SurgeryError, first_line
 from surgery.validation import validate
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def _check_path(path: Path) -> None:
@@ -80,7 +75,7 @@ def _parse_and_check(path: Path) -> onnx.ModelProto:
     try:
         proto = onnx.load(path, load_external_data=False)
     except Exception as error:  # protobuf raises DecodeError, RuntimeWarning-like and OSError variants
-        raise SurgeryError(f"{path}: not an ONNX model ({_first_line(error)})") from None
+        raise SurgeryError(f"{path}: not an ONNX model ({first_line(error)})") from None
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise SurgeryError(f"{path}: not an ONNX model (no graph or IR version)")
     validate(proto, path)
@@ -92,7 +87,7 @@ def _parse_and_check(path: Path) -> onnx.ModelProto:
         # is checked by path (the graph is small then: parsing it again is cheap).
         onnx.checker.check_model(str(path) if external else proto)
     except Exception as error:
-        raise SurgeryError(f"{path}: invalid ONNX model: {_first_line(error)}") from None
+        raise SurgeryError(f"{path}: invalid ONNX model: {first_line(error)}") from None
     return proto
 
 
@@ -118,7 +113,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:
-        raise SurgeryError(f"{path}: cannot be loaded: {_first_line(error)}") from None
+        raise SurgeryError(f"{path}: cannot be loaded: {first_line(error)}") from None
     ir.external_data.set_base_dir(model.graph, str(path.resolve().parent))
     return model
 

@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from surgery.errors import SurgeryError
+from surgery.errors import SurgeryError, first_line
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -588,8 +588,7 @@ def _run(session: "ort.InferenceSession", names: list[str], feeds: dict[str, np.
     try:
         return session.run(names, feeds)
     except Exception as error:  # onnxruntime raises its own Fail/InvalidArgument/RuntimeException types
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise SurgeryError(f"{label}: onnxruntime failed to run the model: {first}") from None
+        raise SurgeryError(f"{label}: onnxruntime failed to run the model: {first_line(error)}") from None
 
 
 def _external_folder(model: ir.Model) -> str | None:
@@ -616,8 +615,7 @@ def _create_session(model: str | bytes, options: "ort.SessionOptions", provider:
     try:
         session = ort.InferenceSession(model, options, providers=providers)
     except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise SurgeryError(f"{label}: onnxruntime cannot load the model: {first}") from None
+        raise SurgeryError(f"{label}: onnxruntime cannot load the model: {first_line(error)}") from None
     if wanted not in session.get_providers():
         # onnxruntime-gpu without a usable CUDA silently runs on the CPU: never report those
         # results as CUDA results.

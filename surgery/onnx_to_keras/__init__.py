@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from surgery.errors import SurgeryError
+from surgery.errors import SurgeryError, first_line
 from surgery.export import KERAS_CONFIG_KEY
 from surgery.graph import ModelLike, as_ir
 from surgery.onnx_to_keras.foreign import SUPPORTED_OPS, Conversion, convert_graph
@@ -121,8 +121,7 @@ def check_faithful(
     try:
         expected = session.run(list(outputs), {i.name: a for i, a in zip(graph_inputs, arrays)})
     except Exception as error:  # inputs drawn for the Keras model that the ONNX graph does not take
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise SurgeryError(f"the ONNX model cannot run on the Keras model's inputs: {first}") from None
+        raise SurgeryError(f"the ONNX model cannot run on the Keras model's inputs: {first_line(error)}") from None
     got = keras_model(arrays if len(arrays) > 1 else arrays[0], training=False)
     got = [np.asarray(g) for g in (got if isinstance(got, (list, tuple)) else [got])]
     if len(got) != len(expected):

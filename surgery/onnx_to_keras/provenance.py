@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from surgery.errors import SurgeryError
+from surgery.errors import SurgeryError, first_line
 from surgery.export import KERAS_CONFIG_KEY, LAYER_MAP_KEY, _layer_for_scope
 from surgery.graph import attribute, constant_array, consumers
 from surgery.onnx_to_keras.foreign import Conversion
@@ -264,8 +264,7 @@ def convert_exported(model: ir.Model) -> Conversion:
     try:
         keras_model = saving.deserialize_keras_object(config, safe_mode=True)
     except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise SurgeryError(f"the Keras architecture in the ONNX metadata cannot be rebuilt: {first}") from None
+        raise SurgeryError(f"the Keras architecture in the ONNX metadata cannot be rebuilt: {first_line(error)}") from None
     for layer in keras_model.layers:
         cls = type(layer).__name__
         if not layer.weights:

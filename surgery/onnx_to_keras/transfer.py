@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from surgery.errors import SurgeryError
+from surgery.errors import SurgeryError, first_line
 
 if TYPE_CHECKING:
     import keras
@@ -129,8 +129,7 @@ def replace_head(model: "keras.Model", units: int, seed: int) -> "keras.Model":
     try:
         rebuilt = type(model).from_config(config)
     except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise SurgeryError(f"--head {units}: the layers after {head!r} do not accept a new width: {first}") from None
+        raise SurgeryError(f"--head {units}: the layers after {head!r} do not accept a new width: {first_line(error)}") from None
     for layer in rebuilt.layers:
         if layer.name != head and layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
