@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from surgery.errors import SurgeryError, first_line
+from surgery.metadata import KERAS_CONFIG_KEY, KERAS_INPUTS_KEY, LAYER_MAP_KEY
 from surgery.tensorflow_runtime import import_tensorflow
 
 if TYPE_CHECKING:
@@ -33,9 +34,6 @@ if TYPE_CHECKING:
 DEFAULT_OPSET = 17
 #: tf2onnx 1.17 converts to opsets 13 … 18.
 SUPPORTED_OPSETS = range(13, 19)
-KERAS_CONFIG_KEY = "surgery.keras_config"
-KERAS_INPUTS_KEY = "surgery.keras_inputs"
-LAYER_MAP_KEY = "surgery.layer_map"
 #: The self-check's tolerance on max |keras − onnx|, relative to max(1, max |keras output|).
 SELF_CHECK_TOLERANCE = 1e-5
 

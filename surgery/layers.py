@@ -21,8 +21,7 @@ from dataclasses import asdict, dataclass, field
 import onnx_ir as ir
 
 from surgery.graph import ACTIVATIONS, attribute, constant_shape, consumers
-
-LAYER_MAP_KEY = "surgery.layer_map"
+from surgery.metadata import LAYER_MAP_KEY
 
 #: Ops that `inspect` looks through when reporting the activation that follows a layer: layout
 #: changes and per-channel normalisation (Dense → BatchNormalization → ReLU reports ReLU).

@@ -49,9 +49,7 @@ from surgery.external import ConcatenatedTensor, concatenate
 from surgery.graph import ModelLike, as_ir, constant_array, constant_shape, like
 from surgery.initializers import check_strategy, extend, new_unit_values, unit_sources
 from surgery.layers import resolve_layer
-
-HISTORY_KEY = "surgery.widen_history"
-TENSORS_KEY = "surgery.widened_tensors"
+from surgery.metadata import WIDEN_HISTORY_KEY, WIDENED_TENSORS_KEY
 
 
 @dataclass(frozen=True)
@@ -119,11 +117,11 @@ def _precheck_size(model: ir.Model, plan: Mapping[str, int]) -> None:
 
 def _composed_tensors(model: ir.Model, plan: WidenPlan) -> dict:
     """``surgery.widened_tensors`` after this widening, relative to the never-widened model."""
-    raw = model.metadata_props.get(TENSORS_KEY)
+    raw = model.metadata_props.get(WIDENED_TENSORS_KEY)
     try:
         entries = json.loads(raw) if raw else {}
     except json.JSONDecodeError:
-        raise SurgeryError(f"metadata {TENSORS_KEY!r} is not valid JSON; cannot compose a new widening with it") from None
+        raise SurgeryError(f"metadata {WIDENED_TENSORS_KEY!r} is not valid JSON; cannot compose a new widening with it") from None
     for value, layout in plan.tensors:
         name = value.name or ""
         earlier = entries.get(name)
@@ -334,16 +332,16 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
     tensors = _composed_tensors(model, widen_plan)
     arrays = _new_arrays(widen_plan, init=init, fan_in=fan_in, seed=seed)
     records = _history(widen_plan, init, int(seed))
-    raw = model.metadata_props.get(HISTORY_KEY)
+    raw = model.metadata_props.get(WIDEN_HISTORY_KEY)
     try:
         history = json.loads(raw) if raw else []
     except json.JSONDecodeError:
-        raise SurgeryError(f"metadata {HISTORY_KEY!r} is not valid JSON; cannot append to it") from None
+        raise SurgeryError(f"metadata {WIDEN_HISTORY_KEY!r} is not valid JSON; cannot append to it") from None
     # Nothing above changed the model (beyond inferred shapes); from here on it is written.
     forked = _write_parameters(model.graph, arrays)
     _write_shapes(widen_plan)
-    model.metadata_props[HISTORY_KEY] = json.dumps(history + records)
-    model.metadata_props[TENSORS_KEY] = json.dumps(tensors)
+    model.metadata_props[WIDEN_HISTORY_KEY] = json.dumps(history + records)
+    model.metadata_props[WIDENED_TENSORS_KEY] = json.dumps(tensors)
     return WidenResult(widen_plan, tuple(records), tuple(forked))
 
 
@@ -385,4 +383,4 @@ def widen(model: ModelLike, plan: Mapping[str, int], *, init: str = "output-zero
     return like(working, model)
 
 
-__all__ = ["widen", "widen_in_place", "WidenResult", "HISTORY_KEY", "TENSORS_KEY"]
+__all__ = ["widen", "widen_in_place", "WidenResult"]

@@ -51,6 +51,7 @@ import onnx
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError
+from surgery.metadata import JSON_KINDS
 
 #: Opset versions per domain that the toolkit accepts (onnxruntime 1.31's supported range).
 SUPPORTED_OPSETS: Mapping[str, range] = {
@@ -59,14 +60,6 @@ SUPPORTED_OPSETS: Mapping[str, range] = {
     "com.microsoft": range(1, 2),
 }
 _DISPLAY_DOMAIN = {"": "ai.onnx (default)"}
-#: Metadata the toolkit writes and reads back, and the JSON kind each holds (see contracts).
-SURGERY_METADATA: Mapping[str, type] = {
-    "surgery.keras_config": dict,
-    "surgery.layer_map": dict,
-    "surgery.keras_inputs": list,
-    "surgery.widen_history": list,
-    "surgery.widened_tensors": dict,
-}
 
 _T = onnx.TensorProto
 #: The typed field each data type keeps its values in, and how many entries one value takes
@@ -266,7 +259,7 @@ def _non_utf8_string(message, where: str) -> str | None:
 def _metadata_problems(proto: onnx.ModelProto) -> Iterator[str]:
     """`surgery.*` metadata (written by export and widen) must be the JSON kinds their readers expect."""
     for entry in proto.metadata_props:
-        expected = SURGERY_METADATA.get(entry.key)
+        expected = JSON_KINDS.get(entry.key)
         if expected is None:
             continue
         try:

@@ -43,6 +43,7 @@ import onnx
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError, first_line
+from surgery.metadata import WIDENED_TENSORS_KEY
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -64,7 +65,6 @@ EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 ONE_SESSION_BYTES = 1 << 30
 #: Inputs and reference outputs held per round in that mode.
 ROUND_BYTES = 256 << 20
-WIDENED_TENSORS_KEY = "surgery.widened_tensors"
 SPINNING_KEY = "session.intra_op.allow_spinning"
 #: Default tolerance when Keras runs one side: |a - b| <= 1e-5 * max(1, max |reference|).
 KERAS_DEFAULT_ATOL = 1e-5

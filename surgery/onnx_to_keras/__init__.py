@@ -24,8 +24,8 @@ import onnx
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError, first_line
-from surgery.export import KERAS_CONFIG_KEY
 from surgery.graph import ModelLike, as_ir
+from surgery.metadata import KERAS_CONFIG_KEY
 from surgery.onnx_to_keras.foreign import SUPPORTED_OPS, Conversion, convert_graph
 
 if TYPE_CHECKING:

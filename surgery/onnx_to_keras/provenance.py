@@ -32,8 +32,9 @@ import numpy as np
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError, first_line
-from surgery.export import KERAS_CONFIG_KEY, LAYER_MAP_KEY, _layer_for_scope
+from surgery.export import _layer_for_scope
 from surgery.graph import attribute, constant_array, consumers
+from surgery.metadata import KERAS_CONFIG_KEY, LAYER_MAP_KEY
 from surgery.onnx_to_keras.foreign import Conversion
 from surgery.tensorflow_runtime import import_tensorflow
 
