@@ -289,16 +289,15 @@ class Group:
         return self.old_width + self.added
 
 
-#: What an edit does to the new positions of one parameter along one axis:
-#: "fan-in": a producer's new units (weights), "bias": a producer's new bias entries,
-#: "fan-out": a consumer's weights that read new positions, "neutral": a per-unit constant of a
-#: pass-through node, "literal": a shape constant replaced by `literal`.
-EDIT_ROLES = ("fan-in", "bias", "fan-out", "neutral", "literal")
-
-
 @dataclass(frozen=True, eq=False)
 class Edit:
-    """One change to one constant input of one node."""
+    """One change to one constant input of one node.
+
+    `role` says what the edit does to the new positions of the parameter along `axis`:
+    "fan-in": a producer's new units (weights), "bias": a producer's new bias entries,
+    "fan-out": a consumer's weights that read new positions, "neutral": a per-unit constant of a
+    pass-through node, "literal": a shape constant replaced by `literal`.
+    """
 
     node: ir.Node
     input_index: int
@@ -367,16 +366,6 @@ class WidenPlan:
             elif edit.layout is not None:
                 shapes[key][edit.axis] = edit.layout.size
         return {key: tuple(shape) for key, shape in shapes.items()}
-
-    def added_bytes(self) -> int:
-        """Bytes the changed parameters will take (an upper bound on what the rewrite allocates)."""
-        total, shapes = 0, self.new_shapes()
-        for edit in {(id(e.node), e.input_index): e for e in self.edits}.values():
-            shape = shapes[(id(edit.node), edit.input_index)]
-            dtype = edit.value.dtype
-            itemsize = dtype.itemsize if dtype is not None else 8
-            total += math.prod(shape) * itemsize
-        return total
 
 
 # --------------------------------------------------------------------------------------------

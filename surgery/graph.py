@@ -85,8 +85,3 @@ def attribute(node: ir.Node, name: str, default):
     """An attribute's Python value, or `default` when the node does not set it."""
     attr = node.attributes.get(name)
     return default if attr is None else attr.value
-
-
-def metadata(model: ir.Model) -> dict[str, str]:
-    """The model's `metadata_props` as a plain dict."""
-    return dict(model.metadata_props)

@@ -291,14 +291,14 @@ class GraphBuilder:
         return -1 if axis == rank - 1 else axis
 
     # -- the walk ------------------------------------------------------------------------
-    def build(self, name: str | None = None) -> Conversion:
+    def build(self) -> Conversion:
         kept, dropped, needed = plan_outputs(self.model)
         inputs = self._inputs()
         for node in self.model.graph:
             if id(node) in needed and id(node) not in self.absorbed:
                 self._convert(node)
         outputs = [self._in_layout(self.values[id(v)], _identity(self.values[id(v)].rank), v.producer()).keras for v in kept]
-        model_name = _sanitise(name or self.model.graph.name or "") or "onnx_model"
+        model_name = _sanitise(self.model.graph.name or "") or "onnx_model"
         keras_model = self.keras.Model(
             inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0], name=model_name
         )
@@ -648,6 +648,6 @@ class GraphBuilder:
         return layer, [alpha.astype(np.float32)]
 
 
-def convert_graph(model: ir.Model, name: str | None = None) -> Conversion:
+def convert_graph(model: ir.Model) -> Conversion:
     """Build the Keras model for a graph without Keras provenance (see the module docstring)."""
-    return GraphBuilder(model).build(name)
+    return GraphBuilder(model).build()
