@@ -74,8 +74,9 @@ def friendly_names(model: ir.Model) -> dict[str, str]:
     return {node: layer for layer, nodes in layer_map.items() for node in nodes}
 
 
-def _bias_add(output: ir.Value, width: int) -> ir.Node | None:
-    """The Add that adds a constant per-unit bias to `output`, if that is its only use."""
+def bias_add(output: ir.Value, width: int) -> ir.Node | None:
+    """The Add that adds a constant per-unit bias (shape ``[U]`` or ``[1, U]``, either operand)
+    to a MatMul's `output`, if that is its only use. Reads no tensor data."""
     users = consumers(output)
     if len(users) != 1 or users[0].op_type != "Add" or output.is_graph_output():
         return None
@@ -140,7 +141,7 @@ def layer_sites(model: ir.Model) -> list[LayerSite]:
             continue
         op, bias_node, output = node.op_type, None, node.outputs[0]
         if node.op_type == "MatMul":
-            bias_node = _bias_add(output, width)
+            bias_node = bias_add(output, width)
             if bias_node is not None:
                 op, output = "MatMul+Add", bias_node.outputs[0]
         layer = Layer(
@@ -176,4 +177,4 @@ def resolve_layer(model: ir.Model, name: str) -> LayerSite:
     raise SurgeryError(f"no layer named {name!r}{hint}")
 
 
-__all__ = ["Layer", "LayerSite", "find_layers", "layer_sites", "resolve_layer", "friendly_names"]
+__all__ = ["Layer", "LayerSite", "bias_add", "find_layers", "layer_sites", "resolve_layer", "friendly_names"]

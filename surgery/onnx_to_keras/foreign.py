@@ -47,6 +47,7 @@ import onnx_ir as ir
 
 from surgery.errors import SurgeryError
 from surgery.graph import attribute, constant_array, consumers, is_constant
+from surgery.layers import bias_add
 from surgery.tensorflow_runtime import import_tensorflow
 
 if TYPE_CHECKING:
@@ -417,14 +418,13 @@ class GraphBuilder:
         self._set(node, _Tensor(out, source.perm), output)
 
     def _bias_after(self, value: ir.Value, units: int) -> tuple[np.ndarray | None, ir.Value]:
-        """A constant per-unit bias added right after a MatMul (PyTorch: bias first; skl2onnx: [1, U])."""
-        add = self._single_reader(value)
-        if add is None or add.op_type != "Add":
+        """A constant per-unit bias added right after a MatMul (PyTorch: bias first; skl2onnx: [1, U]),
+        as `surgery inspect` finds it (`surgery.layers.bias_add`)."""
+        add = bias_add(value, units)
+        if add is None:
             return None, value
         other = add.inputs[1] if add.inputs[0] is value else add.inputs[0]
         bias = constant_array(other)
-        if bias is None or bias.ndim not in (1, 2) or bias.shape[-1] != units or bias.size != units:
-            return None, value
         self._absorb(add)
         return bias.reshape(-1).astype(np.float32), add.outputs[0]
 
