@@ -23,7 +23,7 @@ import onnx
 import pytest
 
 import forms
-from test_hardening import run_surgery
+from conftest import run_surgery
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_CASES = 2000
@@ -165,9 +165,9 @@ def seeds(tmp_path_factory) -> dict[str, bytes]:
 
 def _check(outcome, out: Path, case: str) -> str | None:
     """None when `outcome` is success or the clean error path, else what went wrong."""
-    if "Traceback" in outcome.err:
-        return f"{case}: traceback: {outcome.err[-800:]}"
-    if outcome.code == 0:
+    if "Traceback" in outcome.stderr:
+        return f"{case}: traceback: {outcome.stderr[-800:]}"
+    if outcome.returncode == 0:
         for written in out.iterdir():
             if written.suffix == ".onnx":
                 try:
@@ -175,11 +175,11 @@ def _check(outcome, out: Path, case: str) -> str | None:
                 except Exception as error:  # noqa: BLE001 - any failure is the finding
                     return f"{case}: wrote an invalid model: {error}"
         return None
-    lines = [line for line in outcome.err.splitlines() if line.strip()]
-    if outcome.code not in (1, 2):
-        return f"{case}: exit {outcome.code}: {outcome.err.strip()[:500]}"
+    lines = [line for line in outcome.stderr.splitlines() if line.strip()]
+    if outcome.returncode not in (1, 2):
+        return f"{case}: exit {outcome.returncode}: {outcome.stderr.strip()[:500]}"
     if len(lines) != 1 or not lines[0].startswith("surgery: "):
-        return f"{case}: exit {outcome.code} with {len(lines)} stderr lines: {outcome.err[:500]!r}"
+        return f"{case}: exit {outcome.returncode} with {len(lines)} stderr lines: {outcome.stderr[:500]!r}"
     left = [p.name for p in out.iterdir()]
     if left:
         return f"{case}: failed ({lines[0]}) but left {left}"
@@ -212,7 +212,7 @@ def test_fuzz_models_and_command_lines(seeds, tmp_path, capfd):
         args = random_command(case_rng, model, intact[key], names[key], out)
         case = f"case {index} (SURGERY_FUZZ_SEED={SEED}; {key}, {mutation.__name__ if mutation else 'intact'}): surgery {' '.join(map(str, args))}"
         outcome = run_surgery(capfd, *args)
-        outcomes[outcome.code] = outcomes.get(outcome.code, 0) + 1
+        outcomes[outcome.returncode] = outcomes.get(outcome.returncode, 0) + 1
         problem = _check(outcome, out, case)
         if problem:
             failures.append(problem)

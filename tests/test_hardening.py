@@ -11,11 +11,8 @@ problem, write no file, and leave its inputs byte for byte as they were.
 from __future__ import annotations
 
 import copy
-import hashlib
-import logging
 import tracemalloc
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,59 +22,8 @@ import pytest
 from onnx import helper
 
 import forms
+from conftest import assert_one_line_error, digest, run_surgery
 from surgery.cli import cli as surgery_cli
-
-# ---------------------------------------------------------------------------------------------
-# Running the CLI in-process
-
-
-@dataclass
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.strip()]
-
-
-def run_surgery(capfd, *args) -> Outcome:
-    """`surgery ARGS...` in this process; stdout/stderr captured at the file-descriptor level."""
-    capfd.readouterr()
-    # As in a real run, the root logger starts without handlers (pytest's are set aside), so a
-    # library's logged warning reaches stderr unless the CLI keeps it off.
-    root = logging.getLogger()
-    saved = root.handlers[:]
-    root.handlers.clear()
-    try:
-        surgery_cli.main([str(a) for a in args], prog_name="surgery")
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    finally:
-        root.handlers[:] = saved
-    out, err = capfd.readouterr()
-    return Outcome(code, out, err)
-
-
-def assert_one_line_error(outcome: Outcome, *, code: int = 2, names: str | None = None, says: tuple[str, ...] = ()) -> str:
-    """The clean error path: exit `code`, one `surgery:` line naming `names` and saying `says`."""
-    assert "Traceback" not in outcome.err, outcome.err
-    assert outcome.code == code, (outcome.code, outcome.err)
-    assert len(outcome.err_lines) == 1, outcome.err
-    line = outcome.err_lines[0]
-    assert line.startswith("surgery: ") and "internal error" not in line, line
-    if names is not None:
-        assert names in line, f"{names!r} not named in: {line}"
-    for text in says:
-        assert text in line, f"{text!r} not in: {line}"
-    return line
-
-
-def digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under `folder` (the inputs' fingerprint)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def has_command(name: str) -> bool:
@@ -242,7 +188,7 @@ def test_good_onnx_passes_every_command(onnx_files, tmp_path, capfd):
     for name, args in _onnx_commands(paths["good"], paths["good"], tmp_path).items():
         if has_command(args[0]):
             outcome = run_surgery(capfd, *args)
-            assert outcome.code == 0, (name, outcome.err)
+            assert outcome.returncode == 0, (name, outcome.stderr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,9 +273,9 @@ def test_bad_keras_file_is_one_line_error_and_writes_nothing(keras_files, onnx_f
 def test_lambda_loads_with_unsafe(keras_files, tmp_path, capfd):
     folder, paths = keras_files
     outcome = run_surgery(capfd, "export", paths["lambda"], "-o", tmp_path / "lambda.onnx", "--unsafe")
-    assert outcome.code == 0, outcome.err
+    assert outcome.returncode == 0, outcome.stderr
     assert (tmp_path / "lambda.onnx").is_file()
-    help_text = run_surgery(capfd, "export", "--help").out
+    help_text = run_surgery(capfd, "export", "--help").stdout
     assert "--unsafe" in help_text and "Lambda" in help_text  # says what it allows
 
 
@@ -438,7 +384,7 @@ def test_existing_output_kept_without_force_replaced_with_it(onnx_files, keras_f
     assert_one_line_error(run_surgery(capfd, *args), names=target.name, says=("already exists", "--force"))
     assert target.read_bytes() == b"precious"
     outcome = run_surgery(capfd, *args, "--force")
-    assert outcome.code == 0, outcome.err
+    assert outcome.returncode == 0, outcome.stderr
     assert target.read_bytes() != b"precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no temporary left behind
 
@@ -464,7 +410,7 @@ def test_inputs_never_modified_by_a_successful_run(onnx_files, keras_files, comm
     folders = [onnx_files[0], keras_files[0]]
     before = [digest(folder) for folder in folders]
     outcome = run_surgery(capfd, *_writers(onnx_files[1]["good"], keras_files[1]["good"], tmp_path / "out")[command])
-    assert outcome.code == 0, outcome.err
+    assert outcome.returncode == 0, outcome.stderr
     assert [digest(folder) for folder in folders] == before
 
 

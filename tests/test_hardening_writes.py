@@ -26,7 +26,8 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from test_hardening import assert_one_line_error, has_command, run_surgery
+from conftest import assert_one_line_error, run_surgery
+from test_hardening import has_command
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -77,7 +78,7 @@ def test_widen_is_byte_identical_for_the_same_seed(init, tmp_path, capfd):
         args = ["widen", MODELS / "transfer.onnx", "-o", tmp_path / f"{name}.onnx", "--layer", "hidden1=3", "--layer", "hidden3=2",
                 "--init", init, "--seed", seed, "--no-verify"]
         outcome = run_surgery(capfd, *args)
-        assert outcome.code == 0, outcome.err
+        assert outcome.returncode == 0, outcome.stderr
         outputs[name] = (tmp_path / f"{name}.onnx").read_bytes()
     assert outputs["a"] == outputs["b"]
     assert outputs["a"] != outputs["c"]  # the seed matters, so the equality above is not vacuous
@@ -90,7 +91,7 @@ def test_to_keras_is_deterministic_in_architecture_and_weights(tmp_path, capfd):
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         args = ["to-keras", MODELS / "transfer.onnx", "-o", tmp_path / f"{name}.keras", "--reinit", "hidden2", "--head", "5", "--seed", seed]
         outcome = run_surgery(capfd, *args)
-        assert outcome.code == 0, outcome.err
+        assert outcome.returncode == 0, outcome.stderr
         contents[name] = _keras_contents(tmp_path / f"{name}.keras")
     assert contents["a"][0] == contents["b"][0]
     assert _same_weights(contents["a"][1], contents["b"][1])
