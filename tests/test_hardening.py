@@ -23,11 +23,6 @@ from onnx import helper
 
 import forms
 from conftest import assert_one_line_error, digest, run_surgery
-from surgery.cli import cli as surgery_cli
-
-
-def has_command(name: str) -> bool:
-    return name in surgery_cli.commands
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,8 +168,6 @@ ONNX_COMMANDS = list(_onnx_commands(Path(), Path(), Path()))
 def test_bad_onnx_file_is_one_line_error_and_writes_nothing(onnx_files, row, command, tmp_path, capfd):
     folder, paths = onnx_files
     args = _onnx_commands(paths[row], paths["good"], tmp_path)[command]
-    if not has_command(args[0]):
-        pytest.skip(f"surgery {args[0]} is not in this tree yet")
     before = digest(folder)
     outcome = run_surgery(capfd, *args)
     assert_one_line_error(outcome, names=paths[row].name, says=BAD_ONNX[row][1])
@@ -186,9 +179,8 @@ def test_good_onnx_passes_every_command(onnx_files, tmp_path, capfd):
     """The table's control row: the same commands on the unbroken model succeed."""
     folder, paths = onnx_files
     for name, args in _onnx_commands(paths["good"], paths["good"], tmp_path).items():
-        if has_command(args[0]):
-            outcome = run_surgery(capfd, *args)
-            assert outcome.returncode == 0, (name, outcome.stderr)
+        outcome = run_surgery(capfd, *args)
+        assert outcome.returncode == 0, (name, outcome.stderr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,8 +368,6 @@ def _writers(onnx_path: Path, keras_path: Path, out: Path) -> dict[str, list]:
 
 @pytest.mark.parametrize("command", ["export", "widen", "to-keras"])
 def test_existing_output_kept_without_force_replaced_with_it(onnx_files, keras_files, command, tmp_path, capfd):
-    if not has_command(command):
-        pytest.skip(f"surgery {command} is not in this tree yet")
     args = _writers(onnx_files[1]["good"], keras_files[1]["good"], tmp_path / "out")[command]
     target = Path(args[3])
     target.write_bytes(b"precious")
@@ -392,8 +382,6 @@ def test_existing_output_kept_without_force_replaced_with_it(onnx_files, keras_f
 @pytest.mark.parametrize("command", ["export", "widen", "to-keras"])
 @pytest.mark.parametrize("where", ["missing-folder", "is-a-directory"])
 def test_unwritable_destination(onnx_files, keras_files, command, where, tmp_path, capfd):
-    if not has_command(command):
-        pytest.skip(f"surgery {command} is not in this tree yet")
     base = tmp_path / "no-such-folder" / "out" if where == "missing-folder" else tmp_path / "out"
     args = _writers(onnx_files[1]["good"], keras_files[1]["good"], base)[command]
     if where == "is-a-directory":
@@ -405,8 +393,6 @@ def test_unwritable_destination(onnx_files, keras_files, command, where, tmp_pat
 
 @pytest.mark.parametrize("command", ["export", "widen", "to-keras"])
 def test_inputs_never_modified_by_a_successful_run(onnx_files, keras_files, command, tmp_path, capfd):
-    if not has_command(command):
-        pytest.skip(f"surgery {command} is not in this tree yet")
     folders = [onnx_files[0], keras_files[0]]
     before = [digest(folder) for folder in folders]
     outcome = run_surgery(capfd, *_writers(onnx_files[1]["good"], keras_files[1]["good"], tmp_path / "out")[command])
@@ -431,8 +417,6 @@ def test_inputs_never_modified_by_a_successful_run(onnx_files, keras_files, comm
     ids=["unknown-layer", "k-zero", "k-negative", "k-not-a-number", "no-k", "same-layer-twice", "output-layer"],
 )
 def test_widen_bad_requests(onnx_files, layers, says, tmp_path, capfd):
-    if not has_command("widen"):
-        pytest.skip("surgery widen is not in this tree yet")
     _, paths = onnx_files
     plan = [arg for layer in layers for arg in ("--layer", layer)]
     outcome = run_surgery(capfd, "widen", paths["good"], "-o", tmp_path / "wide.onnx", *plan)
@@ -442,8 +426,6 @@ def test_widen_bad_requests(onnx_files, layers, says, tmp_path, capfd):
 
 def test_widen_same_layer_under_two_names(tmp_path, capfd):
     """A Keras layer name and its node name are one layer: asking for both is asking twice."""
-    if not has_command("widen"):
-        pytest.skip("surgery widen is not in this tree yet")
     model = Path(__file__).resolve().parents[1] / "models" / "mlp.onnx"
     from surgery.layers import find_layers
     from surgery.modelio import load_model
@@ -455,8 +437,6 @@ def test_widen_same_layer_under_two_names(tmp_path, capfd):
 
 
 def test_widen_absurd_k_is_refused_before_allocating(onnx_files, tmp_path, capfd):
-    if not has_command("widen"):
-        pytest.skip("surgery widen is not in this tree yet")
     _, paths = onnx_files
     tracemalloc.start()
     try:
@@ -483,8 +463,6 @@ def test_widen_absurd_k_is_refused_before_allocating(onnx_files, tmp_path, capfd
     ids=["freeze-unknown", "reinit-unknown", "head-zero", "head-negative"],
 )
 def test_to_keras_bad_requests(onnx_files, args, says, tmp_path, capfd):
-    if not has_command("to-keras"):
-        pytest.skip("surgery to-keras is not in this tree yet")
     _, paths = onnx_files
     outcome = run_surgery(capfd, "to-keras", paths["good"], "-o", tmp_path / "model.keras", *args)
     assert_one_line_error(outcome, says=says)

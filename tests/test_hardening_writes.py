@@ -27,7 +27,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import assert_one_line_error, run_surgery
-from test_hardening import has_command
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -71,8 +70,6 @@ def test_export_is_byte_identical_across_runs(tmp_path):
 
 @pytest.mark.parametrize("init", ["output-zero", "all-random"])
 def test_widen_is_byte_identical_for_the_same_seed(init, tmp_path, capfd):
-    if not has_command("widen"):
-        pytest.skip("surgery widen is not in this tree yet")
     outputs = {}
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
         args = ["widen", MODELS / "transfer.onnx", "-o", tmp_path / f"{name}.onnx", "--layer", "hidden1=3", "--layer", "hidden3=2",
@@ -85,8 +82,6 @@ def test_widen_is_byte_identical_for_the_same_seed(init, tmp_path, capfd):
 
 
 def test_to_keras_is_deterministic_in_architecture_and_weights(tmp_path, capfd):
-    if not has_command("to-keras"):
-        pytest.skip("surgery to-keras is not in this tree yet")
     contents = {}
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         args = ["to-keras", MODELS / "transfer.onnx", "-o", tmp_path / f"{name}.keras", "--reinit", "hidden2", "--head", "5", "--seed", seed]
@@ -146,8 +141,6 @@ FAILURES = {
 @pytest.mark.parametrize("failure", list(FAILURES))
 @pytest.mark.parametrize("command", ["export", "widen", "to-keras"])
 def test_failure_mid_write_leaves_no_partial_file(command, failure, existing, tmp_path, monkeypatch, capfd):
-    if not has_command(command):
-        pytest.skip(f"surgery {command} is not in this tree yet")
     args = _writer_args(command, tmp_path / "out")
     target = Path(args[3])
     if existing:
@@ -197,8 +190,6 @@ def test_sigint_during_the_write_leaves_nothing_or_a_whole_model(tmp_path):
     then holds either nothing (exit 130, one line) or the complete model: never a partial file
     or a temporary file.
     """
-    if not has_command("widen"):
-        pytest.skip("surgery widen is not in this tree yet")
     source = tmp_path / "big.onnx"
     _big_mlp(source)
     out_dir = tmp_path / "out"
