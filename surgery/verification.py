@@ -471,17 +471,24 @@ class _OnnxSide:
         self.path: Path | None = None
         self.model_bytes: bytes | None = None
         self.external_folder: str | None = None
+        #: Bytes of weights onnxruntime will hold for the model: its file or bytes plus external data.
+        self.footprint: int
         if isinstance(source, (str, os.PathLike)):
             self.path = Path(source)
-            load_proto(self.path)  # one clear error for a bad file; external data stays on disk
+            proto = load_proto(self.path)  # one clear error for a bad file; external data stays on disk
+            self.footprint = self.path.stat().st_size + _external_bytes(proto)
         elif isinstance(source, onnx.ModelProto):
             self.model_bytes = source.SerializeToString()
+            self.footprint = len(self.model_bytes)
         elif isinstance(source, ir.Model):
             self.external_folder = _external_folder(source)
             self.model_bytes = ir.serde.serialize_model(source).SerializeToString()
+            self.footprint = len(self.model_bytes) + sum(
+                value.const_value.nbytes for value in source.graph.initializers.values()
+                if isinstance(value.const_value, ir.ExternalTensor)
+            )
         else:
             raise SurgeryError(f"{label}: expected an ONNX model, an onnx_ir model or a path, got {type(source).__name__}")
-        self.footprint = _footprint(source, self.model_bytes)
         self._sessions: dict[str, ort.InferenceSession] = {}
 
     def release(self) -> None:
@@ -563,25 +570,14 @@ class _OnnxSide:
         return {}
 
 
-def _footprint(source: Any, model_bytes: bytes | None) -> int:
-    """Bytes of weights onnxruntime will hold for a model: its file or bytes plus external data."""
-    if isinstance(source, ir.Model):
-        external = sum(
-            value.const_value.nbytes for value in source.graph.initializers.values()
-            if isinstance(value.const_value, ir.ExternalTensor)
-        )
-        return len(model_bytes or b"") + external
-    if model_bytes is not None:
-        return len(model_bytes)
-    from surgery.modelio import load_proto
-
-    path = Path(source)
+def _external_bytes(proto: onnx.ModelProto) -> int:
+    """Bytes of external data a parsed model declares (the lengths in its external-data entries)."""
     external = 0
-    for tensor in onnx.external_data_helper._get_all_tensors(load_proto(path)):
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             entries = {entry.key: entry.value for entry in tensor.external_data}
             external += int(entries.get("length", 0) or 0)
-    return path.stat().st_size + external
+    return external
 
 
 def _run(session: "ort.InferenceSession", names: list[str], feeds: dict[str, np.ndarray], label: str) -> list[np.ndarray]:
