@@ -340,15 +340,16 @@ def external_files(model: ir.Model) -> list[Path]:
     return [Path(p) for p in seen]
 
 
-def _plain_file_mode() -> int:
+def temporary_file(folder: Path, name: str) -> tuple[int, Path]:
+    """A new hidden file ``.NAME.XXXX.tmp`` in `folder`, open for writing, to be renamed to `name`.
+
+    It gets the permissions an ordinary new file would (0666 less the umask), not mkstemp's 0600,
+    so that outputs are not private to the writer.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _temporary(folder: Path, name: str) -> tuple[int, Path]:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.fchmod(fd, _plain_file_mode())
+    os.fchmod(fd, 0o666 & ~umask)
     return fd, Path(tmp)
 
 
@@ -464,7 +465,7 @@ def _staged(model: ir.Model, path: Path, force: bool, share_external_data: bool)
     if share_external_data and any(os.path.realpath(f) == os.path.realpath(data_path) for f in external_files(model)):
         raise SurgeryError(f"--share-external-data: the output's data file {data_path} is the input's own data file; choose another output name")
 
-    data_fd, data_tmp = _temporary(folder, data_name)
+    data_fd, data_tmp = temporary_file(folder, data_name)
     model_tmp: Path | None = None
     try:
         try:
@@ -476,7 +477,7 @@ def _staged(model: ir.Model, path: Path, force: bool, share_external_data: bool)
         finally:
             for slot in slots:
                 slot.put(slot.tensor)
-        model_fd, model_tmp = _temporary(folder, path.name)
+        model_fd, model_tmp = temporary_file(folder, path.name)
         with os.fdopen(model_fd, "wb") as handle:
             handle.write(proto.SerializeToString())
         if size == 0:
@@ -546,5 +547,6 @@ __all__ = [
     "needs_external_data",
     "open_checked_source",
     "staged_model",
+    "temporary_file",
     "write_model",
 ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import onnx
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError, first_line
+from surgery.external import needs_external_data, staged_model, temporary_file
 from surgery.validation import validate
 
 
@@ -132,12 +132,8 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise SurgeryError(f"{folder}: output folder does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private to the writer
+    fd, tmp_path = temporary_file(folder, path.name)
     os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -166,8 +162,6 @@ def staged_save(
         ...     if not surgery.verify("model.onnx", staged).equivalent:
         ...         raise NotEquivalentError("wide.onnx not written")
     """
-    from surgery.external import needs_external_data, staged_model
-
     if isinstance(model, onnx.ModelProto):
         model = ir.serde.deserialize_model(model)
     if share_external_data or needs_external_data(model):
