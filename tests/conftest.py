@@ -69,7 +69,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *, code: int = 2,
     with `prefix`, is not an internal error, names `names` and says each of `says`."""
     err = result.stderr
     assert "Traceback" not in err, err
-    assert result.returncode == code, (result.returncode, err)
+    assert result.returncode == code, (result.returncode, err, result.stdout[-2000:])
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     line = lines[0]

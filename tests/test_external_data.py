@@ -20,6 +20,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from conftest import assert_one_line_error, run_cli
 from surgery.errors import SurgeryError
 from surgery.external import ConcatenatedTensor, concatenate
 from surgery.layers import find_layers
@@ -176,7 +177,7 @@ def test_widen_cli_shares_external_data_beside_the_input(source, cli, tmp_path, 
     sibling.mkdir()
     elsewhere = cli("widen", folder / "model.onnx", "-o", sibling / "wide.onnx", "--layer", "layer2/MatMul=8",
                     "--no-verify", "--share-external-data")
-    assert elsewhere.returncode == 2 and "does not contain the input's data file" in elsewhere.stderr
+    assert_one_line_error(elsewhere, says=("does not contain the input's data file",))
     assert list(sibling.iterdir()) == []
 
 
@@ -339,14 +340,10 @@ def test_external_data_outside_the_folder_is_refused_unopened(tmp_path, cli, kin
     for command in (["inspect", path], ["verify", path, path]):
         # A FIFO blocks whoever opens it: a timeout here means the target was opened.
         try:
-            result = subprocess.run(
-                [sys.executable, "-m", "surgery", *map(str, command)], capture_output=True, text=True, timeout=60,
-            )
+            result = run_cli(*command, timeout=60)
         except subprocess.TimeoutExpired:
             pytest.fail(f"{command[0]} opened {target}")
-        assert result.returncode == 2, result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and message in lines[0], result.stderr
+        assert_one_line_error(result, says=(message,))
 
 
 def test_symlink_swapped_in_after_loading_is_refused_by_the_writer(source, tmp_path):

@@ -6,11 +6,14 @@ runs in-process in well under a second per row.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import assert_one_line_error
 
 
 def _mnist_like(path: Path, **override) -> None:
@@ -44,7 +47,8 @@ def data_files(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-def run_training(capfd, monkeypatch, *args) -> tuple[int, str]:
+def run_training(capfd, monkeypatch, *args) -> subprocess.CompletedProcess:
+    """`python -m training ARGS...` in this process, its output captured."""
     from training.__main__ import run
 
     monkeypatch.setattr(sys, "argv", ["python -m training", *map(str, args)])
@@ -54,7 +58,8 @@ def run_training(capfd, monkeypatch, *args) -> tuple[int, str]:
         code = 0
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else 1
-    return code, capfd.readouterr().err
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(sys.argv, code, out, err)
 
 
 DATA_ROWS = {
@@ -72,19 +77,10 @@ DATA_ROWS = {
 }
 
 
-def _assert_one_line(code: int, err: str, *texts: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err, err
-    assert code == 2, (code, err)
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "internal error" not in lines[0], err
-    for text in texts:
-        assert text in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("row", list(DATA_ROWS))
 def test_bad_data_file(data_files, row, tmp_path, capfd, monkeypatch):
-    code, err = run_training(capfd, monkeypatch, "grow", "--quick", "--data", data_files[row], "--out", tmp_path / "run")
-    _assert_one_line(code, err, data_files[row].name, DATA_ROWS[row])
+    result = run_training(capfd, monkeypatch, "grow", "--quick", "--data", data_files[row], "--out", tmp_path / "run")
+    assert_one_line_error(result, prefix="error: ", says=(data_files[row].name, DATA_ROWS[row]))
     assert not (tmp_path / "run").exists()
 
 
@@ -99,10 +95,10 @@ def test_bad_data_file(data_files, row, tmp_path, capfd, monkeypatch):
     ids=["seeds-zero", "unknown-experiment", "option-without-value", "unknown-option"],
 )
 def test_bad_options(args, says, capfd, monkeypatch):
-    _assert_one_line(*run_training(capfd, monkeypatch, *args), says)
+    assert_one_line_error(run_training(capfd, monkeypatch, *args), prefix="error: ", says=(says,))
 
 
 def test_out_is_a_file(data_files, capfd, monkeypatch):
-    code, err = run_training(capfd, monkeypatch, "grow", "--quick", "--out", data_files["out-is-a-file"])
-    _assert_one_line(code, err, data_files["out-is-a-file"].name)
+    result = run_training(capfd, monkeypatch, "grow", "--quick", "--out", data_files["out-is-a-file"])
+    assert_one_line_error(result, prefix="error: ", says=(data_files["out-is-a-file"].name,))
     assert data_files["out-is-a-file"].read_text() == "a file, not a folder"

@@ -8,6 +8,7 @@ import forms
 import onnx
 import pytest
 
+from conftest import assert_one_line_error
 from surgery.graph import as_ir
 from surgery.layers import find_layers
 
@@ -157,11 +158,7 @@ def test_cli_table(tmp_path, cli):
 def test_cli_not_onnx_is_one_line_error(tmp_path, cli, content):
     path = tmp_path / "bad.onnx"
     path.write_bytes(content)
-    result = cli("inspect", path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert str(path) in result.stderr
+    assert_one_line_error(cli("inspect", path), names=str(path))
 
 
 def test_inspect_does_not_import_tensorflow(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import forms
+from conftest import assert_one_line_error
 from surgery.errors import NotEquivalentError
 from surgery.modelio import load_model, staged_save
 from surgery.rewrite import widen_in_place
@@ -105,9 +106,7 @@ def test_widen_cli_rejected_external_output_leaves_nothing(cli, tmp_path, existi
     if existing:
         (out / "wide.onnx").write_bytes(b"previous")
         args.append("--force")
-    done = cli(*args)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "not bitwise equal" in done.stderr and "Traceback" not in done.stderr
+    assert_one_line_error(cli(*args), code=1, says=("not bitwise equal",))
     assert sorted(p.name for p in out.iterdir()) == (["wide.onnx"] if existing else [])
     if existing:
         assert (out / "wide.onnx").read_bytes() == b"previous"

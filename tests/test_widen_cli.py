@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import forms
+from conftest import assert_one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -63,26 +64,23 @@ def test_widen_writes_a_verified_model_deterministically(cli, cnn_file, tmp_path
 def test_bad_requests_are_one_line_errors(cli, cnn_file, tmp_path, layer, message):
     out = tmp_path / "out.onnx"
     done = cli("widen", cnn_file, "-o", out, "--layer", layer)
-    assert done.returncode == 2
-    assert done.stderr.startswith("surgery: ") and message in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert_one_line_error(done, says=(message,))
+    assert done.stderr.startswith("surgery: ")
     assert not out.exists()
 
 
 def test_same_layer_twice_and_existing_output_are_refused(cli, cnn_file, tmp_path):
     out = tmp_path / "out.onnx"
-    done = cli("widen", cnn_file, "-o", out, "--layer", "/conv1/Conv=1", "--layer", "/conv1/Conv=2")
-    assert done.returncode == 2 and "given twice" in done.stderr and not out.exists()
+    assert_one_line_error(cli("widen", cnn_file, "-o", out, "--layer", "/conv1/Conv=1", "--layer", "/conv1/Conv=2"), says=("given twice",))
+    assert not out.exists()
     out.write_bytes(b"keep me")
-    done = cli("widen", cnn_file, "-o", out, "--layer", "/conv1/Conv=1")
-    assert done.returncode == 2 and "--force" in done.stderr and out.read_bytes() == b"keep me"
+    assert_one_line_error(cli("widen", cnn_file, "-o", out, "--layer", "/conv1/Conv=1"), says=("--force",))
+    assert out.read_bytes() == b"keep me"
 
 
 def test_outputs_that_are_not_bitwise_equal_are_not_written(cli, tmp_path):
     model, out = _single_channel_conv(tmp_path / "one.onnx"), tmp_path / "wide.onnx"
-    done = cli("widen", model, "-o", out, "--layer", "/conv/Conv=2")
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "not bitwise equal" in done.stderr and "Traceback" not in done.stderr
+    assert_one_line_error(cli("widen", model, "-o", out, "--layer", "/conv/Conv=2"), code=1, says=("not bitwise equal",))
     assert not out.exists()
     done = cli("widen", model, "-o", out, "--layer", "/conv/Conv=2", "--no-verify")
     assert done.returncode == 0 and out.exists() and "verified" not in done.stdout
