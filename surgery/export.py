@@ -73,7 +73,7 @@ def load_keras(path: str, *, unsafe: bool = False) -> "keras.Model":
         raise SurgeryError(f"{file}: cannot be loaded as a Keras model: {first}") from None
 
 
-def _layer_for_scope(scope: str, layer_names: set[str]) -> str | None:
+def layer_for_scope(scope: str, layer_names: set[str]) -> str | None:
     """The Keras layer a tf2onnx name-scope component belongs to.
 
     TensorFlow suffixes scopes with ``_<k>`` to keep them unique (``dense_1`` → ``dense_1_1``),
@@ -97,7 +97,7 @@ def layer_map(proto: onnx.ModelProto, model: "keras.Model") -> dict[str, list[st
     for node in proto.graph.node:
         parts = node.name.split("/")
         for scope in parts[1:-1]:  # parts[0] is the model's own scope, the last the op's name
-            layer = _layer_for_scope(scope, names)
+            layer = layer_for_scope(scope, names)
             if layer is not None:
                 mapping.setdefault(layer, []).append(node.name)
                 break

@@ -32,7 +32,7 @@ import numpy as np
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError, first_line
-from surgery.export import _layer_for_scope
+from surgery.export import layer_for_scope
 from surgery.graph import attribute, constant_array, consumers
 from surgery.metadata import KERAS_CONFIG_KEY, LAYER_MAP_KEY
 from surgery.onnx_to_keras.foreign import Conversion
@@ -72,7 +72,7 @@ class _Graph:
             if value is None or value.const_value is None or not value.name:
                 continue
             for scope in value.name.split("/")[1:-1]:
-                layer = _layer_for_scope(scope, layer_names)
+                layer = layer_for_scope(scope, layer_names)
                 if layer is not None:
                     return layer
         return None
