@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, run_module
 
 
 def expected_replicas() -> int:
@@ -22,10 +17,7 @@ def expected_replicas() -> int:
 
 
 def run_experiment(name: str, out: Path, *extra: str) -> tuple[dict, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "training", name, "--quick", "--out", str(out), *extra],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300,
-    )
+    done = run_module("training", name, "--quick", "--out", out, *extra, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["experiment"] == name and results["quick"] is True

@@ -26,10 +26,9 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import assert_one_line_error, run_surgery
+from conftest import assert_one_line_error, cli_env, run_surgery
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
 def _keras_contents(path: Path) -> tuple[bytes, dict[str, np.ndarray]]:
@@ -57,7 +56,7 @@ def test_export_is_byte_identical_across_runs(tmp_path):
     """
     runs = [
         subprocess.Popen([sys.executable, "-m", "surgery", "export", MODELS / "mlp.keras", "-o", tmp_path / f"run{i}.onnx"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
         for i in range(2)
     ]
     for run in runs:
@@ -197,7 +196,7 @@ def test_sigint_during_the_write_leaves_nothing_or_a_whole_model(tmp_path):
 
     def start(name: str) -> subprocess.Popen:
         command = [sys.executable, "-m", "surgery", "widen", source, "-o", out_dir / name, "--layer", "fc2=64", "--no-verify"]
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**ENV, "PYTHONUNBUFFERED": "1"})
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(PYTHONUNBUFFERED="1"))
 
     baseline = start("baseline.onnx")
     assert baseline.wait(timeout=120) == 0, baseline.stderr.read().decode()
