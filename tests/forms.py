@@ -357,3 +357,22 @@ def pytorch_swiglu(d_model: int = 8, hidden: int = 12, seq: int = 5, seed: int =
         inits,
     )
     return finish(graph)
+
+
+def single_channel_conv(seed: int = 0) -> onnx.ModelProto:
+    """`Conv2d(3, 1, 3, padding=1, bias=False) → Flatten → Linear(25, 2, bias=False)` on 5×5 inputs.
+
+    One output channel: onnxruntime computes such a Conv with another kernel than a Conv with
+    several, so widening it changes the old channel's rounding (benchmarks/conv_alignment.py).
+    """
+    rng = np.random.default_rng(seed)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "conv.weight"], ["c"], name="/conv/Conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+         helper.make_node("Flatten", ["c"], ["f"], name="/flatten/Flatten", axis=1),
+         helper.make_node("Gemm", ["f", "fc.weight"], ["output"], name="/fc/Gemm", transB=1)],
+        "main_graph", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 5, 5])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2])],
+        [tensor("conv.weight", rng.normal(size=(1, 3, 3, 3)).astype(np.float32)),
+         tensor("fc.weight", rng.normal(size=(2, 25)).astype(np.float32))],
+    )
+    return finish(graph)

@@ -12,7 +12,6 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
 import forms
 from conftest import assert_one_line_error
@@ -81,18 +80,8 @@ def test_widen_cli_verifies_a_shared_external_data_output_before_naming_it(sourc
 
 def _single_channel_conv_with_external_data(folder):
     """One output channel: widening it changes onnxruntime's kernel, so outputs are not bitwise equal."""
-    rng = np.random.default_rng(0)
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["input", "conv.weight"], ["c"], name="/conv/Conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-         helper.make_node("Flatten", ["c"], ["f"], name="/flatten/Flatten", axis=1),
-         helper.make_node("Gemm", ["f", "fc.weight"], ["output"], name="/fc/Gemm", transB=1)],
-        "main_graph", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 5, 5])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2])],
-        [forms.tensor("conv.weight", rng.normal(size=(1, 3, 3, 3)).astype(np.float32)),
-         forms.tensor("fc.weight", rng.normal(size=(2, 25)).astype(np.float32))],
-    )
     folder.mkdir()
-    onnx.save(forms.finish(graph), folder / "model.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+    onnx.save(forms.single_channel_conv(), folder / "model.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
               location="weights.bin", size_threshold=0)
     return folder / "model.onnx"
 

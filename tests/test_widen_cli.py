@@ -3,10 +3,8 @@ whose outputs are not bitwise equal (exit 1), and the non-preserving strategies.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
 import forms
 from conftest import assert_one_line_error
@@ -16,23 +14,6 @@ from conftest import assert_one_line_error
 def cnn_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("widen") / "cnn.onnx"
     onnx.save(forms.pytorch_cnn(channels=4), path)
-    return path
-
-
-def _single_channel_conv(path):
-    """A Conv with ONE output channel: onnxruntime computes it with another kernel than a Conv
-    with several, so widening it changes the old channel's rounding (benchmarks/conv_alignment.py)."""
-    rng = np.random.default_rng(0)
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["input", "conv.weight"], ["c"], name="/conv/Conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-         helper.make_node("Flatten", ["c"], ["f"], name="/flatten/Flatten", axis=1),
-         helper.make_node("Gemm", ["f", "fc.weight"], ["output"], name="/fc/Gemm", transB=1)],
-        "main_graph", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 5, 5])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2])],
-        [forms.tensor("conv.weight", rng.normal(size=(1, 3, 3, 3)).astype(np.float32)),
-         forms.tensor("fc.weight", rng.normal(size=(2, 25)).astype(np.float32))],
-    )
-    onnx.save(forms.finish(graph), path)
     return path
 
 
@@ -79,7 +60,8 @@ def test_same_layer_twice_and_existing_output_are_refused(cli, cnn_file, tmp_pat
 
 
 def test_outputs_that_are_not_bitwise_equal_are_not_written(cli, tmp_path):
-    model, out = _single_channel_conv(tmp_path / "one.onnx"), tmp_path / "wide.onnx"
+    model, out = tmp_path / "one.onnx", tmp_path / "wide.onnx"
+    onnx.save(forms.single_channel_conv(), model)
     assert_one_line_error(cli("widen", model, "-o", out, "--layer", "/conv/Conv=2"), code=1, says=("not bitwise equal",))
     assert not out.exists()
     done = cli("widen", model, "-o", out, "--layer", "/conv/Conv=2", "--no-verify")
