@@ -26,7 +26,6 @@ from the ONNX initializers. Rules, case by case:
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -36,6 +35,7 @@ from surgery.export import layer_for_scope
 from surgery.graph import attribute, constant_array, consumers
 from surgery.metadata import KERAS_CONFIG_KEY, LAYER_MAP_KEY
 from surgery.onnx_to_keras.foreign import Conversion
+from surgery.onnx_to_keras.transfer import inbound_layers
 from surgery.tensorflow_runtime import import_tensorflow
 
 #: Layer classes whose weights this module knows how to find in a tf2onnx graph.
@@ -105,20 +105,9 @@ def _readers(config: dict) -> dict[str, list[str]]:
         names = [entry["config"]["name"] for entry in layers]
         return {a: [b] for a, b in zip(names, names[1:])}
     readers: dict[str, list[str]] = {}
-
-    def walk(item: Any, reader: str) -> None:
-        if isinstance(item, dict):
-            history = item.get("config", {}).get("keras_history") if item.get("class_name") == "__keras_tensor__" else None
-            if history:
-                readers.setdefault(history[0], []).append(reader)
-            for sub in item.values():
-                walk(sub, reader)
-        elif isinstance(item, list):
-            for sub in item:
-                walk(sub, reader)
-
     for entry in layers:
-        walk(entry.get("inbound_nodes", []), entry["config"]["name"])
+        for source in inbound_layers(entry):
+            readers.setdefault(source, []).append(entry["config"]["name"])
     return readers
 
 

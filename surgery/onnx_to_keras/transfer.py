@@ -82,7 +82,7 @@ def final_dense(config: dict) -> str:
     for output in outputs:
         name = output[0]
         while layers[name]["class_name"] != "Dense":
-            sources = _inbound_layers(layers[name])
+            sources = inbound_layers(layers[name])
             if len(sources) != 1:
                 break
             name = sources[0]
@@ -94,13 +94,16 @@ def final_dense(config: dict) -> str:
     return heads[0]
 
 
-def _inbound_layers(entry: dict) -> list[str]:
+def inbound_layers(entry: dict) -> list[str]:
+    """Names of the layers whose outputs a functional model's layer `entry` (from its config)
+    reads, in order, each once."""
     found: list[str] = []
 
     def walk(item) -> None:
         if isinstance(item, dict):
-            if item.get("class_name") == "__keras_tensor__":
-                found.append(item["config"]["keras_history"][0])
+            history = item.get("config", {}).get("keras_history") if item.get("class_name") == "__keras_tensor__" else None
+            if history:
+                found.append(history[0])
             for sub in item.values():
                 walk(sub)
         elif isinstance(item, list):
