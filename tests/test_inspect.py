@@ -161,21 +161,6 @@ def test_cli_not_onnx_is_one_line_error(tmp_path, cli, content):
     assert_one_line_error(cli("inspect", path), names=str(path))
 
 
-def test_inspect_does_not_import_tensorflow(tmp_path):
-    import subprocess
-    import sys
-
-    path = tmp_path / "mlp.onnx"
-    onnx.save(forms.pytorch_mlp(), path)
-    code = (
-        "import sys; from surgery.cli import main; sys.argv=['surgery','inspect',%r];\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "assert 'tensorflow' not in sys.modules and 'tf2onnx' not in sys.modules, 'TF imported'\n"
-    ) % str(path)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-
-
 def test_activation_is_found_behind_tf2onnx_folded_batchnorm():
     """Dense → BatchNormalization → ELU exported by tf2onnx: MatMul+Add → Mul → Add → Elu."""
     import keras
