@@ -723,10 +723,8 @@ class _Walk:
             return self._squeeze(node, widened)
         if op == "Shape":
             layout = widened[0]
-            start, end = attribute(node, "start", 0), attribute(node, "end", layout.rank)
-            start = max(start + layout.rank, 0) if start < 0 else min(start, layout.rank)
-            end = max(end + layout.rank, 0) if end < 0 else min(end, layout.rank)
-            return {0: _ShapeVector(frozenset({layout.axis - start}))} if start <= layout.axis < end else {}
+            dims = _shape_dims(node, layout.rank)
+            return {0: _ShapeVector(frozenset({dims.index(layout.axis)}))} if layout.axis in dims else {}
         if op in ("LayerNormalization", "LpNormalization", "MeanVarianceNormalization", "Softmax", "LogSoftmax", "Hardmax", "ArgMax", "ArgMin") or op in REDUCTIONS:
             return self._over_axes(node, widened)
         if op == "GroupNormalization":
@@ -937,6 +935,14 @@ class _Walk:
         raise _block(node, "computes with the widened tensor's shape")
 
 
+def _shape_dims(node: ir.Node, rank: int) -> range:
+    """The dims of its input's `rank` dims that a Shape node outputs (its start/end, clamped as ONNX does)."""
+    start, end = attribute(node, "start", 0), attribute(node, "end", rank)
+    start = max(start + rank, 0) if start < 0 else min(start, rank)
+    end = max(end + rank, 0) if end < 0 else min(end, rank)
+    return range(start, end)
+
+
 def _picked_indices(node: ir.Node) -> np.ndarray | None:
     """Which entries of a 1-D shape tensor a Gather or Slice node picks (None when not constant)."""
     source = node.inputs[0]
@@ -984,10 +990,7 @@ def _shape_entries(node: ir.Node, index: int) -> list[tuple] | None:
         rank = _rank(source)
         if rank is None:
             return None
-        start, end = attribute(producer, "start", 0), attribute(producer, "end", rank)
-        start = max(start + rank, 0) if start < 0 else min(start, rank)
-        end = max(end + rank, 0) if end < 0 else min(end, rank)
-        return [("dim", (source, i)) for i in range(start, end)]
+        return [("dim", (source, i)) for i in _shape_dims(producer, rank)]
     if op in ("Gather", "Slice"):
         inner = _shape_entries(producer, 0)
         picked = _picked_indices(producer)
