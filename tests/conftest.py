@@ -81,6 +81,14 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *, code: int = 2,
     return line
 
 
+def reader_of(model, initializer: str) -> str:
+    """The name of the node that reads `initializer` (found through the graph, not assumed)."""
+    from surgery.graph import as_ir, consumers
+
+    (node,) = consumers(as_ir(model).graph.initializers[initializer])
+    return node.name
+
+
 def digest(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder` (the inputs' fingerprint)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, reader_of
 from surgery.errors import SurgeryError
-from surgery.graph import as_ir, consumers
+from surgery.graph import as_ir
 from surgery.testing import assert_equivalent
 from surgery.verification import compare_arrays, verify
 
@@ -29,12 +29,6 @@ def one_ulp_up(model: onnx.ModelProto, initializer: str) -> onnx.ModelProto:
     weights[where] = np.nextafter(weights[where], f32(np.inf))
     proto.CopyFrom(numpy_helper.from_array(weights, initializer))
     return changed
-
-
-def reader_of(model: onnx.ModelProto, initializer: str) -> str:
-    """The name of the node that reads `initializer` (found through the graph, not assumed)."""
-    (node,) = consumers(as_ir(model).graph.initializers[initializer])
-    return node.name
 
 
 @pytest.fixture(scope="module")
@@ -406,12 +400,7 @@ def test_large_models_run_one_session_at_a_time(monkeypatch):
     import surgery.verification as verification
 
     reference = forms.pytorch_mlp()
-    changed = onnx.ModelProto()
-    changed.CopyFrom(reference)
-    weight = next(t for t in changed.graph.initializer if t.name == "fc2.bias")
-    array = onnx.numpy_helper.to_array(weight).copy()
-    array[0] = np.nextafter(array[0], np.float32(np.inf))
-    weight.CopyFrom(onnx.numpy_helper.from_array(array, "fc2.bias"))
+    changed = one_ulp_up(reference, "fc2.bias")
 
     alive: list[int] = []
     create = verification._create_session

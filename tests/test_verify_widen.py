@@ -10,7 +10,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from surgery.graph import as_ir, consumers
+from conftest import reader_of
+from surgery.graph import as_ir
 from surgery.rewrite import widen
 from surgery.verification import verify
 
@@ -27,11 +28,6 @@ def give_new_unit_a_fan_out(model: onnx.ModelProto, weight: str, axis: int, new_
     array[tuple(index)] = 0.5
     proto.CopyFrom(numpy_helper.from_array(array, weight))
     return changed
-
-
-def reader_of(model: onnx.ModelProto, initializer: str) -> str:
-    (node,) = consumers(as_ir(model).graph.initializers[initializer])
-    return node.name
 
 
 @pytest.mark.parametrize(
