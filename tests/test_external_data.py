@@ -6,7 +6,6 @@ tensors are spread over three data files, the form large exported models take.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, digest, run_cli
 from surgery.errors import SurgeryError
 from surgery.external import ConcatenatedTensor, concatenate
 from surgery.layers import find_layers
@@ -93,10 +92,6 @@ def tensor_bytes(folder: Path, entry: dict[str, str]) -> bytes:
     with open(folder / entry["location"], "rb") as handle:
         handle.seek(int(entry.get("offset", 0)))
         return handle.read(int(entry["length"]))
-
-
-def digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def widen_by_hand(model: ir.Model, layer: int, added: int, seed: int = 0) -> ir.Model:
