@@ -628,9 +628,8 @@ class _KerasSide:
     kind = "keras"
 
     def __init__(self, path: Path, label: str):
-        from surgery.export import load_keras
+        from surgery.export import load_keras  # quiets TensorFlow's start-up (tensorflow_runtime)
 
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         self.label = label
         self.model = load_keras(str(path))
         self.input_names: list[str] = [f"input_{i}" for i in range(len(self.model.inputs))]
