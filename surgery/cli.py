@@ -306,12 +306,10 @@ def _print_report(document: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from surgery.verification import describe_mode
+
     console = Console(width=200)
-    if document["mode"] == "exact":
-        mode = "exact (bitwise)"
-    else:
-        scaled = " x max(1, max|reference|)" if document["atol_scaled"] else ""
-        mode = f"tolerance (atol {document['atol']:g}{scaled}, rtol {document['rtol']:g})"
+    mode = describe_mode(document["mode"], document["atol"], document["rtol"], document["atol_scaled"])
     table = Table(
         title=f"{document['reference']} vs {document['candidate']}",
         caption=(

@@ -224,11 +224,7 @@ class Report:
 
     def summary(self) -> str:
         """A multi-line plain-text table for terminals and assertion messages."""
-        if self.mode == "exact":
-            mode = "exact (bitwise)"
-        else:
-            scaled = " x max(1, max|reference|)" if self.atol_scaled else ""
-            mode = f"tolerance (atol {self.atol:g}{scaled}, rtol {self.rtol:g})"
+        mode = describe_mode(self.mode, self.atol, self.rtol, self.atol_scaled)
         lines = [
             f"reference: {self.reference}",
             f"candidate: {self.candidate}",
@@ -247,6 +243,14 @@ class Report:
             lines.append(_located_line(self.located))
         lines.append("EQUIVALENT" if self.equivalent else "NOT EQUIVALENT")
         return "\n".join(lines)
+
+
+def describe_mode(mode: str, atol: float | None, rtol: float | None, atol_scaled: bool) -> str:
+    """A report's comparison mode in words: "exact (bitwise)", or the tolerances it used."""
+    if mode == "exact":
+        return "exact (bitwise)"
+    scaled = " x max(1, max|reference|)" if atol_scaled else ""
+    return f"tolerance (atol {atol:g}{scaled}, rtol {rtol:g})"
 
 
 def _summary_row(output: OutputComparison) -> tuple[str, ...]:
