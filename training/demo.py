@@ -17,10 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from training.data import Mnist
-from training.runtime import Curve, compile_classifier, evaluate, header, pyplot, report_outputs, strategy, table, train, write_results
+from training.runtime import (
+    Curve,
+    bitwise_equal,
+    compile_classifier,
+    evaluate,
+    header,
+    pyplot,
+    strategy,
+    table,
+    test_inputs,
+    train,
+    write_results,
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,7 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
     import keras
 
     import surgery
-    from training.models import INPUT_NAME, mlp, parameter_count
+    from training.models import mlp, parameter_count
 
     config = QUICK if quick else FULL
     seed = seeds[0]
@@ -71,9 +81,8 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
     surgery.save_model(widened, out / "mlp_widened.onnx", force=True)
 
     _step(f"verifying with onnxruntime on all {len(data.y_test)} test images")
-    report = surgery.verify(exported, widened, inputs={INPUT_NAME: np.ascontiguousarray(data.x_test, dtype=np.float32)}, seed=seed)
-    outputs = report_outputs(report)
-    bitwise = bool(outputs) and all(o["bitwise_equal"] for o in outputs)
+    report = surgery.verify(exported, widened, inputs=test_inputs(data.x_test, len(data.x_test)), seed=seed)
+    bitwise = bitwise_equal(report)
 
     _step("converting the widened model back to Keras")
     with strategy().scope():

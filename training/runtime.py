@@ -145,7 +145,7 @@ class Surgery:
 
     @property
     def bitwise_equal(self) -> bool:
-        return bool(self.report.outputs) and all(o["bitwise_equal"] for o in report_outputs(self.report))
+        return bitwise_equal(self.report)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -160,6 +160,12 @@ class Surgery:
 def report_outputs(report: Any) -> list[Mapping[str, Any]]:
     """A `surgery.Report`'s per-output comparisons in their JSON form."""
     return report.to_json()["outputs"]
+
+
+def bitwise_equal(report: Any) -> bool:
+    """Whether a `surgery.Report` compared at least one output and found every one bitwise equal."""
+    outputs = report_outputs(report)
+    return bool(outputs) and all(o["bitwise_equal"] for o in outputs)
 
 
 def widen_keras(
