@@ -29,6 +29,7 @@ from training.runtime import (
     table,
     test_inputs,
     train,
+    train_from_start,
     write_results,
 )
 
@@ -67,9 +68,7 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
     keras.utils.set_random_seed(seed)
     with strategy().scope():
         model = compile_classifier(mlp(config.units), learning_rate=config.learning_rate)
-    curve = Curve()
-    curve.add(0, *evaluate(model, *test))
-    curve.extend(train(model, data.x_train, data.y_train, epochs=config.epochs, batch_size=config.batch_size, test=test, seed=seed), offset=0)
+    curve = train_from_start(model, data.x_train, data.y_train, epochs=config.epochs, batch_size=config.batch_size, test=test, seed=seed)
     loss_trained, accuracy_trained = evaluate(model, *test)
 
     _step("exporting to ONNX")

@@ -36,9 +36,10 @@ from training.runtime import (
     pyplot,
     strategy,
     table,
+    publish,
     test_inputs,
     train,
-    publish,
+    train_from_start,
     widen_keras,
 )
 
@@ -105,9 +106,7 @@ def single_neuron(data: Mnist, x_train, y_train, seed: int, config: GrowConfig) 
     test = (data.x_test, data.y_test)
     keras.utils.set_random_seed(seed)
     one = _build(1, config.learning_rate)
-    start_curve = Curve()
-    start_curve.add(0, *evaluate(one, *test))
-    start_curve.extend(train(one, x_train, y_train, epochs=config.first_epochs, batch_size=config.batch_size, test=test, seed=seed), offset=0)
+    start_curve = train_from_start(one, x_train, y_train, epochs=config.first_epochs, batch_size=config.batch_size, test=test, seed=seed)
     loss_before, accuracy_before = evaluate(one, *test)
 
     variants: dict[str, Any] = {}
@@ -134,11 +133,8 @@ def single_neuron(data: Mnist, x_train, y_train, seed: int, config: GrowConfig) 
 
     keras.utils.set_random_seed(seed)
     two = _build(2, config.learning_rate)
-    scratch = Curve()
-    scratch.add(0, *evaluate(two, *test))
-    scratch.extend(
-        train(two, x_train, y_train, epochs=config.first_epochs + config.more_epochs, batch_size=config.batch_size, test=test, seed=seed),
-        offset=0,
+    scratch = train_from_start(
+        two, x_train, y_train, epochs=config.first_epochs + config.more_epochs, batch_size=config.batch_size, test=test, seed=seed
     )
     variants["2-unit scratch"] = {"curve": scratch.to_json(), "final_test_accuracy": scratch.accuracy[-1]}
     return {"seed": seed, "test_accuracy_1_unit": accuracy_before, "test_loss_1_unit": loss_before, "variants": variants}
@@ -180,9 +176,7 @@ def staged(data: Mnist, x_train, y_train, seed: int, config: GrowConfig) -> dict
     for name, epochs in ((f"{widths[-1]} scratch", total_epochs), (f"{widths[-1]} scratch, same compute", matched_epochs)):
         keras.utils.set_random_seed(seed)
         wide = _build(widths[-1], config.staged_learning_rate)
-        scratch = Curve()
-        scratch.add(0, *evaluate(wide, *test))
-        scratch.extend(train(wide, x_train, y_train, epochs=epochs, batch_size=config.batch_size, test=test, seed=seed), offset=0)
+        scratch = train_from_start(wide, x_train, y_train, epochs=epochs, batch_size=config.batch_size, test=test, seed=seed)
         runs[name] = {"curve": scratch.to_json(), "param_epochs": epochs * full_params}
     for run in runs.values():
         run["epochs"] = run["curve"]["epochs"][-1]

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from training.data import Mnist, digit_subset, per_class_sample
-from training.runtime import Curve, compile_classifier, evaluate, header, mean_spread, publish, pyplot, strategy, table, train
+from training.runtime import compile_classifier, evaluate, header, mean_spread, publish, pyplot, strategy, table, train_from_start
 
 HIDDEN = ("hidden1", "hidden2", "hidden3", "hidden4")
 SEED_BN = "seed's BN"
@@ -141,11 +141,8 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
             for variant, spec in VARIANTS.items():
                 model = student(variant, exported[spec.stuck_statistics], seed, config)
                 trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-                curve = Curve()
-                curve.add(0, *evaluate(model, *test59))
-                curve.extend(
-                    train(model, x, y, epochs=config.epochs, batch_size=config.batch_size, test=test59, every=config.every, seed=seed),
-                    offset=0,
+                curve = train_from_start(
+                    model, x, y, epochs=config.epochs, batch_size=config.batch_size, test=test59, every=config.every, seed=seed
                 )
                 runs.append(
                     {
