@@ -51,11 +51,9 @@ def zero_sets(hidden: int) -> list[tuple[str, ...]]:
 
 def symmetric_units(exported, layer: str, width: int) -> dict[str, Any]:
     """The toolkit's symmetry groups of `layer` and what they mean: distinct units left."""
-    import onnx_ir as ir
-
     from surgery.symmetry import symmetric_groups
 
-    groups = [sorted(group) for group in symmetric_groups(ir.from_proto(exported), layer)]
+    groups = [sorted(group) for group in symmetric_groups(exported, layer)]
     shared = [group for group in groups if len(group) > 1]
     return {
         "groups": shared,
