@@ -29,7 +29,7 @@ quiet()
 
 REFERENCE_SEED = 1234
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-#: name -> (builder, digits it is trained on, epochs, learning rate, batch size)
+#: name -> digits it is trained on, epochs, learning rate, batch size (the builder is `build(name)`)
 RECIPES = {
     "mlp": dict(digits=tuple(range(10)), epochs=10, learning_rate=1e-3, batch_size=100),
     "transfer": dict(digits=tuple(range(5)), epochs=25, learning_rate=1e-2, batch_size=100),
