@@ -81,17 +81,17 @@ class _Graph:
         owner = self.owner.get(node.name or "")
         return owner is not None and owner != layer
 
-    def constant_after(self, value: ir.Value, op: str, layer: str, size: int) -> tuple[np.ndarray | None, ir.Node | None]:
+    def constant_after(self, value: ir.Value, op: str, layer: str, size: int) -> np.ndarray | None:
         """The per-unit constant of the `op` node that alone reads `value` (a bias Add, a BN Add)."""
         users = consumers(value)
         if len(users) != 1 or users[0].op_type != op or value.is_graph_output() or self.owned_by_other(users[0], layer):
-            return None, None
+            return None
         node = users[0]
         other = node.inputs[1] if node.inputs[0] is value else node.inputs[0]
         array = constant_array(other)
         if array is None or array.size not in (1, size):
-            return None, None
-        return np.broadcast_to(array.reshape(-1), (size,)).astype(np.float32), node
+            return None
+        return np.broadcast_to(array.reshape(-1), (size,)).astype(np.float32)
 
 
 def _config_layers(config: dict) -> list[dict]:
@@ -120,7 +120,8 @@ class _Weights:
         self.readers = _readers(config)
         self.classes = {e["config"]["name"]: e["class_name"] for e in _config_layers(config)}
         self.kernels: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-        self.batch_norms: dict[str, tuple[np.ndarray, np.ndarray | None, ir.Node | None]] = {}
+        #: BatchNormalization layer → (mul, add) of its folded form; (None, None) when folded away.
+        self.batch_norms: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
         self.moved_bias: dict[str, np.ndarray] = {}
         self.notes: list[str] = []
 
@@ -180,7 +181,7 @@ class _Weights:
             if c is not None:
                 bias = np.broadcast_to(c.reshape(-1), (kernel.shape[1],)).astype(np.float32) * np.float32(attribute(node, "beta", 1.0))
         else:
-            bias, _ = self.graph.constant_after(node.outputs[0], "Add", layer, kernel.shape[1])
+            bias = self.graph.constant_after(node.outputs[0], "Add", layer, kernel.shape[1])
         entry["config"]["units"] = int(kernel.shape[1])
         self.kernels[layer] = (kernel, bias)
 
@@ -194,7 +195,8 @@ class _Weights:
         self.kernels[layer] = (weight.transpose(2, 3, 1, 0), None if bias is None else bias.astype(np.float32))
 
     def _batch_norm(self, layer: str) -> None:
-        """(mul, add, mul node) of a folded BatchNormalization; (None, None, None) when fully folded away."""
+        """Record (mul, add) of the folded BatchNormalization `layer`; (None, None) when tf2onnx
+        folded it into the layer before it."""
         for node in self.graph.by_layer.get(layer, []):
             if node.op_type not in ("Mul", "Add"):
                 continue
@@ -204,18 +206,18 @@ class _Weights:
             if constant is None or data is None:
                 continue
             if node.op_type == "Mul":
-                add, _ = self.graph.constant_after(node.outputs[0], "Add", layer, constant.size)
-                self.batch_norms[layer] = (constant.reshape(-1).astype(np.float32), add, node)
+                add = self.graph.constant_after(node.outputs[0], "Add", layer, constant.size)
+                self.batch_norms[layer] = (constant.reshape(-1).astype(np.float32), add)
             else:
-                self.batch_norms[layer] = (np.ones(constant.size, np.float32), constant.reshape(-1).astype(np.float32), node)
+                self.batch_norms[layer] = (np.ones(constant.size, np.float32), constant.reshape(-1).astype(np.float32))
             return
-        self.batch_norms[layer] = (None, None, None)
+        self.batch_norms[layer] = (None, None)
         self.notes.append(f"BatchNormalization {layer!r} was folded into the layer before it; restored as the identity")
 
     def batch_norm_weights(self, layer, channels: int) -> list[np.ndarray]:
         """gamma/beta/moving mean/moving variance reproducing ``x * mul + add`` (module docstring)."""
         eps = float(layer.epsilon)
-        mul, add, _ = self.batch_norms[layer.name]
+        mul, add = self.batch_norms[layer.name]
         mul = np.ones(channels, np.float32) if mul is None else np.broadcast_to(mul, (channels,))
         add = self.moved_bias.get(layer.name, np.zeros(channels, np.float32)) if add is None else np.broadcast_to(add, (channels,))
         if layer.scale:
