@@ -62,6 +62,16 @@ _COPY_RANGE_FALLBACK_ERRNOS = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, err
 Part = Union[np.ndarray, ir.TensorProtocol, tuple[ir.TensorProtocol, int, int]]
 
 
+def _data_file(tensor: ir.ExternalTensor) -> str:
+    """The path of the file `tensor` keeps its data in (its model folder joined with its location)."""
+    return os.path.join(os.fspath(tensor.base_dir), os.fspath(tensor.location))
+
+
+def _data_length(tensor: ir.ExternalTensor) -> int:
+    """Bytes of `tensor`'s data in its file: its declared length, else what shape and type need."""
+    return tensor.length if tensor.length is not None else tensor.nbytes
+
+
 def _external_source_path(tensor: ir.ExternalTensor) -> tuple[Path, Path]:
     """(folder, file) of an external tensor, refusing locations that leave the folder."""
     if not tensor.base_dir or not os.path.isabs(tensor.base_dir):
@@ -94,7 +104,7 @@ def open_checked_source(tensor: ir.ExternalTensor) -> int:
     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
         os.close(fd)
         raise SurgeryError(f"external data {str(tensor.location)!r} of tensor {tensor.name!r} is not a plain file of the model's folder")
-    end = (tensor.offset or 0) + (tensor.length if tensor.length is not None else tensor.nbytes)
+    end = (tensor.offset or 0) + _data_length(tensor)
     if end > info.st_size:
         os.close(fd)
         raise SurgeryError(f"external data {str(tensor.location)!r} is shorter than tensor {tensor.name!r} needs ({info.st_size} < {end} bytes)")
@@ -108,11 +118,11 @@ class _Sources:
         self._fds: dict[str, int] = {}
 
     def fd(self, tensor: ir.ExternalTensor) -> int:
-        key = os.path.join(os.fspath(tensor.base_dir), os.fspath(tensor.location))
+        key = _data_file(tensor)
         if key not in self._fds:
             self._fds[key] = open_checked_source(tensor)
         else:  # the file is already checked; the tensor's own range still has to fit in it
-            end = (tensor.offset or 0) + (tensor.length if tensor.length is not None else tensor.nbytes)
+            end = (tensor.offset or 0) + _data_length(tensor)
             if end > os.fstat(self._fds[key]).st_size:
                 raise SurgeryError(f"external data {str(tensor.location)!r} is shorter than tensor {tensor.name!r} needs")
         return self._fds[key]
@@ -336,7 +346,7 @@ def external_files(model: ir.Model) -> list[Path]:
     seen: dict[str, None] = {}
     for slot in _slots(model):
         if isinstance(slot.tensor, ir.ExternalTensor):
-            seen.setdefault(os.path.join(os.fspath(slot.tensor.base_dir), os.fspath(slot.tensor.location)))
+            seen.setdefault(_data_file(slot.tensor))
     return [Path(p) for p in seen]
 
 
@@ -355,7 +365,7 @@ def temporary_file(folder: Path, name: str) -> tuple[int, Path]:
 
 def _shared_location(tensor: ir.ExternalTensor, folder: Path) -> str:
     """`tensor`'s data file relative to the output folder, which must contain it."""
-    source = Path(os.path.realpath(os.path.join(os.fspath(tensor.base_dir), os.fspath(tensor.location))))
+    source = Path(os.path.realpath(_data_file(tensor)))
     real_folder = Path(os.path.realpath(folder))
     if not source.is_relative_to(real_folder):
         raise SurgeryError(
@@ -400,7 +410,7 @@ def _write_tensors(model: ir.Model, data_name: str, folder: Path, data_fd: int, 
                 sources.fd(tensor)  # same checks as a copy: the output must only point at safe files
                 location, offset, length = _shared_location(tensor, folder), tensor.offset, tensor.length
             elif isinstance(tensor, ir.ExternalTensor):
-                length = tensor.length if tensor.length is not None else tensor.nbytes
+                length = _data_length(tensor)
                 offset, location, fd = place(length), data_name, sources.fd(tensor)
                 for start in range(0, length, _COPY_PIECE):
                     piece = min(_COPY_PIECE, length - start)
