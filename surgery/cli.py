@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from surgery.errors import SurgeryError, first_line
+from surgery.errors import NotEquivalentError, SurgeryError, first_line
 
 
 class _Group(click.Group):
@@ -177,7 +177,6 @@ def widen(model: str, output: str, layers: tuple[str, ...], init: str, fan_in: s
     """Add units to layers; the outputs stay bitwise equal (output-zero, all-zero)."""
     from pathlib import Path
 
-    from surgery.errors import NotEquivalentError
     from surgery.modelio import load_model, staged_save
     from surgery.rewrite import widen_in_place
 
@@ -244,7 +243,6 @@ def verify(
     json_path: str | None, locate: bool,
 ) -> None:
     """Prove two models compute the same outputs (exit 0), or show where they differ (exit 1)."""
-    from surgery.errors import NotEquivalentError
     from surgery.verification import verify as run_verify
 
     dims = {}

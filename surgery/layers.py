@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from difflib import get_close_matches
 
 import onnx_ir as ir
 
+from surgery.errors import SurgeryError
 from surgery.graph import ACTIVATIONS, attribute, constant_shape, consumers
 from surgery.metadata import LAYER_MAP_KEY
 
@@ -163,10 +165,6 @@ def find_layers(model: ir.Model) -> list[Layer]:
 
 def resolve_layer(model: ir.Model, name: str) -> LayerSite:
     """The layer called `name` (node name or friendly name), or a SurgeryError suggesting names."""
-    from difflib import get_close_matches
-
-    from surgery.errors import SurgeryError
-
     sites = layer_sites(model)
     for site in sites:
         if name in (site.layer.node, site.layer.name):
