@@ -528,13 +528,7 @@ class _OnnxSide:
         return [node_arg.name for node_arg in self.session(self.optimization).get_outputs()]
 
     def runner(self, optimization: str) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-        session = self.session(optimization)
-        names = [node_arg.name for node_arg in session.get_outputs()]
-
-        def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return dict(zip(names, _run(session, names, feeds, self.label)))
-
-        return run
+        return _runner(self.session(optimization), self.label)
 
     def graph_proto(self) -> onnx.ModelProto:
         """The model as a proto for rewriting; weights kept on disk stay there."""
@@ -563,12 +557,7 @@ class _OnnxSide:
         if folder is not None:
             options.add_session_config_entry(EXTERNAL_FOLDER_KEY, folder)
         session = _create_session(proto.SerializeToString(), options, self.provider, self.label)
-        names = [node_arg.name for node_arg in session.get_outputs()]
-
-        def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return dict(zip(names, _run(session, names, feeds, self.label)))
-
-        return run, proto
+        return _runner(session, self.label), proto
 
     def versions(self) -> dict[str, str]:
         return {}
@@ -584,11 +573,18 @@ def _external_bytes(proto: onnx.ModelProto) -> int:
     return external
 
 
-def _run(session: "ort.InferenceSession", names: list[str], feeds: dict[str, np.ndarray], label: str) -> list[np.ndarray]:
-    try:
-        return session.run(names, feeds)
-    except Exception as error:  # onnxruntime raises its own Fail/InvalidArgument/RuntimeException types
-        raise SurgeryError(f"{label}: onnxruntime failed to run the model: {first_line(error)}") from None
+def _runner(session: "ort.InferenceSession", label: str) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Feeds → every output of `session` by name; a failed run is a one-line SurgeryError."""
+    names = [node_arg.name for node_arg in session.get_outputs()]
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            values = session.run(names, feeds)
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidArgument/RuntimeException types
+            raise SurgeryError(f"{label}: onnxruntime failed to run the model: {first_line(error)}") from None
+        return dict(zip(names, values))
+
+    return run
 
 
 def _external_folder(model: ir.Model) -> str | None:
