@@ -22,8 +22,9 @@ include the receptive field): ``he`` is He-uniform ``U(±√(6/fan_in))``, the d
 ReLU-like activations; ``glorot`` is Glorot-uniform ``U(±√(6/(fan_in+fan_out)))``, the default
 otherwise; ``normal`` is LeCun-normal ``N(0, 1/fan_in)``.
 
-Every draw comes from a NumPy Generator seeded with ``(seed, CRC-32 of the parameter's name and
-role)``, so the same model, plan and seed give the same bytes whatever order things run in.
+Every draw comes from a NumPy Generator seeded with ``(seed, CRC-32 of the edit's role, the
+parameter's name and the axis)``, so the same model, plan and seed give the same bytes whatever
+order things run in.
 """
 
 from __future__ import annotations
