@@ -4,13 +4,13 @@
   ``.keras`` file is a zip whose ``metadata.json`` records the save time (to the minute) and whose
   entries carry zip timestamps, so two saves are byte-identical only within the same minute;
   what must match is the architecture (``config.json``) and every weight array.
-- A failure or Ctrl-C in the middle of a write leaves no output and no temporary file, and an
+- A write that fails midway (a real file-size limit in a child process) or a Ctrl-C before the
+  rename leaves no output and no temporary file, and an
   existing output that ``--force`` was about to replace is still whole.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import signal
@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -104,50 +103,51 @@ def _writer_args(command: str, out: Path) -> list:
     }[command]
 
 
-def _failing_writer(failure: BaseException):
-    """A writer that puts half a file at its destination, then fails the way `failure` says."""
+def _limit_file_size() -> None:
+    """In the child, before exec: files may not grow past 4 KiB (writes then fail with EFBIG)."""
+    import resource
 
-    def write(model, destination, *args, **kwargs):
-        Path(destination).write_bytes(b"half a model")
-        raise failure
-
-    return write
-
-
-def _break_writer(command: str, monkeypatch, failure: BaseException) -> None:
-    """Make the library call that writes `command`'s output fail in the middle of the write."""
-    if command == "export":
-        monkeypatch.setattr(onnx, "save", _failing_writer(failure))
-    elif command == "widen":
-        monkeypatch.setattr(ir, "save", _failing_writer(failure))
-    else:
-        from surgery.tensorflow_runtime import import_tensorflow
-
-        import_tensorflow()
-        import keras
-
-        broken = _failing_writer(failure)
-        monkeypatch.setattr(keras.Model, "save", lambda self, path, *a, **k: broken(self, path))
-
-
-FAILURES = {
-    "ctrl-c": (KeyboardInterrupt(), 130, "interrupted"),
-    "disk-full": (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), 2, "No space left on device"),
-}
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new-output", "forced-over-existing"])
-@pytest.mark.parametrize("failure", list(FAILURES))
 @pytest.mark.parametrize("command", ["export", "widen", "to-keras"])
-def test_failure_mid_write_leaves_no_partial_file(command, failure, existing, tmp_path, monkeypatch, capfd):
+def test_a_write_that_fails_midway_leaves_no_partial_file(command, existing, tmp_path):
+    """A real failing write (the file-size limit stands in for a full disk): nothing is left."""
     args = _writer_args(command, tmp_path / "out")
     target = Path(args[3])
     if existing:
         target.write_bytes(b"the previous output")
         args.append("--force")
-    error, code, says = FAILURES[failure]
-    _break_writer(command, monkeypatch, error)
-    assert_one_line_error(run_surgery(capfd, *args), code=code, says=(says,))
+    result = subprocess.run(
+        [sys.executable, "-m", "surgery", *map(str, args)],
+        capture_output=True, text=True, env=cli_env(), preexec_fn=_limit_file_size, timeout=300,
+    )
+    assert_one_line_error(result, code=2, says=("File too large",))
+    left = sorted(p.name for p in tmp_path.iterdir())
+    if existing:
+        assert left == [target.name] and target.read_bytes() == b"the previous output"
+    else:
+        assert left == []
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-output", "forced-over-existing"])
+@pytest.mark.parametrize("command", ["export", "widen", "to-keras"])
+def test_ctrl_c_before_the_rename_leaves_no_partial_file(command, existing, tmp_path, monkeypatch, capfd):
+    """Ctrl-C once the output is written but not yet renamed into place: nothing is left."""
+    args = _writer_args(command, tmp_path / "out")
+    target = Path(args[3])
+    if existing:
+        target.write_bytes(b"the previous output")
+        args.append("--force")
+
+    def interrupted(source, destination):
+        assert Path(source).stat().st_size > 0  # the whole output was written first
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    assert_one_line_error(run_surgery(capfd, *args), code=130, says=("interrupted",))
     left = sorted(p.name for p in tmp_path.iterdir())
     if existing:
         assert left == [target.name] and target.read_bytes() == b"the previous output"
