@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: test accuracy {entry['test_accuracy']:.4f}, export self-check {entry['export_self_check_max_diff']:.2g}")
     manifest.update(
         {
-            "command": " ".join(["python -m training.make_reference_models", *map(shlex.quote, argv or sys.argv[1:])]),
+            "command": " ".join(["python -m training.make_reference_models", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
             "data": data.describe(),
             "versions": library_versions(),
         }
