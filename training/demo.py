@@ -29,7 +29,6 @@ from training.runtime import (
     table,
     test_inputs,
     train,
-    train_from_start,
     write_results,
 )
 
@@ -68,7 +67,7 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
     keras.utils.set_random_seed(seed)
     with strategy().scope():
         model = compile_classifier(mlp(config.units), learning_rate=config.learning_rate)
-    curve = train_from_start(model, data.x_train, data.y_train, epochs=config.epochs, batch_size=config.batch_size, test=test, seed=seed)
+    curve = train(model, data.x_train, data.y_train, epochs=config.epochs, batch_size=config.batch_size, test=test, seed=seed, from_start=True)
     loss_trained, accuracy_trained = evaluate(model, *test)
 
     _step("exporting to ONNX")

@@ -39,7 +39,6 @@ from training.runtime import (
     publish,
     test_inputs,
     train,
-    train_from_start,
     widen_keras,
 )
 
@@ -106,7 +105,7 @@ def single_neuron(data: Mnist, x_train, y_train, seed: int, config: GrowConfig) 
     test = (data.x_test, data.y_test)
     keras.utils.set_random_seed(seed)
     one = _build(1, config.learning_rate)
-    start_curve = train_from_start(one, x_train, y_train, epochs=config.first_epochs, batch_size=config.batch_size, test=test, seed=seed)
+    start_curve = train(one, x_train, y_train, epochs=config.first_epochs, batch_size=config.batch_size, test=test, seed=seed, from_start=True)
     loss_before, accuracy_before = evaluate(one, *test)
 
     variants: dict[str, Any] = {}
@@ -133,8 +132,9 @@ def single_neuron(data: Mnist, x_train, y_train, seed: int, config: GrowConfig) 
 
     keras.utils.set_random_seed(seed)
     two = _build(2, config.learning_rate)
-    scratch = train_from_start(
-        two, x_train, y_train, epochs=config.first_epochs + config.more_epochs, batch_size=config.batch_size, test=test, seed=seed
+    scratch = train(
+        two, x_train, y_train, epochs=config.first_epochs + config.more_epochs, batch_size=config.batch_size, test=test, seed=seed,
+        from_start=True,
     )
     variants["2-unit scratch"] = {"curve": scratch.to_json(), "final_test_accuracy": scratch.accuracy[-1]}
     return {"seed": seed, "test_accuracy_1_unit": accuracy_before, "test_loss_1_unit": loss_before, "variants": variants}
@@ -176,7 +176,7 @@ def staged(data: Mnist, x_train, y_train, seed: int, config: GrowConfig) -> dict
     for name, epochs in ((f"{widths[-1]} scratch", total_epochs), (f"{widths[-1]} scratch, same compute", matched_epochs)):
         keras.utils.set_random_seed(seed)
         wide = _build(widths[-1], config.staged_learning_rate)
-        scratch = train_from_start(wide, x_train, y_train, epochs=epochs, batch_size=config.batch_size, test=test, seed=seed)
+        scratch = train(wide, x_train, y_train, epochs=epochs, batch_size=config.batch_size, test=test, seed=seed, from_start=True)
         runs[name] = {"curve": scratch.to_json(), "param_epochs": epochs * full_params}
     for run in runs.values():
         run["epochs"] = run["curve"]["epochs"][-1]

@@ -113,14 +113,17 @@ def train(
     test: tuple[np.ndarray, np.ndarray],
     every: int = 1,
     seed: int = 0,
+    from_start: bool = False,
 ) -> Curve:
     """Fit a compiled model for `epochs`, measuring test loss/accuracy every `every` epochs
-    (and after the last). Epoch 0 (before training) is not measured here: `train_from_start`
-    measures it too. Shuffling is seeded by `seed`.
+    (and after the last), and before training as epoch 0 when `from_start`. Shuffling is
+    seeded by `seed`.
     """
     import keras
 
     curve = Curve()
+    if from_start:
+        curve.add(0, *evaluate(model, *test))
     keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     done = 0
@@ -131,24 +134,6 @@ def train(
         curve.wall_s += time.perf_counter() - start
         curve.add(done, *evaluate(model, *test))
         start = time.perf_counter()
-    return curve
-
-
-def train_from_start(
-    model: "keras.Model",
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    epochs: int,
-    batch_size: int,
-    test: tuple[np.ndarray, np.ndarray],
-    every: int = 1,
-    seed: int = 0,
-) -> Curve:
-    """`train`, with the test loss/accuracy before training recorded as epoch 0."""
-    curve = Curve()
-    curve.add(0, *evaluate(model, *test))
-    curve.extend(train(model, x, y, epochs=epochs, batch_size=batch_size, test=test, every=every, seed=seed), offset=0)
     return curve
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from training.data import Mnist, digit_subset, per_class_sample
-from training.runtime import compile_classifier, evaluate, header, mean_spread, publish, pyplot, strategy, table, train_from_start
+from training.runtime import compile_classifier, evaluate, header, mean_spread, publish, pyplot, strategy, table, train
 
 HIDDEN = ("hidden1", "hidden2", "hidden3", "hidden4")
 SEED_BN = "seed's BN"
@@ -141,8 +141,9 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
             for variant, spec in VARIANTS.items():
                 model = student(variant, exported[spec.stuck_statistics], seed, config)
                 trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-                curve = train_from_start(
-                    model, x, y, epochs=config.epochs, batch_size=config.batch_size, test=test59, every=config.every, seed=seed
+                curve = train(
+                    model, x, y, epochs=config.epochs, batch_size=config.batch_size, test=test59, every=config.every, seed=seed,
+                    from_start=True,
                 )
                 runs.append(
                     {
