@@ -26,6 +26,23 @@ def finish(graph: onnx.GraphProto, opset: int = 17, extra_opsets: dict[str, int]
     return model
 
 
+def linear(module: str, x: str, y: str) -> onnx.NodeProto:
+    """`nn.Linear` called `module` on a 2-D input, as PyTorch writes it: Gemm, transB=1."""
+    return helper.make_node(
+        "Gemm", [x, f"{module}.weight", f"{module}.bias"], [y], name=f"/{module}/Gemm", alpha=1.0, beta=1.0, transB=1
+    )
+
+
+def main_graph(nodes: list, inits: list, input_dims: list, output_dims: list) -> onnx.GraphProto:
+    """PyTorch's graph: one float input `input`, one float output `output`."""
+    return helper.make_graph(
+        nodes, "main_graph",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_dims)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, output_dims)],
+        inits,
+    )
+
+
 def pytorch_mlp(inputs: int = 20, hidden: int = 16, outputs: int = 5, seed: int = 0) -> onnx.ModelProto:
     """`nn.Sequential(Linear, ReLU, Linear)` as torch.onnx.export writes it (classic exporter).
 
@@ -34,9 +51,9 @@ def pytorch_mlp(inputs: int = 20, hidden: int = 16, outputs: int = 5, seed: int 
     rng = np.random.default_rng(seed)
     f32 = np.float32
     nodes = [
-        helper.make_node("Gemm", ["input", "fc1.weight", "fc1.bias"], ["/fc1/Gemm_output_0"], name="/fc1/Gemm", alpha=1.0, beta=1.0, transB=1),
+        linear("fc1", "input", "/fc1/Gemm_output_0"),
         helper.make_node("Relu", ["/fc1/Gemm_output_0"], ["/relu/Relu_output_0"], name="/relu/Relu"),
-        helper.make_node("Gemm", ["/relu/Relu_output_0", "fc2.weight", "fc2.bias"], ["output"], name="/fc2/Gemm", alpha=1.0, beta=1.0, transB=1),
+        linear("fc2", "/relu/Relu_output_0", "output"),
     ]
     inits = [
         tensor("fc1.weight", rng.normal(0, 0.3, (hidden, inputs)).astype(f32)),
@@ -44,12 +61,7 @@ def pytorch_mlp(inputs: int = 20, hidden: int = 16, outputs: int = 5, seed: int 
         tensor("fc2.weight", rng.normal(0, 0.3, (outputs, hidden)).astype(f32)),
         tensor("fc2.bias", rng.normal(0, 0.1, outputs).astype(f32)),
     ]
-    graph = helper.make_graph(
-        nodes, "main_graph",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", inputs])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", outputs])],
-        inits,
-    )
+    graph = main_graph(nodes, inits, ["batch", inputs], ["batch", outputs])
     return finish(graph)
 
 
@@ -58,14 +70,14 @@ def pytorch_mlp_bn(inputs: int = 12, hidden: int = 10, outputs: int = 4, seed: i
     rng = np.random.default_rng(seed)
     f32 = np.float32
     nodes = [
-        helper.make_node("Gemm", ["input", "fc1.weight", "fc1.bias"], ["/fc1/Gemm_output_0"], name="/fc1/Gemm", alpha=1.0, beta=1.0, transB=1),
+        linear("fc1", "input", "/fc1/Gemm_output_0"),
         helper.make_node(
             "BatchNormalization",
             ["/fc1/Gemm_output_0", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var"],
             ["/bn1/BatchNormalization_output_0"], name="/bn1/BatchNormalization", epsilon=1e-5, momentum=0.9,
         ),
         helper.make_node("Relu", ["/bn1/BatchNormalization_output_0"], ["/relu/Relu_output_0"], name="/relu/Relu"),
-        helper.make_node("Gemm", ["/relu/Relu_output_0", "fc2.weight", "fc2.bias"], ["output"], name="/fc2/Gemm", alpha=1.0, beta=1.0, transB=1),
+        linear("fc2", "/relu/Relu_output_0", "output"),
     ]
     inits = [
         tensor("fc1.weight", rng.normal(0, 0.3, (hidden, inputs)).astype(f32)),
@@ -77,12 +89,7 @@ def pytorch_mlp_bn(inputs: int = 12, hidden: int = 10, outputs: int = 4, seed: i
         tensor("fc2.weight", rng.normal(0, 0.3, (outputs, hidden)).astype(f32)),
         tensor("fc2.bias", rng.normal(0, 0.1, outputs).astype(f32)),
     ]
-    graph = helper.make_graph(
-        nodes, "main_graph",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", inputs])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", outputs])],
-        inits,
-    )
+    graph = main_graph(nodes, inits, ["batch", inputs], ["batch", outputs])
     return finish(graph)
 
 
@@ -106,7 +113,7 @@ def pytorch_cnn(channels: int = 4, size: int = 8, outputs: int = 10, seed: int =
             ceil_mode=0, kernel_shape=[2, 2], pads=[0, 0, 0, 0], strides=[2, 2],
         ),
         helper.make_node("Flatten", ["/pool/MaxPool_output_0"], ["/flatten/Flatten_output_0"], name="/flatten/Flatten", axis=1),
-        helper.make_node("Gemm", ["/flatten/Flatten_output_0", "fc.weight", "fc.bias"], ["output"], name="/fc/Gemm", alpha=1.0, beta=1.0, transB=1),
+        linear("fc", "/flatten/Flatten_output_0", "output"),
     ]
     inits = [
         tensor("conv1.weight", rng.normal(0, 0.3, (channels, 1, 3, 3)).astype(f32)),
@@ -114,12 +121,7 @@ def pytorch_cnn(channels: int = 4, size: int = 8, outputs: int = 10, seed: int =
         tensor("fc.weight", rng.normal(0, 0.1, (outputs, features)).astype(f32)),
         tensor("fc.bias", rng.normal(0, 0.1, outputs).astype(f32)),
     ]
-    graph = helper.make_graph(
-        nodes, "main_graph",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, size, size])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", outputs])],
-        inits,
-    )
+    graph = main_graph(nodes, inits, ["batch", 1, size, size], ["batch", outputs])
     return finish(graph)
 
 
@@ -210,9 +212,9 @@ def pytorch_convnet(channels: int = 4, size: int = 9, outputs: int = 6, seed: in
             ceil_mode=0, kernel_shape=[2, 2], pads=[0, 0, 0, 0], strides=[2, 2],
         ),
         helper.make_node("Flatten", ["/pool/MaxPool_output_0"], ["/flatten/Flatten_output_0"], name="/flatten/Flatten", axis=1),
-        helper.make_node("Gemm", ["/flatten/Flatten_output_0", "fc1.weight", "fc1.bias"], ["/fc1/Gemm_output_0"], name="/fc1/Gemm", alpha=1.0, beta=1.0, transB=1),
+        linear("fc1", "/flatten/Flatten_output_0", "/fc1/Gemm_output_0"),
         helper.make_node("LeakyRelu", ["/fc1/Gemm_output_0"], ["/act2/LeakyRelu_output_0"], name="/act2/LeakyRelu", alpha=0.1),
-        helper.make_node("Gemm", ["/act2/LeakyRelu_output_0", "fc2.weight", "fc2.bias"], ["/fc2/Gemm_output_0"], name="/fc2/Gemm", alpha=1.0, beta=1.0, transB=1),
+        linear("fc2", "/act2/LeakyRelu_output_0", "/fc2/Gemm_output_0"),
         helper.make_node("Softmax", ["/fc2/Gemm_output_0"], ["output"], name="/softmax/Softmax", axis=1),
         helper.make_node("GlobalAveragePool", ["/avg/AveragePool_output_0"], ["/gap/GlobalAveragePool_output_0"], name="/gap/GlobalAveragePool"),
         helper.make_node("Flatten", ["/gap/GlobalAveragePool_output_0"], ["/gap/Flatten_output_0"], name="/gap/Flatten", axis=1),
@@ -308,12 +310,7 @@ def pytorch_transformer_ffn(d_model: int = 8, hidden: int = 16, seq: int = 5, ge
         tensor("onnx::MatMul_92", rng.normal(0, 0.3, (hidden, d_model)).astype(f32)),
         tensor("fc2.bias", rng.normal(0, 0.1, d_model).astype(f32)),
     ]
-    graph = helper.make_graph(
-        nodes, "main_graph",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", seq, d_model])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", seq, d_model])],
-        inits,
-    )
+    graph = main_graph(nodes, inits, ["batch", seq, d_model], ["batch", seq, d_model])
     model = finish(graph, opset=opset) if opset < 20 else _finish_ir9(graph, opset)
     return model
 
@@ -350,12 +347,7 @@ def pytorch_swiglu(d_model: int = 8, hidden: int = 12, seq: int = 5, seed: int =
         tensor("onnx::MatMul_71", rng.normal(0, 0.3, (d_model, hidden)).astype(f32)),
         tensor("onnx::MatMul_72", rng.normal(0, 0.3, (hidden, d_model)).astype(f32)),
     ]
-    graph = helper.make_graph(
-        nodes, "main_graph",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", seq, d_model])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", seq, d_model])],
-        inits,
-    )
+    graph = main_graph(nodes, inits, ["batch", seq, d_model], ["batch", seq, d_model])
     return finish(graph)
 
 
