@@ -48,8 +48,9 @@ from surgery.errors import SurgeryError
 from surgery.external import ConcatenatedTensor, concatenate
 from surgery.graph import ModelLike, as_ir, constant_array, constant_shape, like
 from surgery.initializers import check_strategy, extend, new_unit_values, unit_sources
-from surgery.layers import resolve_layer
+from surgery.layers import layer_sites, resolve_layer
 from surgery.metadata import WIDEN_HISTORY_KEY, WIDENED_TENSORS_KEY
+from surgery.naming import expand, layer_candidates
 
 
 @dataclass(frozen=True)
@@ -325,6 +326,7 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
     check_strategy(init, fan_in)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SurgeryError(f"--seed must be a non-negative integer, got {seed!r}")
+    plan = expand(plan, layer_candidates((s.layer.node, s.layer.name) for s in layer_sites(model)), "layer")
     _precheck_size(model, plan)
     infer_missing_shapes(model)
     widen_plan = analyse(model, plan, allow_output_change=allow_output_change, align=align)
@@ -351,8 +353,9 @@ def widen(model: ModelLike, plan: Mapping[str, int], *, init: str = "output-zero
 
     Args:
         model: an `onnx.ModelProto` or `ir.Model`; never modified.
-        plan: layer name (node name as `surgery inspect` shows it, or the Keras layer name of an
-            exported model) → number of new units K ≥ 1. Layers coupled to a requested one (by an
+        plan: layer name (node name as `surgery inspect` shows it, or its friendly name: the Keras
+            layer name or PyTorch module path) or glob pattern (``"h.*.mlp.c_fc"``: every match)
+            → number of new units K ≥ 1. Layers coupled to a requested one (by an
             Add, Mul, … join) grow with it by the same K.
         init: ``"output-zero"`` (default; random fan-in, zero fan-out: bitwise-equal outputs),
             ``"all-zero"``, ``"net2net"`` or ``"all-random"`` (see `surgery.initializers`).

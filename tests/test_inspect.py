@@ -143,7 +143,7 @@ def test_cli_json_schema(tmp_path, cli):
     report = json.loads(result.stdout)
     assert report["model"] == str(path)
     assert [set(layer) for layer in report["layers"]] == [{"node", "name", "op", "width", "activation", "consumers"}] * 2
-    assert report["layers"][0]["name"] == "/fc1/Gemm"  # no Keras provenance: the node name
+    assert report["layers"][0]["name"] == "fc1"  # no Keras provenance: the PyTorch module path
 
 
 def test_cli_table(tmp_path, cli):
