@@ -13,7 +13,8 @@ A layer is known by its node name and by a *friendly name*. Rules, first match w
    transposed copies (``onnx::MatMul_123``) are not such keys, hence rule 2 first.
 4. Otherwise the node name.
 
-A friendly name that two layers would share (a module that holds two layers) is not used: both
+When every path starts with the same module (a wrapper around the model, e.g. ``model.``), that
+first segment is dropped. A friendly name that two layers would share (a module that holds two layers) is not used: both
 keep their node names, so every name still picks one layer.
 
 Patterns: a requested name containing ``*``, ``?`` or ``[`` is a glob (`fnmatch`, case
@@ -84,6 +85,9 @@ def module_names(model: ir.Model) -> dict[str, str]:
         for node in model.graph
         if node.op_type in _WEIGHTED_OPS and node.name and (name := _derived_name(node)) is not None
     }
+    firsts = {name.split(".", 1)[0] for name in derived.values()}
+    if len(firsts) == 1 and all("." in name for name in derived.values()):  # a wrapper module around the model
+        derived = {node: name.split(".", 1)[1] for node, name in derived.items()}
     counts = Counter(derived.values())
     return {node: name for node, name in derived.items() if counts[name] == 1}
 

@@ -46,6 +46,7 @@ import onnx_ir as ir
 from surgery.analysis import Edit, WidenPlan, analyse, infer_missing_shapes, mask_ranges
 from surgery.errors import SurgeryError
 from surgery.external import ConcatenatedTensor, concatenate
+from surgery.heads import fork_shared_nodes, plan_heads
 from surgery.graph import ModelLike, as_ir, constant_array, constant_shape, like
 from surgery.initializers import check_strategy, extend, new_unit_values, unit_sources
 from surgery.layers import layer_sites, resolve_layer
@@ -317,7 +318,8 @@ def _write_shapes(plan: WidenPlan) -> None:
 
 
 def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "output-zero", fan_in: str | None = None,
-                   seed: int = 0, allow_output_change: bool = False, align: int | None = None) -> WidenResult:
+                   seed: int = 0, allow_output_change: bool = False, align: int | None = None,
+                   heads: Mapping[str, int] | None = None) -> WidenResult:
     """Widen `model` itself (no copy): see `widen` for the arguments.
 
     Shape inference fills in value shapes the graph lacks before the analysis (in place).
@@ -329,17 +331,27 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
     plan = expand(plan, layer_candidates((s.layer.node, s.layer.name) for s in layer_sites(model)), "layer")
     _precheck_size(model, plan)
     infer_missing_shapes(model)
-    widen_plan = analyse(model, plan, allow_output_change=allow_output_change, align=align)
+    if plan or not heads:
+        widen_plan = analyse(model, plan, allow_output_change=allow_output_change, align=align)
+    else:
+        widen_plan = WidenPlan((), (), ())
+    head_plan = plan_heads(model, heads, init=init) if heads else None
+    if head_plan is not None:
+        widen_plan = head_plan.joined(widen_plan)
     _check_memory(widen_plan, init)
     tensors = _composed_tensors(model, widen_plan)
     arrays = _new_arrays(widen_plan, init=init, fan_in=fan_in, seed=seed)
     records = _history(widen_plan, init, int(seed))
+    if head_plan is not None:
+        records += [{**record, "strategy": init, "seed": int(seed)} for record in head_plan.records]
     raw = model.metadata_props.get(WIDEN_HISTORY_KEY)
     try:
         history = json.loads(raw) if raw else []
     except json.JSONDecodeError:
         raise SurgeryError(f"metadata {WIDEN_HISTORY_KEY!r} is not valid JSON; cannot append to it") from None
     # Nothing above changed the model (beyond inferred shapes); from here on it is written.
+    if head_plan is not None:
+        arrays = fork_shared_nodes(model.graph, head_plan, arrays)
     forked = _write_parameters(model.graph, arrays)
     _write_shapes(widen_plan)
     model.metadata_props[WIDEN_HISTORY_KEY] = json.dumps(history + records)
@@ -347,8 +359,9 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
     return WidenResult(widen_plan, tuple(records), tuple(forked))
 
 
-def widen(model: ModelLike, plan: Mapping[str, int], *, init: str = "output-zero", fan_in: str | None = None,
-          seed: int = 0, allow_output_change: bool = False, align: int | None = None) -> ModelLike:
+def widen(model: ModelLike, plan: Mapping[str, int] | None = None, *, init: str = "output-zero",
+          fan_in: str | None = None, seed: int = 0, allow_output_change: bool = False, align: int | None = None,
+          heads: Mapping[str, int] | None = None) -> ModelLike:
     """Add units to layers without changing what the model computes (for the preserving strategies).
 
     Args:
@@ -365,6 +378,8 @@ def widen(model: ModelLike, plan: Mapping[str, int], *, init: str = "output-zero
         allow_output_change: let a widened tensor be a graph output (its shape changes).
         align: round every new width up to a multiple of `align` (e.g. 16 keeps onnxruntime's
             NCHWc Conv kernels for channel counts that were multiples of 16).
+        heads: attention block name (as `surgery.attention.find_blocks` lists it) or glob → K new
+            key/value heads (K heads without grouped-query attention); see `surgery.heads`.
 
     Returns:
         The widened model, of the same kind as `model`.
@@ -381,8 +396,8 @@ def widen(model: ModelLike, plan: Mapping[str, int], *, init: str = "output-zero
         working = as_ir(model)  # a fresh graph; its tensors are read-only views of the proto
     else:
         working = as_ir(model).clone()  # tensors are shared, never written: the rewrite replaces them
-    widen_in_place(working, plan, init=init, fan_in=fan_in, seed=seed,
-                   allow_output_change=allow_output_change, align=align)
+    widen_in_place(working, plan or {}, init=init, fan_in=fan_in, seed=seed,
+                   allow_output_change=allow_output_change, align=align, heads=heads)
     return like(working, model)
 
 
