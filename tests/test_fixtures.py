@@ -11,8 +11,9 @@ import pytest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text())
-# Every traced shape has batch 2 and (for token models) sequence 8: run on other sizes.
-SIZES = {"batch": 2, "sequence": 5}
+# Symbolic dims by axis: batch, then sequence (PyTorch exports name them; tf2onnx writes unk__N).
+# The PyTorch fixtures were traced with sequence 8, so 5 runs them off their traced shape.
+SIZES = (2, 5)
 EXPECTED = {
     "gpt2_sdpa.onnx", "gpt2_eager.onnx", "gpt2_dynamo.onnx", "bert.onnx", "llama.onnx", "llama_gqa.onnx",
     "resnet.onnx", "mobilenetv2.onnx", "keras_transformer.onnx",
@@ -27,7 +28,7 @@ def test_manifest_lists_every_fixture_on_disk() -> None:
 
 def _feed(value: onnx.ValueInfoProto, rng: np.random.Generator) -> np.ndarray:
     tensor = value.type.tensor_type
-    shape = [SIZES[d.dim_param] if d.dim_param else d.dim_value for d in tensor.shape.dim]
+    shape = [SIZES[axis] if d.dim_param else d.dim_value for axis, d in enumerate(tensor.shape.dim)]
     if tensor.elem_type == onnx.TensorProto.INT64:
         return rng.integers(0, 128, size=shape, dtype=np.int64)
     return rng.standard_normal(shape).astype(np.float32)
@@ -52,7 +53,21 @@ def test_fixture_matches_manifest_and_runs(name: str) -> None:
     feeds = {value.name: _feed(value, rng) for value in model.graph.input}
     outputs = session.run(None, feeds)
     for described, got in zip(entry["outputs"], outputs):
-        want = [SIZES.get(d, d) if isinstance(d, str) else d for d in described["shape"]]
+        want = [SIZES[axis] if isinstance(d, str) else d for axis, d in enumerate(described["shape"])]
         assert list(got.shape) == want
         assert np.isfinite(got).all()
         assert got.std() > 0
+
+
+def test_keras_fixture_loads_in_safe_mode_and_matches_its_export() -> None:
+    entry = MANIFEST["keras_transformer.onnx"]
+    keras_path = FIXTURES / entry["source"]["keras_file"]
+    assert hashlib.sha256(keras_path.read_bytes()).hexdigest() == entry["source"]["keras_file_sha256"]
+    from surgery.export import load_keras
+
+    model = load_keras(str(keras_path))
+    ids = np.random.default_rng(1).integers(0, 128, size=SIZES, dtype=np.int64)
+    want = np.asarray(model(ids, training=False))
+    session = onnxruntime.InferenceSession(str(FIXTURES / "keras_transformer.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input_ids": ids})
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
