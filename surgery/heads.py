@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from difflib import get_close_matches
 
 import numpy as np
 import onnx_ir as ir
@@ -89,8 +90,9 @@ def resolve_blocks(model: ir.Model, requests: Mapping[str, int]) -> list[tuple[B
         if added <= 0:
             raise SurgeryError(f"{name}: the number of new heads must be at least 1, got {added}")
         if name not in by_name:
-            known = ", ".join(sorted(by_name)) or "none found"
-            raise SurgeryError(f"no attention block named {name!r}; blocks are: {known}")
+            close = get_close_matches(name, sorted(by_name), n=3) or sorted(by_name)[:5]
+            hint = f"; did you mean {', '.join(close)}?" if close else "; the model has no attention block this can grow"
+            raise SurgeryError(f"no attention block named {name!r}{hint}")
         resolved.append((by_name[name], int(added)))
     return resolved
 
