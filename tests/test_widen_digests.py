@@ -30,7 +30,8 @@ CASES = {
                             "5d3699084e08bc1a65aec77be3c2578619d732cd0f0f8fa74a94de2a4b680ebc"),
     "convnet-net2net": (forms.pytorch_convnet, {"/conv1/Conv": 2}, "net2net", 3,
                             "f9c206a91595dceeaf9894b73a35db41014e27d455b2d0c5d71e5a332b003f4a"),
-    "cnn-flatten": (forms.pytorch_cnn, {"/conv1/Conv": 4}, "output-zero", 0, "7f3368f1604c1b21a1d755775bb87c78a095ba4f7ded0869d00a81be0e5998dc"),
+    "cnn-flatten": (forms.pytorch_cnn, {"/conv1/Conv": 4}, "output-zero", 0,
+                    "7f3368f1604c1b21a1d755775bb87c78a095ba4f7ded0869d00a81be0e5998dc"),
     "ffn-erf-gelu": (forms.pytorch_transformer_ffn, {"/fc1/MatMul": 6}, "output-zero", 3,
                             "8b0a8ee148b7e8e83f60ab52d79a6755a6116db19229120ff1cd124c24c083d8"),
 }
