@@ -25,7 +25,8 @@ Rules, in the order they are applied:
    contents is replaced in place (same name); one that is shared with a node that must not
    change (or needs other contents) is forked into a new initializer for the changed uses.
 5. Every tensor that grows gets its new shape (``value.shape``), so serialised ``value_info``
-   is updated rather than left stale; node and tensor names and the opset are kept.
+   is updated rather than left stale, and attributes that count channels (a depthwise Conv's
+   ``group``) get their new value; node and tensor names and the opset are kept.
 6. Metadata: ``surgery.widen_history`` gets one record per widened layer and
    ``surgery.widened_tensors`` the new positions of every grown tensor, composed with earlier
    widenings so they stay relative to the never-widened model.
@@ -43,7 +44,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from surgery.analysis import Edit, WidenPlan, analyse, infer_missing_shapes, mask_ranges
+from surgery.analysis import Edit, WidenPlan, analyse, infer_missing_shapes
+from surgery.layout import mask_ranges
 from surgery.errors import SurgeryError
 from surgery.external import ConcatenatedTensor, concatenate
 from surgery.graph import ModelLike, as_ir, constant_array, constant_shape, like
@@ -340,6 +342,8 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
     # Nothing above changed the model (beyond inferred shapes); from here on it is written.
     forked = _write_parameters(model.graph, arrays)
     _write_shapes(widen_plan)
+    for change in widen_plan.attributes:
+        change.node.attributes[change.name] = ir.AttrInt64(change.name, change.value)
     model.metadata_props[WIDEN_HISTORY_KEY] = json.dumps(history + records)
     model.metadata_props[WIDENED_TENSORS_KEY] = json.dumps(tensors)
     return WidenResult(widen_plan, tuple(records), tuple(forked))
