@@ -154,9 +154,8 @@ class Layout:
         stride = np.broadcast_to(self.stride[e] * after, original.shape)
         group = np.broadcast_to(self.group[e], original.shape)
         unit = np.broadcast_to(self.unit[e], original.shape)
-        return Layout(
-            axis, rank, *(np.ascontiguousarray(a).reshape(-1).astype(np.int64) for a in (original, group, unit, base, stride))
-        )._frozen()
+        arrays = (original, group, unit, base, stride)
+        return Layout(axis, rank, *(np.ascontiguousarray(a).reshape(-1).astype(np.int64) for a in arrays))._frozen()
 
 
 def mask_ranges(mask: np.ndarray) -> list[list[int]]:
