@@ -118,9 +118,10 @@ CATALOGUE: dict[str, OpInfo] = {
 #: Activations that several exporter nodes spell out (recognised by `activation_after`).
 COMPOSITE_ACTIVATIONS = {"Gelu": "he", "Silu": "he", "SwiGLU": "he"}
 
-#: Ops `activation_after` looks through: layout changes and per-channel normalisation
+#: Ops `activation_after` looks through: layout changes (a Keras Dense on 3-D input is
+#: Reshape → MatMul → Reshape → Add) and per-channel normalisation
 #: (Dense → BatchNormalization → ReLU reports ReLU), besides a Mul/Add by a constant.
-TRANSPARENT = frozenset({"Transpose", "Identity", "Cast", "Dropout", "BatchNormalization"})
+TRANSPARENT = frozenset({"Transpose", "Reshape", "Identity", "Cast", "Dropout", "BatchNormalization"})
 
 #: How many nodes `activation_after` looks through before giving up.
 _LOOK_AHEAD = 6
