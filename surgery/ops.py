@@ -123,6 +123,9 @@ COMPOSITE_ACTIVATIONS = {"Gelu": "he", "Silu": "he", "SwiGLU": "he"}
 #: (Dense → BatchNormalization → ReLU reports ReLU), besides a Mul/Add by a constant.
 TRANSPARENT = frozenset({"Transpose", "Reshape", "Identity", "Cast", "Dropout", "BatchNormalization"})
 
+#: Ops that carry a shape tensor from `Shape` to a Reshape's target, entry by entry.
+SHAPE_CARRIERS = frozenset({"Cast", "Identity", "Squeeze", "Unsqueeze", "Concat", "Gather", "Slice"})
+
 #: How many nodes `activation_after` looks through before giving up.
 _LOOK_AHEAD = 6
 
@@ -263,6 +266,6 @@ def default_softmax_axis(node: ir.Node, opset: int) -> int:
 
 
 __all__ = [
-    "OpInfo", "CATALOGUE", "COMPOSITE_ACTIVATIONS", "TRANSPARENT", "info", "ops_of_kind", "init_family",
+    "OpInfo", "CATALOGUE", "COMPOSITE_ACTIVATIONS", "TRANSPARENT", "SHAPE_CARRIERS", "info", "ops_of_kind", "init_family",
     "keras_activation", "activation_after", "pow_exponent", "default_softmax_axis",
 ]

@@ -75,6 +75,8 @@ class Edit:
     #: (input axis, unit axis) of the weight this edit touches, for the fan-in/fan-out of random draws.
     weight_axes: tuple[int, int] | None = None
     activation: str | None = None
+    #: for a "literal" edit of a shape computed at run time: the Reshape that reads it.
+    reader: ir.Node | None = None
 
     @property
     def value(self) -> ir.Value:

@@ -19,6 +19,7 @@ from surgery.analysis.plan import Edit
 from surgery.analysis.rules import Rule, Step, Widened
 from surgery.graph import attribute, constant_array
 from surgery.layout import Layout, ShapeVector
+from surgery.ops import SHAPE_CARRIERS
 
 
 class SqueezeRule(Rule):
@@ -209,7 +210,7 @@ class ReshapeRule(Rule):
             target_node, input_index, position = entries[entry_index][2]
             literal = constant_array(target_node.inputs[input_index]).copy()
             literal.reshape(-1)[position] = new_size
-            step.edits.append(Edit(target_node, input_index, "literal", literal=literal))
+            step.edits.append(Edit(target_node, input_index, "literal", literal=literal, reader=node))
         return {0: result}
 
 
@@ -280,7 +281,7 @@ def shape_entries(node: ir.Node, index: int) -> list[tuple] | None:
     if producer is None:
         return None
     op = producer.op_type
-    if op in ("Cast", "Identity", "Squeeze", "Unsqueeze"):
+    if op in SHAPE_CARRIERS and op not in ("Concat", "Gather", "Slice"):
         return shape_entries(producer, 0)
     if op == "Concat":
         entries: list[tuple] = []
