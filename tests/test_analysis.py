@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import onnx.numpy_helper
 from onnx import helper
 
 import forms
@@ -227,3 +228,28 @@ def test_unknown_ops_and_domains_are_refused_by_name():
     model = finish(forms.main_graph(nodes, inits, ["batch", 3], ["batch", 2]))
     with pytest.raises(SurgeryError, match="Sqrt node '/s/Sqrt' is not an op the width analysis knows"):
         _plan(model, {"/fc1/Gemm": 1})
+
+
+def test_docs_rule_table_matches_the_catalogue():
+    """docs/widen-analysis.md's rule table lists exactly the catalogue's ops, kind by kind."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "widen-analysis.md").read_text()
+    table = {}
+    for line in text.split("## The rules, case by case")[1].split("\n\n")[1].splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        table[cells[0]] = sorted(op.strip() for op in cells[1].split(","))
+    kinds: dict[str, list[str]] = {}
+    for op, entry in CATALOGUE.items():
+        kinds.setdefault(entry.kind, []).append(op)
+    assert table == {kind: sorted(ops) for kind, ops in kinds.items()}
+
+
+def test_swiglu_up_gets_live_new_units_by_default():
+    """output-zero: gate's and up's new columns are random (He), only down's new rows are zero,
+    so the new units' silu(gate)·up is not zero and down's new rows get gradient."""
+    model = forms.pytorch_swiglu(hidden=12)
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in widen(model, {"/up/MatMul": 4}).graph.initializer}
+    gate, up, down = weights["onnx::MatMul_70"], weights["onnx::MatMul_71"], weights["onnx::MatMul_72"]
+    assert np.all(gate[:, 12:] != 0) and np.all(up[:, 12:] != 0) and not down[12:].any()
+    assert np.abs(up[:, 12:]).max() <= np.sqrt(6 / 8)  # He-uniform with fan-in 8
