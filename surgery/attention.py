@@ -442,7 +442,7 @@ class _Walk:
         if entry[2] is None:
             raise _fail(node, "computes the head count from constants the rewrite cannot update")
         target, index, position = entry[2]
-        self.trace.edits.append(("literal", target, index, position, new))
+        self.trace.edits.append(("literal", target, index, position, new, node))
 
     def set_entry(self, entry: tuple, old: int, new: int, node: ir.Node) -> bool:
         """Whether `entry` gives the tracked size `old` (→ `new`), editing a constant if needed."""
