@@ -5,7 +5,9 @@ What `surgery inspect` lists under ``blocks`` and what `surgery deepen` copies. 
 - **Residual Add**: an ``Add`` of two computed tensors where one, the *skip* ``x``, is an
   ancestor of the other, the *branch* ``f(x)``; the nodes between them include a layer with a
   constant weight (``Gemm``, ``MatMul``, ``Conv``), so GELU's ``x + 0.044715·x³`` is not one; and
-  the sum keeps the skip's shape where both are known. A ResNet downsample block (a projection
+  the sum keeps the skip's shape where both are known; and no residual Add lies between them
+  (a causal mask or position table read by every block is an ancestor of later blocks'
+  attention scores through the stream, but it is not the stream). A ResNet downsample block (a projection
   shortcut: neither operand is an ancestor of the other) has no identity skip and is no block.
 - **Tail**: the node after the Add when it is the Add's only reader and the sum is no graph
   output: an elementwise activation (ResNet's ``relu(x + f(x))``) always; a
@@ -183,8 +185,10 @@ def _has_layer(nodes: list[ir.Node], order: _Order) -> bool:
     )
 
 
-def _residual_operands(add: ir.Node, order: _Order) -> tuple[ir.Value, ir.Value] | None:
-    """(skip, branch) of a residual Add, or None when `add` is not one."""
+def _residual_operands(add: ir.Node, order: _Order, earlier: set[int]) -> tuple[ir.Value, ir.Value] | None:
+    """(skip, branch) of a residual Add, or None when `add` is not one (`earlier`: ids of the
+    residual Adds before it; one of those between the operands makes the skip a tensor that
+    entered the stream upstream, such as a mask, not the stream)."""
     if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.inputs) != 2:
         return None
     a, b = add.inputs
@@ -195,7 +199,9 @@ def _residual_operands(add: ir.Node, order: _Order) -> tuple[ir.Value, ir.Value]
         if producer is None or order.of(skip) >= order.index[id(producer)]:
             continue
         nodes = _between(skip, producer, order)
-        if nodes and _has_layer(nodes, order) and _same_shape(skip, add.outputs[0]):
+        if nodes and _has_layer(nodes, order) and _same_shape(skip, add.outputs[0]) and not any(
+            id(node) in earlier for node in nodes
+        ):
             return skip, branch
     return None
 
@@ -218,11 +224,12 @@ def _tail(add: ir.Node, skip: ir.Value, next_skips: set[int]) -> ir.Node | None:
 def residuals(model: ir.Model) -> list[Residual]:
     """Every residual Add of the main graph (see the module docstring), in graph order."""
     order = _Order(model.graph)
-    found = []
+    found, earlier = [], set()
     for node in model.graph:
-        operands = _residual_operands(node, order)
+        operands = _residual_operands(node, order, earlier)
         if operands is not None:
             found.append((node, *operands))
+            earlier.add(id(node))
     skips = {id(skip) for _, skip, _ in found}
     result = []
     for add, skip, branch in found:
