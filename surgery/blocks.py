@@ -14,14 +14,19 @@ What `surgery inspect` lists under ``blocks`` and what `surgery deepen` copies. 
   ``LayerNormalization`` (post-norm, BERT) when its output is the skip of the next residual Add
   or the skip itself comes from a LayerNormalization (so GPT-2's final ``ln_f`` is not a tail).
   A sub-block ends at its tail's output, else at the Add's.
+- **Entry**: a sub-block starts from its skip, or from the tensor the skip is an unchanged copy
+  of (``Identity``, ``Cast`` to its own type: Llama's RMSNorm casts the stream and the residual
+  reads the cast), so consecutive sub-blocks meet on one tensor.
 - **Blocks**, in graph order: an attention sub-block (it holds a ``Softmax``) whose output is the
-  skip of the next sub-block, which has no attention (the feed-forward), forms one block with it
+  entry of the next sub-block, which has no attention (the feed-forward), forms one block with it
   (pre-norm transformer: GPT-2, Llama, Keras); every other sub-block is a block of its own
   (ResNet basic and bottleneck blocks, residual MLP blocks). The kind is ``"transformer"`` when
   the block holds attention, else ``"residual"``.
 - **Nodes** of a block: every node that descends from its input and leads to its output, plus
   the constant-only nodes they read (``Constant``, and nodes that compute from constants only).
-  Tensors it reads from elsewhere (a causal mask, rotary tables) are not part of it.
+  Tensors it reads from elsewhere (a causal mask, rotary tables) are not part of it, nor are
+  model-level computations that depend on its input only through the input's shape and are read
+  after it too (Llama's rotary tables, computed from the first block's input shape).
 - **Names**, the first rule that gives one: a block that `surgery deepen` made carries its name
   as the first scope of its node names (``transformer.h.0.grown.0/...``); PyTorch's scoped node
   names give the module path (``/transformer/h.0/attn/c_attn/Gemm`` → ``transformer.h.0``,
@@ -40,6 +45,7 @@ from dataclasses import asdict, dataclass
 
 import onnx_ir as ir
 
+from surgery.graph import attribute
 from surgery.layers import friendly_names
 
 #: Elementwise activations that end a residual block when they read the sum (``relu(x + f(x))``).
@@ -80,7 +86,13 @@ class Block:
 
 @dataclass(frozen=True)
 class Residual:
-    """One residual Add ``x + f(x)`` (a sub-block) and the nodes around it."""
+    """One residual Add ``x + f(x)`` (a sub-block) and the nodes around it.
+
+    Attributes:
+        entry: the stream tensor the sub-block starts from: the skip, or the tensor an
+            ``Identity`` or a same-type ``Cast`` made the skip from (Llama's RMSNorm casts the
+            stream to float32, and the residual reads that cast).
+    """
 
     add: ir.Node
     skip: ir.Value
@@ -88,6 +100,7 @@ class Residual:
     tail: ir.Node | None
     output: ir.Value
     attention: bool
+    entry: ir.Value
 
 
 @dataclass(frozen=True)
@@ -172,6 +185,34 @@ def _between(source: ir.Value, last: ir.Node, order: _Order) -> list[ir.Node]:
     return sorted(found, key=lambda n: order.index[id(n)])
 
 
+def _own(nodes: list[ir.Node], entry: ir.Value, last: ir.Node) -> list[ir.Node]:
+    """`nodes` without the model-level computations that run through the block: a node that
+    depends on `entry` only through its shape (``Shape``, ``Size``) and is also read after the
+    block (rotary tables the exporter computed from the first block's input and shared), with
+    what only it needs."""
+    members = {id(node) for node in nodes}
+    by_value = {id(entry)}
+    for node in nodes:
+        if node.op_type not in ("Shape", "Size") and any(v is not None and id(v) in by_value for v in node.inputs):
+            by_value.update(id(v) for v in node.outputs)
+    shared = {
+        id(node) for node in nodes
+        if node is not last and not any(id(v) in by_value for v in node.outputs)
+        and any(v.is_graph_output() or any(id(use.node) not in members for use in v.uses()) for v in node.outputs)
+    }
+    keep, stack = set(), [last]
+    while stack:
+        node = stack.pop()
+        if id(node) in keep:
+            continue
+        keep.add(id(node))
+        for value in node.inputs:
+            producer = None if value is None else value.producer()
+            if producer is not None and id(producer) in members and id(producer) not in shared:
+                stack.append(producer)
+    return [node for node in nodes if id(node) in keep]
+
+
 def _same_shape(a: ir.Value, b: ir.Value) -> bool:
     if a.shape is None or b.shape is None:
         return True
@@ -221,6 +262,49 @@ def _tail(add: ir.Node, skip: ir.Value, next_skips: set[int]) -> ir.Node | None:
     return None
 
 
+#: Ops whose output has the type of their first input (what `_dtype` looks through).
+_SAME_TYPE = frozenset(
+    {
+        "Add", "Sub", "Mul", "Div", "Relu", "Neg", "Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
+        "Flatten", "Gather", "MatMul", "Gemm", "Conv", "LayerNormalization", "Softmax", "Concat", "Slice", "Expand",
+    }
+)
+
+
+def _dtype(value: ir.Value, steps: int = 64) -> ir.DataType | None:
+    """The value's element type: declared, or read back through ops that keep their input's type
+    (the classic exporter declares no intermediate types)."""
+    for _ in range(steps):
+        if value.dtype is not None:
+            return value.dtype
+        producer = value.producer()
+        if producer is None:
+            return None
+        if producer.op_type == "Cast":
+            return ir.DataType(attribute(producer, "to", 0))
+        if producer.op_type == "Constant":
+            attr = producer.attributes.get("value")
+            return attr.as_tensor().dtype if attr is not None and attr.type == ir.AttributeType.TENSOR else None
+        if producer.op_type not in _SAME_TYPE or not producer.inputs or producer.inputs[0] is None:
+            return None
+        value = producer.inputs[0]
+    return None
+
+
+def _stream_entry(skip: ir.Value) -> ir.Value:
+    """`skip`, or the tensor it is an unchanged copy of (``Identity``, ``Cast`` to its own type)."""
+    value = skip
+    while (producer := value.producer()) is not None and len(producer.inputs) == 1 and producer.inputs[0] is not None:
+        source = producer.inputs[0]
+        if producer.op_type == "Identity" or (
+            producer.op_type == "Cast" and (dtype := _dtype(source)) is not None and attribute(producer, "to", None) == dtype.value
+        ):
+            value = source
+            continue
+        break
+    return value
+
+
 def residuals(model: ir.Model) -> list[Residual]:
     """Every residual Add of the main graph (see the module docstring), in graph order."""
     order = _Order(model.graph)
@@ -235,9 +319,10 @@ def residuals(model: ir.Model) -> list[Residual]:
     for add, skip, branch in found:
         tail = _tail(add, skip, skips)
         output = (tail or add).outputs[0]
-        nodes = _between(skip, tail or add, order)
+        entry = _stream_entry(skip)
+        nodes = _between(entry, tail or add, order)
         attention = any(n.op_type == "Softmax" for n in nodes)
-        result.append(Residual(add, skip, branch, tail, output, attention))
+        result.append(Residual(add, skip, branch, tail, output, attention, entry))
     return result
 
 
@@ -314,7 +399,7 @@ def block_sites(model: ir.Model) -> list[BlockSite]:
     while i < len(subs):
         sub = subs[i]
         follower = subs[i + 1] if i + 1 < len(subs) else None
-        if sub.attention and follower is not None and follower.skip is sub.output and not follower.attention:
+        if sub.attention and follower is not None and follower.entry is sub.output and not follower.attention:
             groups.append([sub, follower])
             i += 2
         else:
@@ -323,9 +408,9 @@ def block_sites(model: ir.Model) -> list[BlockSite]:
     keras = friendly_names(model)
     drafts = []
     for position, group in enumerate(groups):
-        entry, exit_ = group[0].skip, group[-1].output
+        entry, exit_ = group[0].entry, group[-1].output
         last = exit_.producer()
-        nodes = tuple(_between(entry, last, order)) if last is not None else ()
+        nodes = tuple(_own(_between(entry, last, order), entry, last)) if last is not None else ()
         adds = [node for sub in group for node in (sub.add, sub.tail) if node is not None]
         name, scope, prefix = _name(nodes, adds, keras, order)
         kind = "transformer" if any(sub.attention for sub in group) else "residual"

@@ -12,7 +12,8 @@ copy's. Rules, case by case:
   0), ``Mul`` by a constant, ``Div`` by a non-zero constant, ``BatchNormalization`` (scale and
   bias become 0), and layout ops (``Reshape``, ``Transpose``, ``Squeeze``, ``Unsqueeze``,
   ``Flatten``, ``Identity``, ``Dropout``, ``Cast``), each read by that path only, to a ``Gemm``,
-  ``MatMul`` or ``Conv`` with a constant weight, whose weight and bias become exactly 0. The
+  ``MatMul`` or ``Conv`` with a constant weight (directly, or reshaped by layout ops as tf2onnx
+  writes an einsum), whose weight and bias become exactly 0. The
   branch then adds ``±0`` and ``x + 0 == x`` for every float but ``-0.0`` (which becomes
   ``+0.0``); its hidden values must be finite (``inf · 0`` is NaN). A branch that reaches
   anything else is refused with the node's name.
@@ -166,12 +167,21 @@ def _resolve_block(model: ir.Model, name: str, sites: list[BlockSite]) -> BlockS
     raise SurgeryError(f"no block named {name!r}; {hint}")
 
 
-def _constant_input(node: ir.Node) -> int | None:
-    """Index of the constant weight of a Gemm/MatMul/Conv (None when it has none)."""
+def _weight_source(node: ir.Node) -> tuple[ir.Node, int] | None:
+    """Where a Gemm/MatMul/Conv's constant weight enters it: (node, input index) of the constant,
+    found through layout ops each read only there (tf2onnx's einsum reshapes a constant kernel by
+    a computed shape); None when the layer has no constant weight."""
     candidates = (1, 0) if node.op_type in ("Gemm", "MatMul") else (1,)
     for index in candidates:
-        if index < len(node.inputs) and constant_shape(node.inputs[index]) is not None:
-            return index
+        reader, at = node, index
+        while at < len(reader.inputs) and reader.inputs[at] is not None:
+            value = reader.inputs[at]
+            if constant_shape(value) is not None:
+                return reader, at
+            producer = value.producer()
+            if producer is None or producer.op_type not in _LAYOUT or not _only_reader(value, reader):
+                break
+            reader, at = producer, 0
     return None
 
 
@@ -192,8 +202,8 @@ def _projection(block: str, residual: Residual) -> tuple[ir.Node, list[tuple[ir.
             raise SurgeryError(f"{where}: {value.name!r} is also read elsewhere, so it cannot start at zero")
         op, inputs = node.op_type, node.inputs
         constant = [i for i, v in enumerate(inputs) if v is not None and constant_shape(v) is not None]
-        if op in _LAYER_OPS and (index := _constant_input(node)) is not None:
-            zeroed.append((node, index))
+        if op in _LAYER_OPS and (weight := _weight_source(node)) is not None:
+            zeroed.append(weight)
             if op in ("Gemm", "Conv") and len(inputs) > 2 and inputs[2] is not None:
                 zeroed.append((node, 2))
             return node, zeroed
@@ -239,26 +249,30 @@ def _check_tail(block: str, residual: Residual) -> None:
 
 
 def _weight_axes(node: ir.Node, index: int, rank: int) -> tuple[int, int] | None:
+    """(input axis, unit axis) of a weight for its fans; a reshaped one counts as [in, ..., out]."""
     if node.op_type == "Conv":
         return (1, 0)
     if node.op_type == "Gemm":
         transposed = attribute(node, "transB" if index == 1 else "transA", 0)
         return (1, 0) if transposed else (0, 1)
-    return (rank - 2, rank - 1) if rank >= 2 else None
+    if node.op_type == "MatMul":
+        return (rank - 2, rank - 1) if rank >= 2 else None
+    return (0, rank - 1) if rank >= 2 else None
 
 
 def _random_edits(site: BlockSite, sites: dict[int, LayerSite], zeroed: set[tuple[int, int]]) -> list[Edit]:
     """Rule 2, ``init="random"``: a drawn weight and a zero bias for every other layer of the block."""
     edits = []
     for node in site.nodes:
-        index = _constant_input(node) if node.op_type in _LAYER_OPS else None
-        if index is None or (id(node), index) in zeroed:
+        weight = _weight_source(node) if node.op_type in _LAYER_OPS else None
+        if weight is None or (id(weight[0]), weight[1]) in zeroed:
             continue
         layer = sites.get(id(node))
         activation = layer.layer.activation if layer is not None else None
-        rank = len(constant_shape(node.inputs[index]) or ())
+        reader, index = weight
+        rank = len(constant_shape(reader.inputs[index]) or ())
         kind = "he" if activation in RELU_LIKE else "glorot"
-        edits.append(Edit(node, index, "draw", kind, _weight_axes(node, index, rank)))
+        edits.append(Edit(reader, index, "draw", kind, _weight_axes(reader, index, rank)))
         if node.op_type in ("Gemm", "Conv") and len(node.inputs) > 2 and node.inputs[2] is not None:
             edits.append(Edit(node, 2, "zero"))
         elif layer is not None and layer.bias_node is not None:
