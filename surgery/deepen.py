@@ -23,7 +23,8 @@ copy's. Rules, case by case:
   its bias (Gemm C, Conv B, MatMul's bias Add) is 0; normalisation parameters and every other
   constant keep the block's values.
 - **Forks.** Every constant the copy reads, an initializer or a ``Constant`` node (shape
-  constants too), is a new one of its own with a fresh name, never the original's. Tensors the
+  constants too), is a new one of its own with a fresh name, never the original's: one per
+  constant and contents (a ``Shape`` of a zeroed weight reads the zeroed fork). Tensors the
   block reads from outside it (a causal mask, rotary tables, graph inputs) are read as they are.
 - **Tails.** A block that ends in an activation after its residual Add (``relu(x + f(x))``) is
   exact only when the activation is the identity on the values it outputs (``Relu``, ``Clip``:
@@ -53,7 +54,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from difflib import get_close_matches
 
 import numpy as np
@@ -356,6 +357,11 @@ def plan_deepen(model: ir.Model, *, after: str, count: int = 1, init: str = "cop
         layers = {id(s.node): s for s in layer_sites(model)}
         for edit in _random_edits(site, layers, set(edits)):
             edits.setdefault((id(edit.node), edit.index), edit)
+    members = {id(node) for node in site.nodes}
+    for edit in list(edits.values()):  # a Shape of the same constant reads the same fork (tf2onnx's einsum)
+        for use in edit.node.inputs[edit.index].uses():
+            if use.node.op_type in ("Shape", "Size") and id(use.node) in members:
+                edits.setdefault((id(use.node), use.idx), replace(edit, node=use.node, index=use.idx))
     taken |= {s.block.name for s in sites}
     return DeepenPlan("block", after, int(count), init, int(seed), _fresh_names(name, count, taken), site=site,
                       edits=edits, projections=tuple(projections))
@@ -444,7 +450,7 @@ def _copy_block(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, rename: _Ren
             if value is None or (edit is None and id(value) in mapping):
                 inputs.append(None if value is None else mapping[id(value)])
             elif edit is not None or (value.const_value is not None and not value.is_graph_input()):
-                key = (id(value), "" if edit is None else f"{edit.role}:{id(node)}:{index}")
+                key = (id(value), "" if edit is None else edit.role)
                 if key not in forks:
                     name = rename(value.name, "constant")
                     forks[key] = _initializer(graph, name, _contents(value, edit, name, plan.seed))
