@@ -55,6 +55,7 @@ import onnx_ir as ir
 from surgery.errors import SurgeryError
 from surgery.graph import attribute, constant_array, constant_shape, is_constant
 from surgery.layers import LayerSite, layer_sites, resolve_layer
+from surgery.shapes import infer_missing_shapes  # the one shape inference (weight-less view); re-exported
 
 #: Activations after which the default fan-in initializer is He (Keras: he_uniform) instead of Glorot.
 RELU_LIKE = frozenset({"Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "HardSwish", "Mish", "Silu"})
@@ -1042,17 +1043,6 @@ def _backtrace(value: ir.Value, axis: int, sites: dict[ir.Node, LayerSite], join
     raise _block(
         join, f"joins the widened tensor with {value.name!r} from {_describe(producer)}, which cannot grow with it"
     )
-
-
-def infer_missing_shapes(model: ir.Model) -> bool:
-    """Run ONNX shape inference (in place) when some node output has no shape; the analysis
-    needs ranks and static sizes. Returns whether it ran. Initializer data is not read."""
-    if all(v.shape is not None for node in model.graph for v in node.outputs if v is not None):
-        return False
-    from onnx_ir.passes.common import ShapeInferencePass
-
-    ShapeInferencePass(strict_mode=False)(model)
-    return True
 
 
 def _parse_plan(model: ir.Model, plan: Mapping[str, int]) -> list[tuple[LayerSite, int, str]]:
