@@ -289,3 +289,99 @@ def llama_model(layers: int = 12, d: int = 768, heads: int = 12, ffn: int = 2048
 def llama_ffn_plan(layers: int, added: int, blocks: int | None = None) -> list[str]:
     """``--layer`` arguments widening the SwiGLU of the first `blocks` blocks (all by default)."""
     return [f"/model/layers.{i}/mlp/gate_proj/MatMul={added}" for i in range(layers if blocks is None else blocks)]
+
+
+def _measure(argv: list[str]) -> dict[str, float]:
+    """Wall time and peak RSS (MB) of `argv`, run by a fresh wrapper process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *argv], capture_output=True, text=True, env=env)
+    if done.returncode:
+        sys.exit(done.stderr.strip())
+    result = json.loads(done.stdout)
+    return {"wall": result["wall"], "rss": result["rss_kib"] / 1024}
+
+
+def _surgery(*args: str) -> list[str]:
+    return [sys.executable, "-m", "surgery", *args]
+
+
+def _python(code: str, *args: str) -> list[str]:
+    return [sys.executable, "-c", code, *args]
+
+
+def build(folder: Path) -> tuple[Path, Path]:
+    """The two full-size models in `folder`, built unless they are there already."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / "gpt2.onnx", folder / "llama.onnx"
+    for path, make in zip(paths, (gpt2_model, llama_model)):
+        if not path.exists():
+            print(f"building {path} ...", flush=True)
+            onnx.save(make(), path)
+    return paths
+
+
+def cases(gpt2: Path, llama: Path, work: Path, layers: int, added: int, seq: int, samples: int, batch: int
+          ) -> list[tuple[str, list[str], str, list[str], float]]:
+    """(label, our command, baseline label, baseline command, target ratio) for each measurement."""
+    one, every = work / "one.onnx", work / "every.onnx"
+    base_out = work / "baseline.onnx"
+    widen = ["--no-verify", "--force"]
+    return [
+        ("inspect --json (GPT-2)", _surgery("inspect", "--json", str(gpt2)),
+         "onnx.load", _python(_LOAD, str(gpt2)), 1.5),
+        ("inspect --json (Llama)", _surgery("inspect", "--json", str(llama)),
+         "onnx.load", _python(_LOAD, str(llama)), 1.5),
+        ("widen one FFN (Llama)", _surgery("widen", str(llama), "-o", str(one), *widen,
+                                           *[f"--layer={s}" for s in llama_ffn_plan(layers, added, 1)]),
+         "onnx.load + onnx.save", _python(_LOAD_SAVE, str(llama), str(base_out)), 1.5),
+        (f"widen all {layers} FFNs (Llama)", _surgery("widen", str(llama), "-o", str(every), *widen,
+                                                     *[f"--layer={s}" for s in llama_ffn_plan(layers, added)]),
+         "onnx.load + onnx.save", _python(_LOAD_SAVE, str(llama), str(base_out)), 2.0),
+        (f"verify A B ({samples} samples)", _surgery("verify", str(llama), str(every), f"--dim=sequence={seq}",
+                                                     f"--samples={samples}", f"--batch={batch}"),
+         "2 sessions + runs", _python(_TWO_SESSIONS, str(llama), str(every), str(batch), str(seq), str(samples)), 1.3),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "surgery-real-size",
+                        help="where the models are built and outputs written (kept with --keep)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the built models for the next run")
+    parser.add_argument("--added", type=int, default=256, help="units added to each widened SwiGLU")
+    parser.add_argument("--seq", type=int, default=32, help="sequence length of verify's batches")
+    args = parser.parse_args()
+    gpt2, llama = build(args.dir)
+    work = Path(tempfile.mkdtemp(prefix="work-", dir=args.dir))
+    try:
+        # The widened model must exist before verify is measured: widen every block once first.
+        table = cases(gpt2, llama, work, 12, args.added, args.seq, 16, 8)
+        _measure(table[3][1])
+        results: dict[int, tuple[list[dict], list[dict]]] = {i: ([], []) for i in range(len(table))}
+        for repeat in range(args.repeats):
+            for index, (label, ours, _, baseline, _) in enumerate(table):
+                order = [(0, ours), (1, baseline)] if repeat % 2 == 0 else [(1, baseline), (0, ours)]
+                for side, argv in order:
+                    results[index][side].append(_measure(argv))
+            print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
+        print(f"\nmedian of {args.repeats}, each run a fresh process, interleaved with its baseline "
+              f"(GPT-2 {gpt2.stat().st_size / 1e6:.0f} MB, Llama {llama.stat().st_size / 1e6:.0f} MB inline)\n")
+        print("| command | ours (wall, peak RSS) | baseline | baseline (wall, peak RSS) | ratio wall | ratio RSS | target |")
+        print("|---|---|---|---|---|---|---|")
+        for index, (label, _, base_label, _, target) in enumerate(table):
+            ours, base = ({key: statistics.median(r[key] for r in runs) for key in ("wall", "rss")}
+                          for runs in results[index])
+            wall, rss = ours["wall"] / base["wall"], ours["rss"] / base["rss"]
+            met = "met" if max(wall, rss) <= target else "NOT met"
+            print(f"| {label} | {ours['wall']:.2f} s, {ours['rss']:.0f} MB | {base_label} | "
+                  f"{base['wall']:.2f} s, {base['rss']:.0f} MB | {wall:.2f}× | {rss:.2f}× | ≤ {target}× ({met}) |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            for path in (gpt2, llama):
+                path.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1050,12 +1050,13 @@ def _parse_plan(model: ir.Model, plan: Mapping[str, int]) -> list[tuple[LayerSit
         raise SurgeryError("nothing to widen: give at least one layer and a number of new units")
     requested: list[tuple[LayerSite, int, str]] = []
     seen: dict[ir.Node, str] = {}
+    sites = layer_sites(model)  # once: a plan naming every block stays linear in the graph's size
     for name, added in plan.items():
         if isinstance(added, bool) or not isinstance(added, (int, np.integer)):
             raise SurgeryError(f"{name}: the number of new units must be an integer, got {added!r}")
         if added <= 0:
             raise SurgeryError(f"{name}: the number of new units must be at least 1, got {added}")
-        site = resolve_layer(model, name)
+        site = resolve_layer(model, name, sites)
         if site.node in seen:
             raise SurgeryError(f"layer {name!r} is requested twice (also as {seen[site.node]!r})")
         seen[site.node] = name

@@ -223,15 +223,14 @@ def _graph_problems(
                 yield f"{where}{label} reads tensor {name!r} before node {graph.node[later].name or later!r} produces it (nodes are not in topological order)"
             else:
                 yield f"{where}{label} reads tensor {name!r}, which no graph input, initializer or earlier node defines"
-        visible = outer | frozenset(defined)
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.TENSOR:
                 problem = tensor_problem(attribute.t, f"attribute {attribute.name!r} of {label}")
                 if problem:
                     yield f"{where}{problem}"
             subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
-            for subgraph in subgraphs:
-                yield from _graph_problems(subgraph, visible, imported, functions,
+            for subgraph in subgraphs:  # the values visible here: built only for nodes with subgraphs
+                yield from _graph_problems(subgraph, outer | frozenset(defined), imported, functions,
                                            f"{where}subgraph {attribute.name!r} of {label}: ", {})
         for name in node.output:
             if not name:
