@@ -148,6 +148,14 @@ def inspect(model: str, as_json: bool, symmetry_layer: str | None) -> None:
         for block in document["attention"]:
             attention.add_row(*(str(block[c]) for c in ("name", "heads", "kv_heads", "head_dim", "q", "k", "v", "o")))
         console.print(attention)
+    if document["blocks"]:
+        blocks = Table(title=f"{len(document['blocks'])} residual blocks (surgery deepen --after NAME)")
+        columns = ("name", "kind", "nodes", "parameters", "input", "output")
+        for column in columns:
+            blocks.add_column(column, justify="right" if column in ("nodes", "parameters") else "left")
+        for block in document["blocks"]:
+            blocks.add_row(*(str(block[c]) for c in columns))
+        console.print(blocks)
 
 
 def _parse_layers(specs: tuple[str, ...], flag: str = "--layer") -> dict[str, int]:
@@ -241,6 +249,60 @@ def widen(model: str, output: str, layers: tuple[str, ...], heads: tuple[str, ..
             else:
                 click.echo(f"outputs changed, as all-random does (max |diff| {diff:.3g})")
     click.echo(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write.")
+@click.option("--after", required=True, metavar="NAME", help="Residual block (or, with --kind identity, layer) to insert after.")
+@click.option("--count", type=int, default=1, show_default=True, help="How many new blocks, one after another.")
+@click.option("--init", type=click.Choice(["copy", "random"]), default="copy", show_default=True,
+              help="New parameters: the block's, or drawn; output projections start at zero either way.")
+@click.option("--kind", type=click.Choice(["block", "identity"]), default="block", show_default=True,
+              help="Copy a residual block, or insert an identity layer + ReLU after a ReLU layer.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every random draw.")
+@click.option("--no-verify", is_flag=True, help="Skip running both models with onnxruntime.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@debug_option
+def deepen(model: str, output: str, after: str, count: int, init: str, kind: str, seed: int, no_verify: bool,
+           force: bool) -> None:
+    """Insert new blocks that start as the identity; the outputs stay bitwise equal."""
+    from pathlib import Path
+
+    from surgery.deepening import deepen_in_place
+    from surgery.modelio import load_model, staged_save
+
+    if count < 1:
+        raise SurgeryError(f"--count must be at least 1, got {count}")
+    if Path(output).exists() and not force:
+        raise SurgeryError(f"{output}: already exists (use --force to overwrite)")
+    ir_model = load_model(model)
+    record = deepen_in_place(ir_model, after=after, count=count, init=init, seed=seed, kind=kind).record
+    what = "blocks" if kind == "block" else "identity layers"
+    click.echo(f"{after}: {count} new {what} after it: {', '.join(record['added'])} "
+               f"({record['nodes']} nodes, {record['parameters']} parameters each)")
+    if record["zeroed"]:
+        click.echo(f"output projections starting at zero: {', '.join(record['zeroed'])} (in each copy)")
+    with staged_save(ir_model, output, force=force) as staged:
+        if not no_verify:
+            from surgery.verification import verify
+
+            report = verify(model, staged, dims=_sequence_dims(ir_model))
+            if not report.equivalent:
+                diff = max((o.max_abs_diff for o in report.outputs), default=0.0)
+                raise NotEquivalentError(f"outputs are not bitwise equal after deepening (max |diff| {diff:.3g}); {output} not written")
+            click.echo(f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, optimizations off)")
+    click.echo(f"wrote {output}")
+
+
+def _sequence_dims(model) -> dict[str, int]:
+    """A value for every named symbolic dimension after the leading one (a transformer's sequence)."""
+    import onnx_ir as ir
+
+    return {
+        dim.value: 8 for value in model.graph.inputs if value.shape is not None
+        for dim in value.shape.dims[1:] if isinstance(dim, ir.SymbolicDim) and dim.value
+    }
 
 
 @cli.command()
