@@ -72,7 +72,8 @@ def main() -> None:
         for label, _ in table:
             ours, base = ({key: statistics.median(r[key] for r in runs) for key in ("wall", "rss")}
                           for runs in results[label])
-            print(f"| {label} | {ours['wall']:.2f} s, {ours['rss']:.0f} MB | {base['wall']:.2f} s, {base['rss']:.0f} MB | "
+            print(f"| {label} | {ours['wall']:.2f} s, {ours['rss']:.0f} MB | "
+                  f"{base['wall']:.2f} s, {base['rss']:.0f} MB | "
                   f"{ours['wall'] / base['wall']:.2f}× | {ours['rss'] / base['rss']:.2f}× |")
     finally:
         shutil.rmtree(work, ignore_errors=True)

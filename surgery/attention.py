@@ -68,9 +68,6 @@ _UNARY = frozenset(
 #: Elementwise ops joining several inputs (broadcasting); the neutral value of a per-unit constant.
 _ELEMENTWISE = {"Add": 0.0, "Sub": 0.0, "Mul": 1.0, "Div": 1.0, "Where": None, "Equal": None, "Max": None,
                 "Min": None, "Pow": None, "And": None, "Or": None, "Less": None, "Greater": None}
-#: Ops that compute shape vectors (their values are sizes, not activations).
-_SHAPE_OPS = frozenset({"Gather", "Slice", "Squeeze", "Unsqueeze", "Concat", "Cast", "Identity", "Mul", "Reshape",
-                        "Equal", "Where", "Shape", "Div"})
 
 _SEARCH_DEPTH = 48
 
@@ -388,11 +385,13 @@ def _entries(node: ir.Node, index: int, depth: int = 0) -> list[tuple] | None:
                 return None
             return [inner[int(i) % len(inner)] for i in np.asarray(indices).reshape(-1)]
         starts, ends = (constant_array(v) if v is not None else None for v in producer.inputs[1:3])
-        steps = constant_array(producer.inputs[4]) if len(producer.inputs) > 4 and producer.inputs[4] is not None else None
+        has_steps = len(producer.inputs) > 4 and producer.inputs[4] is not None
+        steps = constant_array(producer.inputs[4]) if has_steps else None
         if starts is None or ends is None:
             return None
         step = int(np.asarray(steps).reshape(-1)[0]) if steps is not None else 1
-        picked = range(len(inner))[slice(int(np.asarray(starts).reshape(-1)[0]), int(np.asarray(ends).reshape(-1)[0]), step)]
+        first = lambda array: int(np.asarray(array).reshape(-1)[0])  # noqa: E731
+        picked = range(len(inner))[slice(first(starts), first(ends), step)]
         return [inner[i] for i in picked]
     if op == "Mul":
         for data, factor in ((0, 1), (1, 0)):
@@ -527,7 +526,10 @@ class _Walk:
         sizes = constant_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
         if sizes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
             raise _fail(node, "has non-constant split sizes")
-        old_sizes = [int(s) for s in np.asarray(sizes).reshape(-1)] if sizes is not None else [track.old // count] * count
+        if sizes is not None:
+            old_sizes = [int(s) for s in np.asarray(sizes).reshape(-1)]
+        else:
+            old_sizes = [track.old // count] * count
         if sum(old_sizes) != track.old:
             raise _fail(node, "has split sizes that do not add up to the tracked size")
         # A new position belongs to the part of the old position before it (new units sit at each range's end).

@@ -88,7 +88,8 @@ def resolve_blocks(model: ir.Model, requests: Mapping[str, int]) -> list[tuple[B
             raise SurgeryError(f"{name}: the number of new heads must be at least 1, got {added}")
         if name not in by_name:
             close = get_close_matches(name, sorted(by_name), n=3) or sorted(by_name)[:5]
-            hint = f"; did you mean {', '.join(close)}?" if close else "; the model has no attention block this can grow"
+            hint = (f"; did you mean {', '.join(close)}?" if close
+                    else "; the model has no attention block this can grow")
             raise SurgeryError(f"no attention block named {name!r}{hint}")
         resolved.append((by_name[name], int(added)))
     return resolved

@@ -94,7 +94,8 @@ def test_glob_grows_every_block_in_one_run(name):
     grown = surgery.widen(original, heads={"*": 2}, seed=1)
     assert surgery.verify(original, grown, dims=SEQUENCE).equivalent
     heads, kv_heads, _ = TRANSFORMERS[name]
-    assert {(b["heads"], b["kv_heads"]) for b in blocks(grown).values()} == {(heads + 2 * heads // kv_heads, kv_heads + 2)}
+    expected = (heads + 2 * heads // kv_heads, kv_heads + 2)
+    assert {(b["heads"], b["kv_heads"]) for b in blocks(grown).values()} == {expected}
     assert len(metadata(grown, WIDEN_HISTORY_KEY)) == 2
 
 
@@ -103,7 +104,8 @@ def test_heads_and_layers_grow_together():
     grown = surgery.widen(original, {"model.layers.*.mlp.gate_proj": 8}, heads={"model.layers.1.self_attn": 1})
     assert surgery.verify(original, grown, dims=SEQUENCE).equivalent
     history = metadata(grown, WIDEN_HISTORY_KEY)
-    assert {r.get("layer") for r in history if "layer" in r} >= {"model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"}
+    grown_layers = {r["layer"] for r in history if "layer" in r}
+    assert grown_layers >= {"model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"}
     assert [r["block"] for r in history if "block" in r] == ["model.layers.1.self_attn"]
 
 
@@ -150,7 +152,8 @@ def test_keras_multi_head_attention_is_not_listed_and_refused_clearly():
 
 def test_cli_heads_glob_writes_the_grown_model(capfd, tmp_path):
     out = tmp_path / "wide.onnx"
-    done = run_surgery(capfd, "widen", FIXTURES / "bert.onnx", "-o", out, "--heads", "encoder.layer.*.attention=1", "--no-verify")
+    done = run_surgery(capfd, "widen", FIXTURES / "bert.onnx", "-o", out, "--heads", "encoder.layer.*.attention=1",
+                       "--no-verify")
     assert done.returncode == 0, done.stderr
     assert "encoder.layer.0.attention: 4 -> 5 heads (head_dim 16)" in done.stdout
     assert "encoder.layer.1.attention: 4 -> 5 heads" in done.stdout

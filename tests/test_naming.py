@@ -106,6 +106,7 @@ def test_layer_glob_widens_every_match_in_one_run():
 
 def test_cli_layer_glob_matching_nothing_is_a_one_line_error(capfd, tmp_path):
     out = tmp_path / "w.onnx"
-    result = run_surgery(capfd, "widen", FIXTURES / "bert.onnx", "-o", out, "--layer", "encoder.layer.*.intermediate.dens=4")
+    result = run_surgery(capfd, "widen", FIXTURES / "bert.onnx", "-o", out,
+                         "--layer", "encoder.layer.*.intermediate.dens=4")
     assert_one_line_error(result, says=("no layer matches", "encoder.layer.0.intermediate.dense"))
     assert not out.exists()
