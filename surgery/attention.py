@@ -9,7 +9,8 @@ projections — one layer for all three when a fused QKV projection is ``Split``
 from ``softmax·V`` the first growable layer that reads it is the output projection. The block's
 name is the longest common module path of the four projections' friendly names (a Keras layer
 name when they share one). The head count and head dimension come from `trace_heads` run with no
-new heads; a candidate it cannot follow is not listed.
+new heads; a candidate it cannot follow is not listed (`survey` keeps its reason, which
+`--heads NAME` reports).
 
 **Head tracking** (`trace_heads`). From the projections' outputs (units ``[…, H·dh]``; for a
 fused projection three ranges) the new positions are followed forward, one rule per op:
@@ -239,23 +240,30 @@ def _candidates(model: ir.Model) -> list[dict]:
 
 def find_blocks(model: ir.Model) -> list[Block]:
     """Every attention block `trace_heads` can follow, in graph order (see the module docstring)."""
+    return survey(model)[0]
+
+
+def survey(model: ir.Model) -> tuple[list[Block], dict[str, str]]:
+    """The blocks `trace_heads` can follow, and name → one-line reason for the candidates it
+    cannot (they look like attention, but a node on the way is not understood)."""
     from surgery.analysis import infer_missing_shapes
 
     infer_missing_shapes(model)
-    blocks, taken = [], set()
+    blocks: list[Block] = []
+    refused: dict[str, str] = {}
     for candidate in _candidates(model):
         q, k, v, o = candidate["sites"]
+        name = _common_name([s.layer.name for s in (q, k, v, o)])
+        if name in refused or any(block.name == name for block in blocks):
+            name = f"{name}#{len(blocks) + len(refused)}"
         try:
             trace = trace_heads(model, candidate, 0)
-        except SurgeryError:
+        except SurgeryError as error:
+            refused[name] = str(error)
             continue
-        name = _common_name([s.layer.name for s in (q, k, v, o)])
-        if name in taken:
-            name = f"{name}#{len(blocks)}"
-        taken.add(name)
         blocks.append(Block(name, trace.heads, trace.kv_heads, trace.head_dim, q.layer.name, k.layer.name,
                             v.layer.name, o.layer.name, candidate["sites"], candidate["parts"]))
-    return blocks
+    return blocks, refused
 
 
 # --------------------------------------------------------------------------------------------
@@ -792,4 +800,4 @@ def _region(seeds: list[ir.Value], stops: set[ir.Node]) -> list[ir.Node]:
     return postorder[::-1]
 
 
-__all__ = ["Block", "Track", "Trace", "find_blocks", "trace_heads"]
+__all__ = ["Block", "Track", "Trace", "find_blocks", "survey", "trace_heads"]

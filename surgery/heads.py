@@ -38,7 +38,7 @@ import numpy as np
 import onnx_ir as ir
 
 from surgery.analysis import Edit, Layout, WidenPlan
-from surgery.attention import Block, find_blocks, trace_heads
+from surgery.attention import Block, survey, trace_heads
 from surgery.errors import SurgeryError
 from surgery.graph import constant_array, constant_shape
 from surgery.naming import expand
@@ -78,7 +78,7 @@ def _layout(original: np.ndarray, axis: int, rank: int) -> Layout:
 
 def resolve_blocks(model: ir.Model, requests: Mapping[str, int]) -> list[tuple[Block, int]]:
     """The blocks `requests` (name or glob → K) name, each with its K; one-line errors otherwise."""
-    blocks = find_blocks(model)
+    blocks, refused = survey(model)
     by_name = {block.name: block for block in blocks}
     resolved = []
     for name, added in expand(requests, [(b.name,) for b in blocks], "attention block").items():
@@ -86,6 +86,8 @@ def resolve_blocks(model: ir.Model, requests: Mapping[str, int]) -> list[tuple[B
             raise SurgeryError(f"{name}: the number of new heads must be an integer, got {added!r}")
         if added <= 0:
             raise SurgeryError(f"{name}: the number of new heads must be at least 1, got {added}")
+        if name in refused:
+            raise SurgeryError(f"{name}: {refused[name]}")
         if name not in by_name:
             close = get_close_matches(name, sorted(by_name), n=3) or sorted(by_name)[:5]
             hint = (f"; did you mean {', '.join(close)}?" if close
