@@ -59,6 +59,16 @@ def test_friendly_names_of_real_exports(fixture, friendly, node):
     assert names(fixture)[friendly] == node
 
 
+def test_tf2onnx_generated_projections_are_named_after_their_keras_sublayer():
+    """MultiHeadAttention's einsums become Gemm nodes tf2onnx names `Gemm__N` (new numbers on every
+    conversion); each is named after the Keras path its output reaches."""
+    found = names("keras_transformer")
+    for block in ("block0_mha", "block1_mha"):
+        for projection in ("query", "key", "value"):
+            node = found[f"{block}.{projection}"]
+            assert node.startswith("Gemm__") and "/" not in node
+
+
 def test_every_pytorch_layer_gets_a_unique_friendly_name():
     for fixture in ("gpt2_sdpa", "gpt2_eager", "bert", "llama", "llama_gqa"):
         layers = surgery.find_layers(as_ir(onnx.load(FIXTURES / f"{fixture}.onnx")))
