@@ -6,7 +6,8 @@ Rules, case by case:
    names); K ≥ 1 is the number of new **key/value heads**. With multi-head attention that is K
    new heads; with grouped-query attention each new key/value head brings heads/kv_heads query
    heads, so the new query heads form a new group at the end (query head h reads key/value head
-   h // n_rep, before and after). Each new head has the existing head dimension.
+   h // n_rep, before and after). Each new head has the existing head dimension. A block that
+   looks like attention but that the head tracking cannot follow is refused with its reason.
 2. New positions go at the end of each head range: after Q's columns, after K's and after V's
    (three ranges of a fused QKV projection, at the end of its Split's parts).
 3. New Q/K/V columns get random fan-in (the width strategies' draw, `surgery.initializers`);
