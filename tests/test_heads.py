@@ -233,3 +233,16 @@ def test_a_block_the_tracking_cannot_follow_is_refused_with_the_reason():
     assert blocks(model) == {}
     with pytest.raises(SurgeryError, match=r"attn: cannot add heads: Reshape node '/attn/Reshape' has a target shape"):
         surgery.widen(model, heads={"attn": 1})
+
+
+def test_heads_grow_again_and_the_metadata_composes():
+    """A second growth of a grown model stays bitwise equal to the original; the fused QKV
+    output's new ranges stay relative to the never-grown model (three ranges per growth merged)."""
+    original = fixture("gpt2_dynamo")
+    once = surgery.widen(original, heads={"*": 1}, seed=1)
+    twice = surgery.widen(once, heads={"transformer.h.0.attn": 2}, seed=2)
+    assert surgery.verify(original, twice, dims=SEQUENCE).equivalent
+    assert [(b["heads"], b["kv_heads"]) for b in blocks(twice).values()] == [(7, 7), (5, 5)]
+    fused = [entry["new"] for entry in metadata(twice, WIDENED_TENSORS_KEY).values() if entry["original"] == 192]
+    assert [[64, 112], [176, 224], [288, 336]] in fused  # block 0: 3 new heads of 16 after Q, K and V
+    assert [[64, 80], [144, 160], [224, 240]] in fused  # block 1: 1 new head
