@@ -253,3 +253,26 @@ def test_swiglu_up_gets_live_new_units_by_default():
     gate, up, down = weights["onnx::MatMul_70"], weights["onnx::MatMul_71"], weights["onnx::MatMul_72"]
     assert np.all(gate[:, 12:] != 0) and np.all(up[:, 12:] != 0) and not down[12:].any()
     assert np.abs(up[:, 12:]).max() <= np.sqrt(6 / 8)  # He-uniform with fan-in 8
+
+
+def test_a_join_found_after_a_concat_read_the_other_branch_settles():
+    """fc_a and fc_b meet first in a Concat (fc_b not growing: fine), then in an Add that makes
+    fc_b grow too: the Concat is worked out again with both branches grown."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        forms.linear("a", "input", "ha"), forms.linear("b", "input", "hb"),
+        helper.make_node("Concat", ["ha", "hb"], ["cat"], name="/cat/Concat", axis=1),
+        forms.linear("c", "cat", "yc"),
+        helper.make_node("Add", ["ha", "hb"], ["sum"], name="/sum/Add"),
+        forms.linear("d", "sum", "yd"),
+        helper.make_node("Add", ["yc", "yd"], ["output"], name="/out/Add"),
+    ]
+    inits = [tensor("a.weight", rng.normal(size=(4, 3)).astype(F32)), tensor("a.bias", rng.normal(size=4).astype(F32)),
+             tensor("b.weight", rng.normal(size=(4, 3)).astype(F32)), tensor("b.bias", rng.normal(size=4).astype(F32)),
+             tensor("c.weight", rng.normal(size=(2, 8)).astype(F32)), tensor("c.bias", np.zeros(2, F32)),
+             tensor("d.weight", rng.normal(size=(2, 4)).astype(F32)), tensor("d.bias", np.zeros(2, F32))]
+    model = finish(forms.main_graph(nodes, inits, ["batch", 3], ["batch", 2]))
+    (group,) = _plan(model, {"/a/Gemm": 2}).groups
+    assert [m.node.name for m in group.members] == ["/a/Gemm", "/b/Gemm"]
+    assert ("/c/Gemm", 1, "fan-out", [[4, 6], [10, 12]]) in _edits(_plan(model, {"/a/Gemm": 2}))
+    assert_equivalent(model, widen(model, {"/a/Gemm": 2}))

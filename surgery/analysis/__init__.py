@@ -55,7 +55,7 @@ from surgery.analysis.plan import (
     SGEMM_K_BLOCK, AttributeEdit, ChannelChange, Edit, Group, Member, RowShift, WidenPlan,
 )
 from surgery.analysis.rules import is_depthwise
-from surgery.analysis.walk import RULES, GroupBuilder, backtrace, make_member, rule_for, walk
+from surgery.analysis.walk import RULES, GroupBuilder, backtrace, find_plan, make_member, rule_for
 from surgery.errors import SurgeryError
 from surgery.layers import LayerSite, layer_sites, resolve_layer
 from surgery.layout import Layout, mask_ranges
@@ -143,7 +143,7 @@ def _analyse(model: ir.Model, requested: list[tuple[LayerSite, int, str]], allow
         if align:
             added = -(-(old + added) // align) * align - old
         groups.append(GroupBuilder([make_member(m) for m in members], old, added, [name]))
-    return walk(model.graph, groups, sites, allow_output_change)
+    return find_plan(model.graph, groups, sites, allow_output_change)
 
 
 __all__ = [

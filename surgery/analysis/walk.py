@@ -166,6 +166,8 @@ class Walk:
         return outputs, step
 
     def _push(self, node: ir.Node) -> None:
+        if node not in self.order:
+            raise block(node, "reads the widened tensor inside a subgraph; the width analysis does not follow it there")
         heapq.heappush(self.queue, (self.order[node], node))
 
     def _set(self, node: ir.Node, value: ir.Value, layout: Layout | ShapeVector) -> None:
@@ -287,7 +289,7 @@ def _region(seeds: list[ir.Value]) -> list[ir.Node]:
     return postorder[::-1]
 
 
-def walk(graph: ir.Graph, groups: list[GroupBuilder], sites: dict[ir.Node, LayerSite],
+def find_plan(graph: ir.Graph, groups: list[GroupBuilder], sites: dict[ir.Node, LayerSite],
          allow_output_change: bool) -> WidenPlan:
     """Run the walk (see the module docstring) and return the plan."""
     for _ in range(len(sites) + len(groups) + 1):
