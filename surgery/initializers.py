@@ -167,4 +167,18 @@ def new_unit_values(edit: Edit, shape: Sequence[int], dtype: np.dtype, final_sha
     return np.zeros(shape, dtype=dtype)
 
 
-__all__ = ["STRATEGIES", "FAN_IN_INITS", "check_strategy", "unit_sources", "extend", "new_unit_values"]
+def draw_weight(shape: Sequence[int], dtype: np.dtype, *, kind: str, weight_axes: tuple[int, int] | None, seed: int,
+                key: str) -> np.ndarray:
+    """A whole weight drawn the way new units' fan-in is (`surgery deepen --init random`).
+
+    Args:
+        shape, dtype: the weight's.
+        kind: one of `FAN_IN_INITS`.
+        weight_axes: (input axis, unit axis) of the weight for its fans, None for a 1-D one.
+        seed, key: seed the draw (`key` names the weight, so each gets its own stream).
+    """
+    shape = tuple(int(d) for d in shape)
+    return _random(_rng(seed, "deepen", key), shape, np.dtype(dtype), kind, _fans(shape, weight_axes))
+
+
+__all__ = ["STRATEGIES", "FAN_IN_INITS", "check_strategy", "unit_sources", "extend", "new_unit_values", "draw_weight"]

@@ -10,7 +10,8 @@ A *layer* is a node whose output channels are parameters we can grow:
 - ``Conv`` with a constant weight: width is the number of output channels (``W.shape[0]``).
 
 Friendly names come from the ``surgery.layer_map`` metadata written by `surgery export`
-(Keras layer name → node names); for graphs from other exporters the node name is used.
+(Keras layer name → node names); for PyTorch exports from the module path (`surgery.naming`);
+otherwise the node name is used.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import onnx_ir as ir
 from surgery.errors import SurgeryError
 from surgery.graph import attribute, constant_shape, consumers
 from surgery.metadata import LAYER_MAP_KEY
+from surgery.naming import module_names
 from surgery.ops import activation_after
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -107,7 +110,7 @@ def _width(node: ir.Node) -> int | None:
 
 def layer_sites(model: ir.Model) -> list[LayerSite]:
     """Every growable layer of the main graph, in topological order."""
-    names = friendly_names(model)
+    names = module_names(model) | friendly_names(model)
     sites = []
     for node in model.graph:
         if node.domain not in ("", "ai.onnx"):

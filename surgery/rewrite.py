@@ -51,10 +51,12 @@ from surgery.analysis import Edit, WidenPlan, analyse, infer_missing_shapes
 from surgery.layout import mask_ranges
 from surgery.errors import SurgeryError
 from surgery.external import ConcatenatedTensor, concatenate
+from surgery.heads import fork_shared_nodes, plan_heads
 from surgery.graph import ModelLike, as_ir, constant_array, constant_shape, like
 from surgery.initializers import check_strategy, extend, new_unit_values, unit_sources
-from surgery.layers import resolve_layer
+from surgery.layers import layer_sites, resolve_layer
 from surgery.metadata import WIDEN_HISTORY_KEY, WIDENED_TENSORS_KEY
+from surgery.naming import expand, layer_candidates
 from surgery.ops import SHAPE_CARRIERS
 
 
@@ -395,7 +397,8 @@ def _write_shapes(plan: WidenPlan) -> None:
 
 
 def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "output-zero", fan_in: str | None = None,
-                   seed: int = 0, allow_output_change: bool = False, align: int | None = None) -> WidenResult:
+                   seed: int = 0, allow_output_change: bool = False, align: int | None = None,
+                   heads: Mapping[str, int] | None = None) -> WidenResult:
     """Widen `model` itself (no copy): see `widen` for the arguments.
 
     Shape inference fills in value shapes the graph lacks before the analysis (in place).
@@ -404,13 +407,22 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
     check_strategy(init, fan_in)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SurgeryError(f"--seed must be a non-negative integer, got {seed!r}")
+    plan = expand(plan, layer_candidates((s.layer.node, s.layer.name) for s in layer_sites(model)), "layer")
     _precheck_size(model, plan)
     infer_missing_shapes(model)
-    widen_plan = analyse(model, plan, allow_output_change=allow_output_change, align=align)
+    if plan or not heads:
+        widen_plan = analyse(model, plan, allow_output_change=allow_output_change, align=align)
+    else:
+        widen_plan = WidenPlan((), (), ())
+    head_plan = plan_heads(model, heads, init=init) if heads else None
+    if head_plan is not None:
+        widen_plan = head_plan.joined(widen_plan)
     _check_memory(widen_plan, init)
     tensors = _composed_tensors(model, widen_plan)
     arrays = _new_arrays(widen_plan, init=init, fan_in=fan_in, seed=seed)
     records = _history(widen_plan, init, int(seed))
+    if head_plan is not None:
+        records += [{**record, "strategy": init, "seed": int(seed)} for record in head_plan.records]
     raw = model.metadata_props.get(WIDEN_HISTORY_KEY)
     try:
         history = json.loads(raw) if raw else []
@@ -418,6 +430,8 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
         raise SurgeryError(f"metadata {WIDEN_HISTORY_KEY!r} is not valid JSON; cannot append to it") from None
     # Nothing above changed the model (beyond inferred shapes); from here on it is written.
     arrays = _unshare_shape_chains(model.graph, arrays)
+    if head_plan is not None:
+        arrays = fork_shared_nodes(model.graph, head_plan, arrays)
     forked = _write_parameters(model.graph, arrays)
     _write_shapes(widen_plan)
     for change in widen_plan.attributes:
@@ -427,14 +441,16 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
     return WidenResult(widen_plan, tuple(records), tuple(forked))
 
 
-def widen(model: ModelLike, plan: Mapping[str, int], *, init: str = "output-zero", fan_in: str | None = None,
-          seed: int = 0, allow_output_change: bool = False, align: int | None = None) -> ModelLike:
+def widen(model: ModelLike, plan: Mapping[str, int] | None = None, *, init: str = "output-zero",
+          fan_in: str | None = None, seed: int = 0, allow_output_change: bool = False, align: int | None = None,
+          heads: Mapping[str, int] | None = None) -> ModelLike:
     """Add units to layers without changing what the model computes (for the preserving strategies).
 
     Args:
         model: an `onnx.ModelProto` or `ir.Model`; never modified.
-        plan: layer name (node name as `surgery inspect` shows it, or the Keras layer name of an
-            exported model) → number of new units K ≥ 1. Layers coupled to a requested one (by an
+        plan: layer name (node name as `surgery inspect` shows it, or its friendly name: the Keras
+            layer name or PyTorch module path) or glob pattern (``"h.*.mlp.c_fc"``: every match)
+            → number of new units K ≥ 1. Layers coupled to a requested one (by an
             Add, Mul, … join) grow with it by the same K.
         init: ``"output-zero"`` (default; random fan-in, zero fan-out: bitwise-equal outputs),
             ``"all-zero"``, ``"net2net"`` or ``"all-random"`` (see `surgery.initializers`).
@@ -444,6 +460,8 @@ def widen(model: ModelLike, plan: Mapping[str, int], *, init: str = "output-zero
         allow_output_change: let a widened tensor be a graph output (its shape changes).
         align: round every new width up to a multiple of `align` (e.g. 16 keeps onnxruntime's
             NCHWc Conv kernels for channel counts that were multiples of 16).
+        heads: attention block name (as `surgery.attention.find_blocks` lists it) or glob → K new
+            key/value heads (K heads without grouped-query attention); see `surgery.heads`.
 
     Returns:
         The widened model, of the same kind as `model`.
@@ -460,8 +478,8 @@ def widen(model: ModelLike, plan: Mapping[str, int], *, init: str = "output-zero
         working = as_ir(model)  # a fresh graph; its tensors are read-only views of the proto
     else:
         working = as_ir(model).clone()  # tensors are shared, never written: the rewrite replaces them
-    widen_in_place(working, plan, init=init, fan_in=fan_in, seed=seed,
-                   allow_output_change=allow_output_change, align=align)
+    widen_in_place(working, plan or {}, init=init, fan_in=fan_in, seed=seed,
+                   allow_output_change=allow_output_change, align=align, heads=heads)
     return like(working, model)
 
 
