@@ -198,25 +198,35 @@ def test_activation_after_reads_composite_forms():
     assert init_family("Tanh") == "glorot" and init_family(None) == "glorot" and init_family("Relu") == "he"
 
 
-def test_split_along_another_axis_keeps_positions_and_along_the_widened_one_blocks():
-    def model(axis: int) -> onnx.ModelProto:
-        nodes = [
-            forms.linear("fc1", "input", "h"),
-            helper.make_node("Split", ["h", "sizes"], ["a", "b"], name="/split/Split", axis=axis),
-            helper.make_node("Concat", ["a", "b"], ["c"], name="/cat/Concat", axis=axis),
-            forms.linear("fc2", "c", "output"),
-        ]
-        rng = np.random.default_rng(0)
-        sizes = [2, 2] if axis == 1 else [1, 1]
-        inits = [tensor("sizes", np.array(sizes, np.int64)),
-                 tensor("fc1.weight", rng.normal(size=(4, 3)).astype(F32)), tensor("fc1.bias", np.zeros(4, F32)),
-                 tensor("fc2.weight", rng.normal(size=(2, 4)).astype(F32)), tensor("fc2.bias", np.zeros(2, F32))]
-        return finish(forms.main_graph(nodes, inits, [2, 3], [2, 2]))
+def _split_graph(axis: int, opset: int = 17) -> onnx.ModelProto:
+    """fc1 (4 units) → Split into two parts → Concat back → fc2."""
+    sizes = [2, 2] if axis == 1 else [1, 1]
+    split = helper.make_node("Split", ["h", "sizes"], ["a", "b"], name="/split/Split", axis=axis)
+    if opset >= 18:
+        split = helper.make_node("Split", ["h"], ["a", "b"], name="/split/Split", axis=axis, num_outputs=2)
+    nodes = [forms.linear("fc1", "input", "h"), split,
+             helper.make_node("Concat", ["a", "b"], ["c"], name="/cat/Concat", axis=axis),
+             forms.linear("fc2", "c", "output")]
+    rng = np.random.default_rng(0)
+    inits = [tensor("fc1.weight", rng.normal(size=(4, 3)).astype(F32)), tensor("fc1.bias", np.zeros(4, F32)),
+             tensor("fc2.weight", rng.normal(size=(2, 4)).astype(F32)), tensor("fc2.bias", np.zeros(2, F32))]
+    if opset < 18:
+        inits.append(tensor("sizes", np.array(sizes, np.int64)))
+    graph = forms.main_graph(nodes, inits, [2, 3], [2, 2])
+    return finish(graph, opset=opset) if opset < 18 else forms._finish_ir9(graph, opset)
 
-    with pytest.raises(SurgeryError, match="Split node '/split/Split' splits the widened axis"):
-        _plan(model(1), {"/fc1/Gemm": 1})
-    plan = _plan(model(0), {"/fc1/Gemm": 1})
+
+def test_split_across_the_axis_keeps_positions_and_along_it_updates_its_sizes():
+    plan = _plan(_split_graph(0), {"/fc1/Gemm": 1})
     assert ("/fc2/Gemm", 1, "fan-out", [[4, 5]]) in _edits(plan)
+    model = _split_graph(1)
+    plan = _plan(model, {"/fc1/Gemm": 1})
+    literals = [(e.node.name, e.literal.tolist()) for e in plan.edits if e.role == "literal"]
+    assert literals == [("/split/Split", [2, 3])]  # the new unit follows the last old one: second part
+    assert {v.name: layout.ranges() for v, layout in plan.tensors} == {"h": [[4, 5]], "b": [[2, 3]], "c": [[4, 5]]}
+    assert_equivalent(model, widen(model, {"/fc1/Gemm": 1}))
+    with pytest.raises(SurgeryError, match="Split node '/split/Split' splits the widened axis into parts of sizes"):
+        _plan(_split_graph(1, opset=18), {"/fc1/Gemm": 1})
 
 
 def test_unknown_ops_and_domains_are_refused_by_name():

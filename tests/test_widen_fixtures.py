@@ -84,9 +84,14 @@ def test_the_residual_stream_is_refused_with_the_reason(name, models):
         widen(models[name], {_family(name, "ffn_down")[0]: 2})
 
 
-@pytest.mark.parametrize("name", ["gpt2_sdpa.onnx", "gpt2_dynamo.onnx"])
-def test_gpt2_fused_qkv_is_refused_at_its_split(name, models):
-    with pytest.raises(SurgeryError, match="Split node '[^']+' splits the widened axis"):
+@pytest.mark.parametrize(("name", "where"), [
+    ("gpt2_sdpa.onnx", "Reshape node '/model/transformer/h.0/attn/Reshape_1' splits or rearranges the widened axis"),
+    ("gpt2_dynamo.onnx", "Split node 'node_Split_228' splits the widened axis into parts of sizes"),
+])
+def test_gpt2_fused_qkv_is_refused_at_the_head_split(name, where, models):
+    """New units of the fused projection go to V (the last Split part) and would change its
+    head count: refused at V's head Reshape, or at dynamo's equal-parts Split."""
+    with pytest.raises(SurgeryError, match=where):
         widen(models[name], {_family(name, "attn_qkv")[0]: 2})
 
 

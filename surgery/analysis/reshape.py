@@ -104,16 +104,33 @@ class ConcatRule(Rule):
 
 
 class SplitRule(Rule):
-    """Split along another axis than the widened one: every output keeps the positions. Along
-    the widened axis it would cut through the new units: refused."""
+    """Split along another axis than the widened one: every output keeps the positions.
+
+    Along the widened axis with constant sizes (input 1): each part keeps its old positions and
+    the new ones that follow them (`Layout.part`; new units appended to a layer's output go to
+    the last part), and the sizes constant is updated; a part that gets no new position does
+    not change. Equal parts (no sizes, or ``num_outputs``) and sizes in an attribute are
+    refused: the new units would move positions between parts.
+    """
 
     def forward(self, node, widened, step):
         if set(widened) != {0}:
             raise block(node, "reads the widened tensor as its split sizes")
         layout = widened[0]
-        if attribute(node, "axis", 0) % layout.rank == layout.axis:
-            raise block(node, "splits the widened axis; its parts would not know where the new units go")
-        return {i: layout for i, out in enumerate(node.outputs) if out is not None}
+        if attribute(node, "axis", 0) % layout.rank != layout.axis:
+            return {i: layout for i, out in enumerate(node.outputs) if out is not None}
+        sizes = constant_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        if sizes is None:
+            raise block(node, "splits the widened axis into parts of sizes the analysis cannot update")
+        outputs, starts = {}, np.concatenate([[0], np.cumsum(sizes)])
+        new_sizes = np.asarray(sizes).copy()
+        for i, (start, stop) in enumerate(zip(starts[:-1], starts[1:])):
+            part = layout.part(int(start), int(stop))
+            if part.size != part.original_size:
+                outputs[i] = part
+                new_sizes.reshape(-1)[i] = part.size
+        step.edits.append(Edit(node, 1, "literal", literal=new_sizes))
+        return outputs
 
 
 class FlattenRule(Rule):
