@@ -286,6 +286,28 @@ def picked_indices(node: ir.Node) -> np.ndarray | None:
     return np.arange(length[0])[slice(starts[0], ends[0], steps[0] if steps else 1)]
 
 
+def _concatenated(node: ir.Node) -> list[tuple] | None:
+    parts = [shape_entries(node, i) for i in range(len(node.inputs))]
+    return None if any(part is None for part in parts) else [entry for part in parts for entry in part]
+
+
+def _read_from_shape(node: ir.Node) -> list[tuple] | None:
+    rank = rank_of(node.inputs[0])
+    return None if rank is None else [("dim", (node.inputs[0], i)) for i in shape_dims(node, rank)]
+
+
+def _picked(node: ir.Node) -> list[tuple] | None:
+    inner, picked = shape_entries(node, 0), picked_indices(node)
+    return None if inner is None or picked is None else [inner[int(k)] for k in np.asarray(picked).reshape(-1)]
+
+
+#: How each op that computes a shape tensor (`SHAPE_CARRIERS` and Shape) maps its entries.
+_ENTRIES = {
+    **dict.fromkeys(SHAPE_CARRIERS, lambda node: shape_entries(node, 0)),
+    "Concat": _concatenated, "Gather": _picked, "Slice": _picked, "Shape": _read_from_shape,
+}
+
+
 def shape_entries(node: ir.Node, index: int) -> list[tuple] | None:
     """The target shape fed to `node.inputs[index]`, entry by entry: ("const", v, (node, input,
     position)) for entries taken from a constant (where an edit would go), ("dim", (tensor, i))
@@ -295,27 +317,5 @@ def shape_entries(node: ir.Node, index: int) -> list[tuple] | None:
     if array is not None:
         return [("const", int(v), (node, index, k)) for k, v in enumerate(np.asarray(array).reshape(-1))]
     producer = value.producer()
-    if producer is None:
-        return None
-    op = producer.op_type
-    if op in SHAPE_CARRIERS and op not in ("Concat", "Gather", "Slice"):
-        return shape_entries(producer, 0)
-    if op == "Concat":
-        entries: list[tuple] = []
-        for i in range(len(producer.inputs)):
-            part = shape_entries(producer, i)
-            if part is None:
-                return None
-            entries.extend(part)
-        return entries
-    if op == "Shape":
-        source = producer.inputs[0]
-        rank = rank_of(source)
-        return None if rank is None else [("dim", (source, i)) for i in shape_dims(producer, rank)]
-    if op in ("Gather", "Slice"):
-        inner = shape_entries(producer, 0)
-        picked = picked_indices(producer)
-        if inner is None or picked is None:
-            return None
-        return [inner[int(k)] for k in np.asarray(picked).reshape(-1)]
-    return None
+    reader = _ENTRIES.get(producer.op_type) if producer is not None else None
+    return None if reader is None else reader(producer)
