@@ -130,16 +130,6 @@ SHAPE_CARRIERS = frozenset({"Cast", "Identity", "Squeeze", "Unsqueeze", "Concat"
 _LOOK_AHEAD = 6
 
 
-def info(op_type: str) -> OpInfo | None:
-    """The catalogue entry of `op_type`, or None for an op the toolkit does not know."""
-    return CATALOGUE.get(op_type)
-
-
-def ops_of_kind(kind: str) -> frozenset[str]:
-    """Every op type of one kind."""
-    return frozenset(op for op, entry in CATALOGUE.items() if entry.kind == kind)
-
-
 def init_family(activation: str | None) -> str:
     """The default fan-in initializer (``"he"`` or ``"glorot"``) for units feeding `activation`."""
     if activation in COMPOSITE_ACTIVATIONS:
@@ -266,6 +256,6 @@ def default_softmax_axis(node: ir.Node, opset: int) -> int:
 
 
 __all__ = [
-    "OpInfo", "CATALOGUE", "COMPOSITE_ACTIVATIONS", "TRANSPARENT", "SHAPE_CARRIERS", "info", "ops_of_kind", "init_family",
+    "OpInfo", "CATALOGUE", "COMPOSITE_ACTIVATIONS", "TRANSPARENT", "SHAPE_CARRIERS", "init_family",
     "keras_activation", "activation_after", "pow_exponent", "default_softmax_axis",
 ]

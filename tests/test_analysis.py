@@ -15,7 +15,7 @@ from forms import finish, tensor
 from surgery.analysis import RULES, analyse, infer_missing_shapes, rule_for
 from surgery.errors import SurgeryError
 from surgery.graph import as_ir
-from surgery.ops import CATALOGUE, activation_after, init_family
+from surgery.ops import CATALOGUE, activation_after, init_family, keras_activation
 from surgery.rewrite import widen
 from surgery.testing import assert_equivalent
 
@@ -196,6 +196,8 @@ def test_activation_after_reads_composite_forms():
     down = next(n for n in swiglu.graph if n.name == "/down/MatMul")
     assert activation_after(down.outputs[0]) is None
     assert init_family("Tanh") == "glorot" and init_family(None) == "glorot" and init_family("Relu") == "he"
+    assert keras_activation("Relu", fused=True) == "relu" and keras_activation("Mish") == "mish"
+    assert keras_activation("Mish", fused=True) is None and keras_activation("Erf") is None
 
 
 def _split_graph(axis: int, opset: int = 17) -> onnx.ModelProto:
