@@ -188,6 +188,14 @@ class ReshapeRule(Rule):
             raise block(node, "reads the widened tensor's size as its target shape")
         return {0: layout.moved(len(entries) - 1, len(entries))}  # the last axis stays whole
 
+    def backward(self, node, axis):
+        """A last axis kept whole (same static size) grows with the input's last axis."""
+        dims_in, dims_out = static_dims(node.inputs[0]), static_dims(node.outputs[0])
+        if not dims_in or not dims_out or axis != len(dims_out) - 1 or dims_in[-1] is None \
+                or dims_in[-1] != dims_out[-1]:
+            return None
+        return [(node.inputs[0], len(dims_in) - 1)]
+
     def _reshape(self, node: ir.Node, layout: Layout, step: Step) -> dict:
         in_dims = static_dims(node.inputs[0])
         entries = shape_entries(node, 1)
