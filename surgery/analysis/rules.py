@@ -39,9 +39,15 @@ class Step:
 
 
 class Rule:
-    """The default: an op the analysis does not know blocks; nothing passes back through it."""
+    """How one kind of op treats a widening; subclasses override what their kind allows.
+
+    This base is the rule of an op the analysis does not know: it blocks, carries no shape
+    tensor and passes no growth back.
+    """
 
     def forward(self, node: ir.Node, widened: Widened, step: Step) -> Outputs:
+        """The layouts of the node's outputs given its widened inputs (none: the widening stops
+        here), with the parameter edits recorded in `step`; raises `Blocked` when unsafe."""
         raise block(node, "is not an op the width analysis knows; refusing to guess")
 
     def follow_shape(self, node: ir.Node, widened: dict, shapes: dict[int, ShapeVector], step: Step) -> Outputs:
