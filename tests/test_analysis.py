@@ -288,3 +288,13 @@ def test_a_join_found_after_a_concat_read_the_other_branch_settles():
     assert [m.node.name for m in group.members] == ["/a/Gemm", "/b/Gemm"]
     assert ("/c/Gemm", 1, "fan-out", [[4, 6], [10, 12]]) in _edits(_plan(model, {"/a/Gemm": 2}))
     assert_equivalent(model, widen(model, {"/a/Gemm": 2}))
+
+
+def test_symmetry_of_a_depthwise_conv_compares_its_own_filters():
+    from surgery.symmetry import symmetric_groups
+
+    model = _mobile_block()
+    assert symmetric_groups(model, "/dw/Conv") == []
+    wide = widen(model, {"/dw/Conv": 3}, init="all-zero")
+    assert symmetric_groups(wide, "/dw/Conv") == [[4, 5, 6]]
+    assert symmetric_groups(wide, "/expand/Conv") == [[4, 5, 6]]

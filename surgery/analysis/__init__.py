@@ -103,8 +103,12 @@ def analyse(model: ir.Model, plan: Mapping[str, int], *, allow_output_change: bo
 def trace_units(model: ir.Model, layer: str) -> WidenPlan:
     """Where each unit of `layer` goes, as a widening by zero units would see it: its coupled
     layers, every weight that reads it and every per-unit constant on the way (graph outputs
-    allowed). Used by `surgery.symmetry`; raises SurgeryError at a blocker."""
-    return _analyse(model, [(resolve_layer(model, layer), 0, layer)], True, None)
+    allowed). Used by `surgery.symmetry`; raises SurgeryError at a blocker, and for a depthwise
+    Conv, whose units are those of the layer that feeds it."""
+    site = resolve_layer(model, layer)
+    if is_depthwise(site.node):
+        raise block(site.node, "is a depthwise convolution: its units are those of the layer that feeds it")
+    return _analyse(model, [(site, 0, layer)], True, None)
 
 
 def _members_of(site: LayerSite, sites: dict[ir.Node, LayerSite]) -> list[LayerSite]:
