@@ -122,6 +122,7 @@ def _mobile_block(multiplier: int = 1, channels: int = 4, size: int = 6, seed: i
 def test_a_conv_feeding_a_depthwise_conv_grows_through_it(multiplier):
     model = _mobile_block(multiplier)
     plan = _plan(model, {"/expand/Conv": 3})
+    assert plan.groups[0].members[0].activation == "Relu6" and init_family("Relu6") == "he"
     (change,) = plan.attributes
     assert (change.node.name, change.name, change.value) == ("/dw/Conv", "group", 7)
     edits = _edits(plan)
