@@ -22,6 +22,7 @@ EXPERIMENTS = {
     "transfer": "training.transfer",
     "symmetry": "training.symmetry",
     "demo": "training.demo",
+    "transformer": "training.transformer",  # --data names its corpus (training.charlm)
 }
 
 
@@ -40,7 +41,7 @@ def main(experiment: str, data: str | None, seeds: int | None, out: str | None, 
     if seeds is None:
         seeds = 1 if quick or experiment == "demo" else 3
     try:
-        mnist = load_mnist(data)
+        mnist = data if experiment == "transformer" else load_mnist(data)
         import_tensorflow()  # before the experiment imports it: keeps TensorFlow's start-up logs off stderr
         module = importlib.import_module(EXPERIMENTS[experiment])
         module.run(mnist, seeds=list(range(seeds)), out=Path(out or f"runs/{experiment}"), quick=quick)
