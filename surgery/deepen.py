@@ -47,7 +47,10 @@ only zeros are added.
 
 Nodes are inserted right after the block (or ReLU) they follow, so the graph stays sorted; the
 input model's other nodes and tensors keep their names. ``surgery.deepen_history`` gets one
-record per call.
+record per call. A model from `surgery export` also gets the copied block's Keras layers in
+``surgery.keras_config`` and ``surgery.layer_map`` (``block0_up`` → ``block0.grown.0_up``), so
+that `to-keras` rebuilds the deeper model; where that cannot be done (identity layers, a layer
+called twice) the Keras architecture is dropped and `to-keras` reads the graph instead.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ from surgery.errors import SurgeryError
 from surgery.graph import ModelLike, as_ir, attribute, consumers, constant_array, constant_shape, like
 from surgery.initializers import draw_weight
 from surgery.layers import LayerSite, layer_sites
-from surgery.metadata import DEEPEN_HISTORY_KEY
+from surgery.metadata import DEEPEN_HISTORY_KEY, KERAS_CONFIG_KEY, LAYER_MAP_KEY
 
 INITS = ("copy", "random")
 KINDS = ("block", "identity")
@@ -437,8 +440,9 @@ def _copy_attributes(node: ir.Node, rename: _Renamer) -> list[ir.Attr]:
     return copies
 
 
-def _copy_block(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, rename: _Renamer) -> tuple[list[ir.Node], ir.Value]:
-    """One copy of the block reading `entry`: its nodes (not yet in the graph) and its output."""
+def _copy_block(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, rename: _Renamer) -> tuple[list[ir.Node], ir.Value, dict[str, str]]:
+    """One copy of the block reading `entry`: its nodes (not yet in the graph), its output, and
+    the copied nodes' names by the originals'."""
     site = plan.site
     mapping: dict[int, ir.Value] = {id(site.entry): entry}
     forks: dict[tuple[int, str], ir.Value] = {}
@@ -467,7 +471,9 @@ def _copy_block(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, rename: _Ren
                        doc_string=node.doc_string, metadata_props=metadata)
         mapping.update((id(old), new) for old, new in zip(node.outputs, copy.outputs))
         nodes.append(copy)
-    return _without_unread(nodes, mapping[id(site.exit)]), mapping[id(site.exit)]
+    kept = _without_unread(nodes, mapping[id(site.exit)])
+    names = {old.name: new.name for old, new in zip(site.nodes, nodes) if old.name and new in kept}
+    return kept, mapping[id(site.exit)], names
 
 
 def _without_unread(nodes: list[ir.Node], output: ir.Value) -> list[ir.Node]:
@@ -525,6 +531,70 @@ def _rewire(graph: ir.Graph, old: ir.Value, new: ir.Value, readers: list[tuple[i
         old.name, new.name = new.name, old.name
 
 
+def _keras_references(document, renamed: dict[str, str]):
+    """`document` (a Keras layer's inbound nodes) with every ``keras_history`` layer renamed."""
+    if isinstance(document, dict):
+        copy = {key: _keras_references(value, renamed) for key, value in document.items()}
+        history = copy.get("keras_history")
+        if isinstance(history, list) and history and history[0] in renamed:
+            copy["keras_history"] = [renamed[history[0]], *history[1:]]
+        return copy
+    if isinstance(document, list):
+        return [_keras_references(item, renamed) for item in document]
+    return document
+
+
+def _copy_keras_layers(model: ir.Model, plan: DeepenPlan, copies: list[dict[str, str]]) -> None:
+    """A model from `surgery export` gets the block's Keras layers copied into
+    ``surgery.keras_config`` and ``surgery.layer_map`` (``block0_ffn_up`` → ``block0.grown.0_ffn_up``),
+    so that `to-keras` rebuilds the deeper model. When the block's layers cannot be told apart
+    (a layer called twice, a stream tensor no layer made) the architecture is dropped instead,
+    and `to-keras` rebuilds from the graph."""
+    raw_config, raw_map = model.metadata_props.get(KERAS_CONFIG_KEY), model.metadata_props.get(LAYER_MAP_KEY)
+    if not raw_config or not raw_map:
+        return
+    try:
+        config, layer_map = json.loads(raw_config), json.loads(raw_map)
+        layers = config["config"]["layers"]
+        by_node = {node: layer for layer, nodes in layer_map.items() for node in nodes}
+        site = plan.site
+        block = {by_node[n.name] for n in site.nodes if n.name in by_node}
+        members = [entry for entry in layers if entry["name"] in block]
+        producer = site.entry.producer()
+        source = by_node.get(producer.name) if producer is not None else site.entry.name
+        sink = by_node.get(site.exit.producer().name)
+        if (source is None or source in block or sink not in block
+                or any(len(entry.get("inbound_nodes", ())) != 1 for entry in members)):
+            raise KeyError("block layers")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        model.metadata_props.pop(KERAS_CONFIG_KEY, None)
+        return
+    taken = {entry["name"] for entry in layers}
+    readers = [entry for entry in layers if entry["name"] not in block]
+    position = next(i for i, entry in enumerate(layers) if entry["name"] == sink) + 1
+    last = sink
+    for new, nodes in zip(plan.names, copies):
+        renamed = {
+            layer: unique(new + layer[len(site.block.name):] if layer.startswith(site.block.name) else f"{new}_{layer}", taken)
+            for layer in sorted(block)
+        }
+        for entry in members:
+            copy = _keras_references(entry, {**renamed, source: last})
+            copy["name"] = copy["config"]["name"] = renamed[entry["name"]]
+            layers.insert(position, copy)
+            position += 1
+            layer_map[copy["name"]] = [nodes[node] for node in layer_map[entry["name"]] if node in nodes]
+        last = renamed[sink]
+    for entry in readers:  # every reader of the block's output reads the last copy's
+        entry["inbound_nodes"] = _keras_references(entry.get("inbound_nodes", []), {sink: last})
+    outputs = config["config"].get("output_layers")
+    if outputs and isinstance(outputs[0], str):
+        outputs = [outputs]
+    config["config"]["output_layers"] = [[last if o[0] == sink else o[0], *o[1:]] for o in outputs or []]
+    model.metadata_props[KERAS_CONFIG_KEY] = json.dumps(config)
+    model.metadata_props[LAYER_MAP_KEY] = json.dumps(dict(sorted(layer_map.items())))
+
+
 def _parameters(values: list[ir.Value]) -> int:
     return sum(v.const_value.size for v in values if v.const_value.dtype.is_floating_point())
 
@@ -547,15 +617,20 @@ def deepen_in_place(model: ir.Model, *, after: str, count: int = 1, init: str = 
     before = set(graph.initializers)
     anchor = plan.site.exit if plan.kind == "block" else plan.relu.outputs[0]
     readers = [(use.node, use.idx) for use in anchor.uses()]
-    current, inserted = anchor, []
+    current, inserted, copies = anchor, [], []
     for name in plan.names:
         if plan.kind == "block":
-            nodes, current = _copy_block(graph, plan, current, _Renamer(plan.site, name, taken))
+            nodes, current, names = _copy_block(graph, plan, current, _Renamer(plan.site, name, taken))
+            copies.append(names)
         else:
             nodes, current = _identity_layer(graph, plan, current, name, taken)
         inserted += nodes
     graph.insert_after(anchor.producer(), inserted)
     _rewire(graph, anchor, current, readers)
+    if plan.kind == "block":
+        _copy_keras_layers(model, plan, copies)
+    else:
+        model.metadata_props.pop(KERAS_CONFIG_KEY, None)  # no Keras layer is the identity layer: rebuild from the graph
     added = [graph.initializers[n] for n in graph.initializers if n not in before]
     record = {
         "after": plan.after,
