@@ -16,7 +16,7 @@ from surgery.modelio import load_model, save_model
 _LAZY = {
     "export_keras": "surgery.export",
     "widen": "surgery.rewrite",
-    "deepen": "surgery.deepen",
+    "deepen": "surgery.deepening",
     "find_blocks": "surgery.blocks",
     "verify": "surgery.verification",
     "Report": "surgery.verification",

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass
 
 import onnx_ir as ir
 
-from surgery.graph import attribute
+from surgery.graph import ModelLike, as_ir, attribute
 from surgery.layers import friendly_names
 
 #: Elementwise activations that end a residual block when they read the sum (``relu(x + f(x))``).
@@ -105,7 +105,7 @@ class Residual:
 
 @dataclass(frozen=True)
 class BlockSite:
-    """A block with the graph objects it is made of (for `surgery.deepen`).
+    """A block with the graph objects it is made of (for `surgery.deepening`).
 
     Attributes:
         scope: the PyTorch node-name prefix the name came from (``/transformer/h.0/``), if any.
@@ -427,9 +427,15 @@ def block_sites(model: ir.Model) -> list[BlockSite]:
     return sites
 
 
-def find_blocks(model: ir.Model) -> list[Block]:
-    """The residual blocks of `model`, in stream order (what `surgery inspect` lists)."""
-    return [site.block for site in block_sites(model)]
+def find_blocks(model: ModelLike) -> list[Block]:
+    """The residual blocks of `model` (an `onnx.ModelProto` or `ir.Model`), in stream order
+    (what `surgery inspect` lists).
+
+    Example:
+        >>> [b.name for b in find_blocks(onnx.load("tests/fixtures/gpt2_sdpa.onnx"))]
+        ['model.transformer.h.0', 'model.transformer.h.1']
+    """
+    return [site.block for site in block_sites(as_ir(model))]
 
 
 __all__ = ["Block", "BlockSite", "Residual", "TAIL_ACTIVATIONS", "block_sites", "find_blocks", "residuals"]

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 import deepen_graphs as graphs
 from surgery.blocks import find_blocks
-from surgery.deepen import deepen
+from surgery.deepening import deepen
 from surgery.errors import SurgeryError
 from surgery.graph import as_ir
 from surgery.metadata import DEEPEN_HISTORY_KEY
@@ -222,3 +222,11 @@ def test_a_branch_without_output_projection_is_refused():
     (block,) = find_blocks(as_ir(model))
     with pytest.raises(SurgeryError, match=r"ends in '/attn/MatMul_1' \(MatMul\), not a Gemm, MatMul or Conv with a constant weight"):
         deepen(model, after=block.name)
+
+
+def test_public_api_names_the_function_after_the_module_is_imported():
+    import surgery
+    import surgery.deepening  # noqa: F401 - importing the module must not shadow the function
+
+    assert callable(surgery.deepen) and surgery.deepen is surgery.deepening.deepen
+    assert surgery.find_blocks(graphs.residual_mlp())[0].name == "blocks.0"

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, assert_one_line_error, run_surgery
 from surgery.blocks import find_blocks
-from surgery.deepen import deepen
+from surgery.deepening import deepen
 from surgery.errors import SurgeryError
 from surgery.graph import as_ir
 from surgery.layers import find_layers, resolve_layer

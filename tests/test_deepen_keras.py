@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from conftest import ROOT
-from surgery.deepen import deepen
+from surgery.deepening import deepen
 from surgery.graph import as_ir
 from surgery.metadata import KERAS_CONFIG_KEY, LAYER_MAP_KEY
 from surgery.rewrite import widen
