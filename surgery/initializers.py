@@ -34,8 +34,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from surgery.analysis import RELU_LIKE, Edit, Group
+from surgery.analysis import Edit, Group
 from surgery.errors import SurgeryError
+from surgery.ops import init_family
 
 STRATEGIES = ("output-zero", "all-zero", "net2net", "all-random")
 FAN_IN_INITS = ("glorot", "he", "normal")
@@ -155,7 +156,7 @@ def new_unit_values(edit: Edit, shape: Sequence[int], dtype: np.dtype, final_sha
     """
     shape = tuple(int(d) for d in shape)
     if edit.role == "fan-in" and strategy in ("output-zero", "all-random"):
-        kind = fan_in or ("he" if edit.activation in RELU_LIKE else "glorot")
+        kind = fan_in or init_family(edit.activation)
         rng = _rng(seed, edit.role, key, str(edit.axis))
         return _random(rng, shape, dtype, kind, _fans(final_shape, edit.weight_axes))
     if edit.role == "fan-out" and strategy == "all-random":
