@@ -64,13 +64,13 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from surgery.analysis import RELU_LIKE
 from surgery.blocks import BlockSite, Residual, block_sites
 from surgery.errors import SurgeryError
 from surgery.graph import ModelLike, as_ir, attribute, consumers, constant_array, constant_shape, like
 from surgery.initializers import draw_weight
 from surgery.layers import LayerSite, layer_sites
 from surgery.metadata import DEEPEN_HISTORY_KEY, KERAS_CONFIG_KEY, LAYER_MAP_KEY
+from surgery.ops import init_family
 
 INITS = ("copy", "random")
 KINDS = ("block", "identity")
@@ -275,7 +275,7 @@ def _random_edits(site: BlockSite, sites: dict[int, LayerSite], zeroed: set[tupl
         activation = layer.layer.activation if layer is not None else None
         reader, index = weight
         rank = len(constant_shape(reader.inputs[index]) or ())
-        kind = "he" if activation in RELU_LIKE else "glorot"
+        kind = init_family(activation)
         edits.append(Edit(reader, index, "draw", kind, _weight_axes(reader, index, rank)))
         if node.op_type in ("Gemm", "Conv") and len(node.inputs) > 2 and node.inputs[2] is not None:
             edits.append(Edit(node, 2, "zero"))
@@ -327,7 +327,7 @@ def plan_deepen(model: ir.Model, *, after: str, count: int = 1, init: str = "cop
         layers = layer_sites(model)
         site = next((s for s in layers if after in (s.layer.name, s.layer.node)), None)
         if site is None:
-            known = sorted({s.layer.name for s in layers})
+            known = sorted({s.layer.name for s in layers} | {s.layer.node for s in layers})
             close = get_close_matches(after, known, n=3)
             hint = f"did you mean {', '.join(close)}?" if close else f"layers are: {', '.join(known[:8])}"
             raise SurgeryError(f"no layer named {after!r}; {hint}")
@@ -383,7 +383,7 @@ class _Renamer:
         self.scope = site.scope
         self.new_scope = None if site.scope is None else site.scope[:-1] + new[len(old):] + "/"
         self.prefix = None if site.prefix is None else site.prefix + "/"
-        self.path = re.compile(rf"(?<![\w.]){re.escape(old)}(?=[./]|$)")
+        self.path = re.compile(rf"(?<!\w){re.escape(old)}(?=[./]|$)")
 
     def text(self, text: str) -> str:
         """`text` with the block's module path replaced (node metadata such as dynamo's scopes)."""

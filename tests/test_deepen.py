@@ -150,17 +150,17 @@ def test_deepening_twice_composes():
 
 
 @pytest.mark.parametrize(
-    ("build", "layer", "op"),
+    ("build", "node", "layer", "op"),
     [
-        (lambda: forms.pytorch_mlp(), "/fc1/Gemm", "Gemm"),
-        (lambda: forms.pytorch_cnn(), "/conv1/Conv", "Conv"),
-        (lambda: forms.sklearn_mlp(), "MatMul", "MatMul"),
-        (lambda: graphs.residual_mlp(), "/blocks.0/fc1/Gemm", "Gemm"),
+        (lambda: forms.pytorch_mlp(), "/fc1/Gemm", "fc1", "Gemm"),
+        (lambda: forms.pytorch_cnn(), "/conv1/Conv", "conv1", "Conv"),
+        (lambda: forms.sklearn_mlp(), "MatMul", "MatMul", "MatMul"),
+        (lambda: graphs.residual_mlp(), "/blocks.0/fc1/Gemm", "blocks.0.fc1", "Gemm"),
     ],
 )
-def test_identity_layers_after_a_relu_are_exact(build, layer, op):
+def test_identity_layers_after_a_relu_are_exact(build, node, layer, op):
     model = build()
-    deeper = deepen(model, after=layer, kind="identity", count=2)
+    deeper = deepen(model, after=node, kind="identity", count=2)
     onnx.checker.check_model(deeper, full_check=True)
     assert_equivalent(model, deeper)
     new = [n for n in deeper.graph.node if n.name.startswith(f"{layer}.grown.")]
@@ -174,6 +174,7 @@ def test_identity_layers_after_a_relu_are_exact(build, layer, op):
             assert np.array_equal(weight, np.eye(weight.shape[0]))
     record, = history(deeper)
     assert record["kind"] == "identity" and record["added"] == [f"{layer}.grown.0", f"{layer}.grown.1"]
+    assert record["after"] == node
 
 
 @pytest.mark.parametrize(

@@ -24,13 +24,13 @@ FIXTURES = ROOT / "tests" / "fixtures"
 PRE_NORM = ["gpt2_sdpa", "gpt2_eager", "gpt2_dynamo", "llama", "llama_gqa", "keras_transformer", "resnet", "mobilenetv2"]
 #: What inspect calls the blocks (module paths for PyTorch, Keras layer prefixes for tf2onnx).
 BLOCKS = {
-    "gpt2_sdpa": ["model.transformer.h.0", "model.transformer.h.1"],
-    "gpt2_eager": ["model.transformer.h.0", "model.transformer.h.1"],
-    "gpt2_dynamo": ["model.transformer.h.0", "model.transformer.h.1"],
-    "llama": ["model.model.layers.0", "model.model.layers.1"],
-    "llama_gqa": ["model.model.layers.0", "model.model.layers.1"],
+    "gpt2_sdpa": ["transformer.h.0", "transformer.h.1"],
+    "gpt2_eager": ["transformer.h.0", "transformer.h.1"],
+    "gpt2_dynamo": ["transformer.h.0", "transformer.h.1"],
+    "llama": ["model.layers.0", "model.layers.1"],
+    "llama_gqa": ["model.layers.0", "model.layers.1"],
     "keras_transformer": ["block0", "block1"],
-    "bert": ["model.encoder.layer.0", "model.encoder.layer.1"],
+    "bert": ["encoder.layer.0", "encoder.layer.1"],
     "resnet": ["layer1.0", "layer3.0"],
 }
 
@@ -86,10 +86,10 @@ def test_deepen_after_every_block_is_bitwise_equal(name):
 
 def test_gpt2_from_two_to_four_blocks_with_random_init():
     model = load("gpt2_sdpa")
-    deeper = deepen(model, after="model.transformer.h.1", count=2, init="random", seed=1)
+    deeper = deepen(model, after="transformer.h.1", count=2, init="random", seed=1)
     check(model, deeper)
     assert [b.name for b in find_blocks(as_ir(deeper))] == [
-        "model.transformer.h.0", "model.transformer.h.1", "model.transformer.h.1.grown.0", "model.transformer.h.1.grown.1"
+        "transformer.h.0", "transformer.h.1", "transformer.h.1.grown.0", "transformer.h.1.grown.1"
     ]
 
 
@@ -103,7 +103,7 @@ def test_bert_post_norm_blocks_are_refused_with_the_reason():
 @pytest.mark.parametrize(
     ("name", "block", "layer"),
     [
-        ("llama", "model.model.layers.0", "/model/model/layers.0/mlp/gate_proj/MatMul"),
+        ("llama", "model.layers.0", "/model/model/layers.0/mlp/gate_proj/MatMul"),
         ("keras_transformer", "block1", "block1_ffn_up"),
         ("resnet", "layer1.0", "/layer1/layer1.0/conv1/Conv"),
     ],
@@ -129,10 +129,10 @@ def grown_twin(model: onnx.ModelProto, deepened: onnx.ModelProto, layer: str, bl
 def test_cli_deepens_gpt2_deterministically(capfd, tmp_path):
     source = FIXTURES / "gpt2_sdpa.onnx"
     first, second, third = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "c.onnx"
-    arguments = ["--after", "model.transformer.h.1", "--count", "2", "--init", "random"]
+    arguments = ["--after", "transformer.h.1", "--count", "2", "--init", "random"]
     done = run_surgery(capfd, "deepen", source, "-o", first, *arguments, "--seed", "4")
     assert done.returncode == 0, done.stderr
-    assert "model.transformer.h.1.grown.0, model.transformer.h.1.grown.1" in done.stdout
+    assert "transformer.h.1.grown.0, transformer.h.1.grown.1" in done.stdout
     assert "verified: outputs bitwise equal" in done.stdout
     assert run_surgery(capfd, "deepen", source, "-o", second, *arguments, "--seed", "4").returncode == 0
     assert run_surgery(capfd, "deepen", source, "-o", third, *arguments, "--seed", "5").returncode == 0
@@ -141,7 +141,7 @@ def test_cli_deepens_gpt2_deterministically(capfd, tmp_path):
     assert len(listed) == 4
     history = json.loads(next(p.value for p in onnx.load(first).metadata_props if p.key == "surgery.deepen_history"))
     assert history == [{
-        "after": "model.transformer.h.1", "kind": "block", "added": ["model.transformer.h.1.grown.0", "model.transformer.h.1.grown.1"],
+        "after": "transformer.h.1", "kind": "block", "added": ["transformer.h.1.grown.0", "transformer.h.1.grown.1"],
         "count": 2, "init": "random", "seed": 4, "nodes": listed[2]["nodes"], "parameters": listed[2]["parameters"],
         "zeroed": ["/model/transformer/h.1/attn/c_proj/Gemm", "/model/transformer/h.1/mlp/c_proj/Gemm"],
     }]
@@ -150,9 +150,9 @@ def test_cli_deepens_gpt2_deterministically(capfd, tmp_path):
 @pytest.mark.parametrize(
     ("arguments", "says"),
     [
-        (["--after", "model.transformer.h.7"], "no block named 'model.transformer.h.7'; did you mean"),
+        (["--after", "transformer.h.7"], "no block named 'transformer.h.7'; did you mean"),
         (["--after", "/model/transformer/h.0/mlp/c_fc/Gemm"], "is a layer, not a residual block"),
-        (["--after", "model.transformer.h.0", "--count", "0"], "--count must be at least 1"),
+        (["--after", "transformer.h.0", "--count", "0"], "--count must be at least 1"),
     ],
 )
 def test_cli_refusals_are_one_line_errors(capfd, tmp_path, arguments, says):
@@ -164,6 +164,6 @@ def test_cli_refusals_are_one_line_errors(capfd, tmp_path, arguments, says):
 
 def test_cli_refuses_bert_and_writes_nothing(capfd, tmp_path):
     out = tmp_path / "out.onnx"
-    done = run_surgery(capfd, "deepen", FIXTURES / "bert.onnx", "-o", out, "--after", "model.encoder.layer.0")
+    done = run_surgery(capfd, "deepen", FIXTURES / "bert.onnx", "-o", out, "--after", "encoder.layer.0")
     assert_one_line_error(done, says=("post-norm",))
     assert list(tmp_path.iterdir()) == []
