@@ -47,7 +47,8 @@ only zeros are added.
 
 Nodes are inserted right after the block (or ReLU) they follow, so the graph stays sorted; the
 input model's other nodes and tensors keep their names. ``surgery.deepen_history`` gets one
-record per call. A model from `surgery export` also gets the copied block's Keras layers in
+record per call, and a copy of a widened block gets its tensors' entries in
+``surgery.widened_tensors``. A model from `surgery export` also gets the copied block's Keras layers in
 ``surgery.keras_config`` and ``surgery.layer_map`` (``block0_up`` → ``block0.grown.0_up``), so
 that `to-keras` rebuilds the deeper model; where that cannot be done (identity layers, a layer
 called twice) the Keras architecture is dropped and `to-keras` reads the graph instead.
@@ -69,7 +70,7 @@ from surgery.errors import SurgeryError
 from surgery.graph import ModelLike, as_ir, attribute, consumers, constant_array, constant_shape, like
 from surgery.initializers import draw_weight
 from surgery.layers import LayerSite, layer_sites
-from surgery.metadata import DEEPEN_HISTORY_KEY, KERAS_CONFIG_KEY, LAYER_MAP_KEY
+from surgery.metadata import DEEPEN_HISTORY_KEY, KERAS_CONFIG_KEY, LAYER_MAP_KEY, WIDENED_TENSORS_KEY
 from surgery.ops import init_family
 
 INITS = ("copy", "random")
@@ -442,7 +443,7 @@ def _copy_attributes(node: ir.Node, rename: _Renamer) -> list[ir.Attr]:
 
 def _copy_block(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, rename: _Renamer) -> tuple[list[ir.Node], ir.Value, dict[str, str]]:
     """One copy of the block reading `entry`: its nodes (not yet in the graph), its output, and
-    the copied nodes' names by the originals'."""
+    the names of the copied nodes and of their outputs, by the originals'."""
     site = plan.site
     mapping: dict[int, ir.Value] = {id(site.entry): entry}
     forks: dict[tuple[int, str], ir.Value] = {}
@@ -472,7 +473,10 @@ def _copy_block(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, rename: _Ren
         mapping.update((id(old), new) for old, new in zip(node.outputs, copy.outputs))
         nodes.append(copy)
     kept = _without_unread(nodes, mapping[id(site.exit)])
-    names = {old.name: new.name for old, new in zip(site.nodes, nodes) if old.name and new in kept}
+    names = {}
+    for old, new in zip(site.nodes, nodes):
+        if new in kept:
+            names.update((a.name, b.name) for a, b in zip([old, *old.outputs], [new, *new.outputs]) if a.name)
     return kept, mapping[id(site.exit)], names
 
 
@@ -611,6 +615,11 @@ def deepen_in_place(model: ir.Model, *, after: str, count: int = 1, init: str = 
         raise SurgeryError(f"metadata {DEEPEN_HISTORY_KEY!r} is not valid JSON; cannot append to it") from None
     if not isinstance(history, list):
         raise SurgeryError(f"metadata {DEEPEN_HISTORY_KEY!r} is not a JSON list; cannot append to it")
+    raw = model.metadata_props.get(WIDENED_TENSORS_KEY)
+    try:
+        widened = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        raise SurgeryError(f"metadata {WIDENED_TENSORS_KEY!r} is not valid JSON; cannot add the copies' tensors") from None
     # Nothing above changed the model; from here on it is written.
     graph = model.graph
     taken = _all_names(model)
@@ -629,6 +638,10 @@ def deepen_in_place(model: ir.Model, *, after: str, count: int = 1, init: str = 
     _rewire(graph, anchor, current, readers)
     if plan.kind == "block":
         _copy_keras_layers(model, plan, copies)
+        if widened:  # a copy of a widened block has the same new positions (`verify --locate` reads them)
+            for names in copies:
+                widened.update({names[t]: widened[t] for t in list(widened) if t in names})
+            model.metadata_props[WIDENED_TENSORS_KEY] = json.dumps(dict(sorted(widened.items())))
     else:
         model.metadata_props.pop(KERAS_CONFIG_KEY, None)  # no Keras layer is the identity layer: rebuild from the graph
     added = [graph.initializers[n] for n in graph.initializers if n not in before]

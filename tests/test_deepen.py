@@ -231,3 +231,18 @@ def test_public_api_names_the_function_after_the_module_is_imported():
 
     assert callable(surgery.deepen) and surgery.deepen is surgery.deepening.deepen
     assert surgery.find_blocks(graphs.residual_mlp())[0].name == "blocks.0"
+
+
+def test_cli_keeps_an_existing_output_and_skips_verification_on_request(capfd, tmp_path):
+    from conftest import assert_one_line_error, run_surgery
+
+    source, out = tmp_path / "mlp.onnx", tmp_path / "deeper.onnx"
+    onnx.save(graphs.residual_mlp(), source)
+    out.write_bytes(b"keep me")
+    refused = run_surgery(capfd, "deepen", source, "-o", out, "--after", "blocks.0")
+    assert_one_line_error(refused, says=("already exists (use --force to overwrite)",))
+    assert out.read_bytes() == b"keep me"
+    done = run_surgery(capfd, "deepen", source, "-o", out, "--after", "blocks.0", "--no-verify", "--force")
+    assert done.returncode == 0, done.stderr
+    assert "verified" not in done.stdout and done.stdout.startswith("blocks.0: 1 new block after it: blocks.0.grown.0")
+    assert_equivalent(source, out)

@@ -103,6 +103,7 @@ def test_bert_post_norm_blocks_are_refused_with_the_reason():
 @pytest.mark.parametrize(
     ("name", "block", "layer"),
     [
+        ("gpt2_sdpa", "transformer.h.0", "transformer.h.0.mlp.c_fc"),
         ("llama", "model.layers.0", "/model/model/layers.0/mlp/gate_proj/MatMul"),
         ("keras_transformer", "block1", "block1_ffn_up"),
         ("resnet", "layer1.0", "/layer1/layer1.0/conv1/Conv"),
@@ -110,8 +111,12 @@ def test_bert_post_norm_blocks_are_refused_with_the_reason():
 )
 def test_widening_and_deepening_compose_in_both_orders(name, block, layer):
     model = load(name)
-    widened_then_deepened = deepen(widen(model, {layer: 4}), after=block)
+    widened = widen(model, {layer: 4})
+    widened_then_deepened = deepen(widened, after=block)
     check(model, widened_then_deepened)
+    tensors = json.loads(next(p.value for p in widened_then_deepened.metadata_props if p.key == "surgery.widened_tensors"))
+    before = json.loads(next(p.value for p in widened.metadata_props if p.key == "surgery.widened_tensors"))
+    assert len(tensors) == 2 * len(before), "the copy's widened tensors are recorded as the original's"
     deepened = deepen(model, after=block)
     deepened_then_widened = widen(deepened, {layer: 4})
     check(model, deepened_then_widened)
