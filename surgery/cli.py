@@ -149,19 +149,13 @@ def inspect(model: str, as_json: bool, symmetry_layer: str | None) -> None:
             attention.add_row(*(str(block[c]) for c in ("name", "heads", "kv_heads", "head_dim", "q", "k", "v", "o")))
         console.print(attention)
     if document["blocks"]:
-        _print_blocks(console, document["blocks"])
-
-
-def _print_blocks(console, blocks: list[dict]) -> None:
-    """inspect's blocks section: the residual blocks `surgery deepen --after` takes."""
-    from rich.table import Table
-
-    table = Table(title=f"{len(blocks)} residual blocks (surgery deepen --after NAME)")
-    for column in ("name", "kind", "nodes", "parameters", "input", "output"):
-        table.add_column(column, justify="right" if column in ("nodes", "parameters") else "left")
-    for block in blocks:
-        table.add_row(*(str(block[column]) for column in ("name", "kind", "nodes", "parameters", "input", "output")))
-    console.print(table)
+        blocks = Table(title=f"{len(document['blocks'])} residual blocks (surgery deepen --after NAME)")
+        columns = ("name", "kind", "nodes", "parameters", "input", "output")
+        for column in columns:
+            blocks.add_column(column, justify="right" if column in ("nodes", "parameters") else "left")
+        for block in document["blocks"]:
+            blocks.add_row(*(str(block[c]) for c in columns))
+        console.print(blocks)
 
 
 def _parse_layers(specs: tuple[str, ...], flag: str = "--layer") -> dict[str, int]:
@@ -284,7 +278,7 @@ def deepen(model: str, output: str, after: str, count: int, init: str, kind: str
         raise SurgeryError(f"{output}: already exists (use --force to overwrite)")
     ir_model = load_model(model)
     record = deepen_in_place(ir_model, after=after, count=count, init=init, seed=seed, kind=kind).record
-    what = ("block" if kind == "block" else "identity layer") + ("s" if count > 1 else "")
+    what = "blocks" if kind == "block" else "identity layers"
     click.echo(f"{after}: {count} new {what} after it: {', '.join(record['added'])} "
                f"({record['nodes']} nodes, {record['parameters']} parameters each)")
     if record["zeroed"]:

@@ -9,7 +9,7 @@
   dimension and the friendly names of the Q, K, V and output projections; the name is what
   `widen --heads NAME=K` takes.
 - Residual blocks (`surgery.blocks.find_blocks`): name, kind, input and output tensors, node and
-  parameter counts; the name is what `deepen --after NAME` takes.
+  parameter counts; the name is what `surgery deepen --after NAME` takes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from surgery.analysis import analyse, infer_missing_shapes
-from surgery.attention import find_blocks
+from surgery.attention import find_blocks as find_attention_blocks
 from surgery.blocks import find_blocks as find_residual_blocks
 from surgery.errors import SurgeryError
 from surgery.layers import find_layers
@@ -35,13 +35,15 @@ def blocked_by(model: ir.Model, node: str) -> str | None:
 def inspect_document(model: ir.Model) -> dict:
     """The ``layers``, ``attention`` and ``blocks`` entries of ``surgery inspect --json`` (the model is only read,
     apart from value shapes that shape inference fills in)."""
+    # Residual blocks are found on the shapes the file declares, as `deepen` finds them.
+    blocks = [block.to_json() for block in find_residual_blocks(model)]
     infer_missing_shapes(model)
     layers = []
     for layer in find_layers(model):
         reason = blocked_by(model, layer.node)
         layers.append({**layer.to_json(), "widenable": reason is None, "blocked_by": reason})
-    return {"layers": layers, "attention": [block.to_json() for block in find_blocks(model)],
-            "blocks": [block.to_json() for block in find_residual_blocks(model)]}
+    return {"layers": layers, "attention": [block.to_json() for block in find_attention_blocks(model)],
+            "blocks": blocks}
 
 
 __all__ = ["blocked_by", "inspect_document"]

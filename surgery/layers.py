@@ -140,9 +140,12 @@ def find_layers(model: ir.Model) -> list[Layer]:
     return [site.layer for site in layer_sites(model)]
 
 
-def resolve_layer(model: ir.Model, name: str) -> LayerSite:
-    """The layer called `name` (node name or friendly name), or a SurgeryError suggesting names."""
-    sites = layer_sites(model)
+def resolve_layer(model: ir.Model, name: str, sites: list[LayerSite] | None = None) -> LayerSite:
+    """The layer called `name` (node name or friendly name), or a SurgeryError suggesting names.
+
+    `sites`: `layer_sites(model)` when the caller has it (resolving many names is then linear).
+    """
+    sites = layer_sites(model) if sites is None else sites
     for site in sites:
         if name in (site.layer.node, site.layer.name):
             return site

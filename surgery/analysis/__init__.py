@@ -59,17 +59,7 @@ from surgery.analysis.walk import RULES, GroupBuilder, backtrace, make_member, r
 from surgery.errors import SurgeryError
 from surgery.layers import LayerSite, layer_sites, resolve_layer
 from surgery.layout import Layout, mask_ranges
-
-
-def infer_missing_shapes(model: ir.Model) -> bool:
-    """Run ONNX shape inference (in place) when some node output has no shape; the analysis
-    needs ranks and static sizes. Returns whether it ran. Initializer data is not read."""
-    if all(v.shape is not None for node in model.graph for v in node.outputs if v is not None):
-        return False
-    from onnx_ir.passes.common import ShapeInferencePass
-
-    ShapeInferencePass(strict_mode=False)(model)
-    return True
+from surgery.shapes import infer_missing_shapes  # the one shape inference (weight-less view); re-exported
 
 
 def _parse_plan(model: ir.Model, plan: Mapping[str, int]) -> list[tuple[LayerSite, int, str]]:
@@ -77,12 +67,13 @@ def _parse_plan(model: ir.Model, plan: Mapping[str, int]) -> list[tuple[LayerSit
         raise SurgeryError("nothing to widen: give at least one layer and a number of new units")
     requested: list[tuple[LayerSite, int, str]] = []
     seen: dict[ir.Node, str] = {}
+    sites = layer_sites(model)  # once: a plan naming every block stays linear in the graph's size
     for name, added in plan.items():
         if isinstance(added, bool) or not isinstance(added, (int, np.integer)):
             raise SurgeryError(f"{name}: the number of new units must be an integer, got {added!r}")
         if added <= 0:
             raise SurgeryError(f"{name}: the number of new units must be at least 1, got {added}")
-        site = resolve_layer(model, name)
+        site = resolve_layer(model, name, sites)
         if site.node in seen:
             raise SurgeryError(f"layer {name!r} is requested twice (also as {seen[site.node]!r})")
         seen[site.node] = name
