@@ -278,7 +278,7 @@ def deepen(model: str, output: str, after: str, count: int, init: str, kind: str
         raise SurgeryError(f"{output}: already exists (use --force to overwrite)")
     ir_model = load_model(model)
     record = deepen_in_place(ir_model, after=after, count=count, init=init, seed=seed, kind=kind).record
-    what = "blocks" if kind == "block" else "identity layers"
+    what = ("block" if kind == "block" else "identity layer") + ("s" if count > 1 else "")
     click.echo(f"{after}: {count} new {what} after it: {', '.join(record['added'])} "
                f"({record['nodes']} nodes, {record['parameters']} parameters each)")
     if record["zeroed"]:
