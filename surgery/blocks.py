@@ -228,7 +228,8 @@ def _same_shape(a: ir.Value, b: ir.Value) -> bool:
 
 def _has_layer(nodes: list[ir.Node], order: _Order) -> bool:
     return any(
-        node.op_type in _LAYER_OPS and any(v is not None and _is_constant_value(v, order.constant_only) for v in node.inputs)
+        node.op_type in _LAYER_OPS
+        and any(v is not None and _is_constant_value(v, order.constant_only) for v in node.inputs)
         for node in nodes
     )
 
@@ -303,9 +304,8 @@ def _stream_entry(skip: ir.Value) -> ir.Value:
     value = skip
     while (producer := value.producer()) is not None and len(producer.inputs) == 1 and producer.inputs[0] is not None:
         source = producer.inputs[0]
-        if producer.op_type == "Identity" or (
-            producer.op_type == "Cast" and (dtype := _dtype(source)) is not None and attribute(producer, "to", None) == dtype.value
-        ):
+        same_type = producer.op_type == "Cast" and (dtype := _dtype(source)) is not None
+        if producer.op_type == "Identity" or (same_type and attribute(producer, "to", None) == dtype.value):
             value = source
             continue
         break

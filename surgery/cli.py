@@ -254,7 +254,8 @@ def widen(model: str, output: str, layers: tuple[str, ...], heads: tuple[str, ..
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write.")
-@click.option("--after", required=True, metavar="NAME", help="Residual block (or, with --kind identity, layer) to insert after.")
+@click.option("--after", required=True, metavar="NAME",
+              help="Residual block (or, with --kind identity, layer) to insert after.")
 @click.option("--count", type=int, default=1, show_default=True, help="How many new blocks, one after another.")
 @click.option("--init", type=click.Choice(["copy", "random"]), default="copy", show_default=True,
               help="New parameters: the block's, or drawn; output projections start at zero either way.")
@@ -290,8 +291,11 @@ def deepen(model: str, output: str, after: str, count: int, init: str, kind: str
             report = verify(model, staged, dims=_sequence_dims(ir_model))
             if not report.equivalent:
                 diff = max((o.max_abs_diff for o in report.outputs), default=0.0)
-                raise NotEquivalentError(f"outputs are not bitwise equal after deepening (max |diff| {diff:.3g}); {output} not written")
-            click.echo(f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, optimizations off)")
+                raise NotEquivalentError(
+                    f"outputs are not bitwise equal after deepening (max |diff| {diff:.3g}); {output} not written"
+                )
+            click.echo(f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, "
+                       "optimizations off)")
     click.echo(f"wrote {output}")
 
 

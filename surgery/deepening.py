@@ -348,7 +348,9 @@ def plan_deepen(model: ir.Model, *, after: str, count: int = 1, init: str = "cop
     name = site.block.name
     for node in site.nodes:
         if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
-            raise SurgeryError(f"block {name!r} holds {node.op_type} {node.name!r} with a subgraph; copying it is not supported")
+            raise SurgeryError(
+                f"block {name!r} holds {node.op_type} {node.name!r} with a subgraph; copying it is not supported"
+            )
     edits: dict[tuple[int, int], Edit] = {}
     projections = []
     for residual in site.residuals:
@@ -441,7 +443,8 @@ def _copy_attributes(node: ir.Node, rename: _Renamer) -> list[ir.Attr]:
     return copies
 
 
-def _copy_block(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, rename: _Renamer) -> tuple[list[ir.Node], ir.Value, dict[str, str]]:
+def _copy_block(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value,
+                rename: _Renamer) -> tuple[list[ir.Node], ir.Value, dict[str, str]]:
     """One copy of the block reading `entry`: its nodes (not yet in the graph), its output, and
     the names of the copied nodes and of their outputs, by the originals'."""
     site = plan.site
@@ -463,7 +466,8 @@ def _copy_block(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, rename: _Ren
             else:
                 inputs.append(value)  # read from outside the block: a mask, rotary tables, a graph input
         outputs = [
-            ir.Value(name=rename(old.name, "output"), type=old.type, shape=None if old.shape is None else ir.Shape(old.shape.dims))
+            ir.Value(name=rename(old.name, "output"), type=old.type,
+                     shape=None if old.shape is None else ir.Shape(old.shape.dims))
             for old in node.outputs
         ]
         metadata = {key: rename.text(text) for key, text in node.metadata_props.items()}
@@ -492,7 +496,8 @@ def _without_unread(nodes: list[ir.Node], output: ir.Value) -> list[ir.Node]:
     return kept[::-1]
 
 
-def _identity_layer(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, name: str, taken: set[str]) -> tuple[list[ir.Node], ir.Value]:
+def _identity_layer(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, name: str,
+                    taken: set[str]) -> tuple[list[ir.Node], ir.Value]:
     """Net2DeeperNet: a layer of the same op with an identity weight and a zero bias, then a Relu."""
     site = plan.layer
     node, width = site.node, site.layer.width
@@ -578,8 +583,9 @@ def _copy_keras_layers(model: ir.Model, plan: DeepenPlan, copies: list[dict[str,
     position = next(i for i, entry in enumerate(layers) if entry["name"] == sink) + 1
     last = sink
     for new, nodes in zip(plan.names, copies):
+        prefix = site.block.name
         renamed = {
-            layer: unique(new + layer[len(site.block.name):] if layer.startswith(site.block.name) else f"{new}_{layer}", taken)
+            layer: unique(new + layer[len(prefix):] if layer.startswith(prefix) else f"{new}_{layer}", taken)
             for layer in sorted(block)
         }
         for entry in members:
@@ -619,7 +625,9 @@ def deepen_in_place(model: ir.Model, *, after: str, count: int = 1, init: str = 
     try:
         widened = json.loads(raw) if raw else {}
     except json.JSONDecodeError:
-        raise SurgeryError(f"metadata {WIDENED_TENSORS_KEY!r} is not valid JSON; cannot add the copies' tensors") from None
+        raise SurgeryError(
+            f"metadata {WIDENED_TENSORS_KEY!r} is not valid JSON; cannot add the copies' tensors"
+        ) from None
     # Nothing above changed the model; from here on it is written.
     graph = model.graph
     taken = _all_names(model)

@@ -21,7 +21,8 @@ from surgery.rewrite import widen
 from surgery.testing import assert_equivalent
 
 FIXTURES = ROOT / "tests" / "fixtures"
-PRE_NORM = ["gpt2_sdpa", "gpt2_eager", "gpt2_dynamo", "llama", "llama_gqa", "keras_transformer", "resnet", "mobilenetv2"]
+PRE_NORM = ["gpt2_sdpa", "gpt2_eager", "gpt2_dynamo", "llama", "llama_gqa", "keras_transformer", "resnet",
+            "mobilenetv2"]
 #: What inspect calls the blocks (module paths for PyTorch, Keras layer prefixes for tf2onnx).
 BLOCKS = {
     "gpt2_sdpa": ["transformer.h.0", "transformer.h.1"],
@@ -64,7 +65,8 @@ def test_blocks_are_named_by_module_path(name):
     blocks = find_blocks(as_ir(load(name)))
     assert [b.name for b in blocks] == BLOCKS[name]
     assert {b.kind for b in blocks} == ({"residual"} if name == "resnet" else {"transformer"})
-    assert len({(b.nodes, b.parameters) for b in blocks}) == 1 or name == "resnet", "a model's transformer blocks are alike"
+    alike = len({(b.nodes, b.parameters) for b in blocks}) == 1
+    assert alike or name == "resnet", "a model's transformer blocks are alike"
 
 
 @pytest.mark.parametrize("name", PRE_NORM)
@@ -114,13 +116,17 @@ def test_widening_and_deepening_compose_in_both_orders(name, block, layer):
     widened = widen(model, {layer: 4})
     widened_then_deepened = deepen(widened, after=block)
     check(model, widened_then_deepened)
-    tensors = json.loads(next(p.value for p in widened_then_deepened.metadata_props if p.key == "surgery.widened_tensors"))
-    before = json.loads(next(p.value for p in widened.metadata_props if p.key == "surgery.widened_tensors"))
+    tensors = widened_tensors(widened_then_deepened)
+    before = widened_tensors(widened)
     assert len(tensors) == 2 * len(before), "the copy's widened tensors are recorded as the original's"
     deepened = deepen(model, after=block)
     deepened_then_widened = widen(deepened, {layer: 4})
     check(model, deepened_then_widened)
     check(model, widen(deepened, {grown_twin(model, deepened, layer, block): 4}))
+
+
+def widened_tensors(model: onnx.ModelProto) -> dict:
+    return json.loads(next(p.value for p in model.metadata_props if p.key == "surgery.widened_tensors"))
 
 
 def grown_twin(model: onnx.ModelProto, deepened: onnx.ModelProto, layer: str, block: str) -> str:

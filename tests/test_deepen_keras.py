@@ -42,7 +42,8 @@ def residual_mlp():
 def test_residual_mlp_blocks_come_from_keras_names(residual_mlp):
     from surgery.blocks import find_blocks
 
-    assert [(b.name, b.kind) for b in find_blocks(as_ir(residual_mlp))] == [("block0", "residual"), ("block1", "residual")]
+    blocks = [(b.name, b.kind) for b in find_blocks(as_ir(residual_mlp))]
+    assert blocks == [("block0", "residual"), ("block1", "residual")]
 
 
 def test_deepened_export_converts_to_keras_with_the_new_layers(residual_mlp):
