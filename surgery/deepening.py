@@ -50,8 +50,9 @@ input model's other nodes and tensors keep their names. ``surgery.deepen_history
 record per call, and a copy of a widened block gets its tensors' entries in
 ``surgery.widened_tensors``. A model from `surgery export` also gets the copied block's Keras layers in
 ``surgery.keras_config`` and ``surgery.layer_map`` (``block0_up`` → ``block0.grown.0_up``), so
-that `to-keras` rebuilds the deeper model; where that cannot be done (identity layers, a layer
-called twice) the Keras architecture is dropped and `to-keras` reads the graph instead.
+that `to-keras` rebuilds the deeper model, and an identity layer becomes a copy of the Dense or
+Conv2D it follows with ``activation="relu"``; where that cannot be done (a layer called twice,
+another layer class) the Keras architecture is dropped and `to-keras` reads the graph instead.
 """
 
 from __future__ import annotations
@@ -496,6 +497,12 @@ def _without_unread(nodes: list[ir.Node], output: ir.Value) -> list[ir.Node]:
     return kept[::-1]
 
 
+def _identity_kernel(conv: ir.Node) -> list[int]:
+    """The kernel of an identity Conv after `conv`: its size when every side is odd, else 1×1."""
+    kernel = [int(k) for k in constant_shape(conv.inputs[1])[2:]]
+    return [1] * len(kernel) if any(k % 2 == 0 for k in kernel) else kernel
+
+
 def _identity_layer(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, name: str,
                     taken: set[str]) -> tuple[list[ir.Node], ir.Value]:
     """Net2DeeperNet: a layer of the same op with an identity weight and a zero bias, then a Relu."""
@@ -512,9 +519,7 @@ def _identity_layer(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, name: st
         return out
 
     if node.op_type == "Conv":
-        kernel = list(constant_shape(node.inputs[1])[2:])
-        if any(k % 2 == 0 for k in kernel):
-            kernel = [1] * len(kernel)
+        kernel = _identity_kernel(node)
         weight = np.zeros([width, width, *kernel], dtype=dtype)
         weight[(np.arange(width), np.arange(width), *(k // 2 for k in kernel))] = 1
         pads = [k // 2 for k in kernel] * 2
@@ -605,6 +610,63 @@ def _copy_keras_layers(model: ir.Model, plan: DeepenPlan, copies: list[dict[str,
     model.metadata_props[LAYER_MAP_KEY] = json.dumps(dict(sorted(layer_map.items())))
 
 
+def _identity_keras_layers(model: ir.Model, plan: DeepenPlan, layers: list[dict[str, str]]) -> None:
+    """A model from `surgery export` gets each identity layer as a Keras layer: a copy of the
+    Dense or Conv2D it follows (same units or filters, ``activation="relu"``, a bias; a Conv2D with
+    the new kernel size, 'same' padding, stride 1), reading the layer that holds the ReLU, and read
+    by that layer's former readers. Any other layer drops the Keras architecture instead."""
+    raw_config, raw_map = model.metadata_props.get(KERAS_CONFIG_KEY), model.metadata_props.get(LAYER_MAP_KEY)
+    if not raw_config or not raw_map:
+        return
+    try:
+        config, layer_map = json.loads(raw_config), json.loads(raw_map)
+        entries = config["config"]["layers"]
+        by_node = {node: layer for layer, nodes in layer_map.items() for node in nodes}
+        relu = by_node[plan.relu.name]
+        # tf2onnx's fused Conv nodes (``Conv__34``) lose their scope; the ReLU keeps it
+        source = next(e for e in entries if e["config"]["name"] == by_node.get(plan.layer.node.name, relu))
+        sequential = config["class_name"] == "Sequential"  # layers in order, no inbound nodes
+        if source["class_name"] not in ("Dense", "Conv2D") or (not sequential and len(source["inbound_nodes"]) != 1):
+            raise KeyError(source["class_name"])
+        tensor = None if sequential else source["inbound_nodes"][0]["args"][0]
+    except (KeyError, TypeError, ValueError, IndexError, StopIteration):
+        model.metadata_props.pop(KERAS_CONFIG_KEY, None)  # `to-keras` rebuilds from the graph instead
+        return
+    width = plan.layer.layer.width
+    readers = [entry for entry in entries if entry["config"]["name"] != relu]
+    position = next(i for i, entry in enumerate(entries) if entry["config"]["name"] == relu) + 1
+    last, taken = relu, {entry["config"]["name"] for entry in entries}
+    for nodes in layers:
+        name = unique(nodes[""], taken)
+        layer = json.loads(json.dumps(source))
+        layer["config"]["name"] = name
+        layer["config"].update(activation="relu", use_bias=True)
+        if source["class_name"] == "Conv2D":
+            layer["config"].update(kernel_size=_identity_kernel(plan.layer.node), padding="same", strides=[1, 1],
+                                   dilation_rate=[1, 1], groups=1)
+        else:
+            layer["config"]["units"] = width
+        if not sequential:
+            shape = list(tensor["config"]["shape"])
+            shape[-1] = width  # Keras is channels-last
+            layer["name"] = name
+            layer["inbound_nodes"] = [{"args": [{**tensor, "config": {**tensor["config"], "shape": shape,
+                                                                    "keras_history": [last, 0, 0]}}], "kwargs": {}}]
+        entries.insert(position, layer)
+        position += 1
+        layer_map[name] = [node for op, node in nodes.items() if op]
+        last = name
+    if not sequential:
+        for entry in readers:  # the ReLU's former readers read the last identity layer
+            entry["inbound_nodes"] = _keras_references(entry.get("inbound_nodes", []), {relu: last})
+        outputs = config["config"].get("output_layers")
+        if outputs and isinstance(outputs[0], str):
+            outputs = [outputs]
+        config["config"]["output_layers"] = [[last if o[0] == relu else o[0], *o[1:]] for o in outputs or []]
+    model.metadata_props[KERAS_CONFIG_KEY] = json.dumps(config)
+    model.metadata_props[LAYER_MAP_KEY] = json.dumps(dict(sorted(layer_map.items())))
+
+
 def _parameters(values: list[ir.Value]) -> int:
     return sum(v.const_value.size for v in values if v.const_value.dtype.is_floating_point())
 
@@ -641,6 +703,7 @@ def deepen_in_place(model: ir.Model, *, after: str, count: int = 1, init: str = 
             copies.append(names)
         else:
             nodes, current = _identity_layer(graph, plan, current, name, taken)
+            copies.append({"": name, **{node.op_type: node.name for node in nodes}})
         inserted += nodes
     graph.insert_after(anchor.producer(), inserted)
     _rewire(graph, anchor, current, readers)
@@ -651,7 +714,7 @@ def deepen_in_place(model: ir.Model, *, after: str, count: int = 1, init: str = 
                 widened.update({names[t]: widened[t] for t in list(widened) if t in names})
             model.metadata_props[WIDENED_TENSORS_KEY] = json.dumps(dict(sorted(widened.items())))
     else:
-        model.metadata_props.pop(KERAS_CONFIG_KEY, None)  # no Keras layer is the identity layer: rebuild from the graph
+        _identity_keras_layers(model, plan, copies)
     added = [graph.initializers[n] for n in graph.initializers if n not in before]
     record = {
         "after": plan.after,

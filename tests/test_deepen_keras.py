@@ -92,7 +92,34 @@ def test_keras_transformer_metadata_gains_the_copied_layers():
     assert rebuilt.get_layer("block1.grown.0_ln1").input._keras_history.operation.name == "block1_ffn_add"
 
 
-def test_identity_layers_drop_the_keras_architecture(residual_mlp):
-    deeper = deepen(residual_mlp, after="stem", kind="identity")
-    assert KERAS_CONFIG_KEY not in {p.key for p in deeper.metadata_props}
+def test_identity_layers_become_keras_layers(residual_mlp):
+    from surgery.onnx_to_keras import to_keras
+
+    deeper = deepen(residual_mlp, after="stem", kind="identity", count=2)
     assert_equivalent(residual_mlp, deeper)
+    keras_model = to_keras(deeper)
+    assert [layer.name for layer in keras_model.layers][:5] == ["x", "stem", "stem.grown.0", "stem.grown.1", "block0_up"]
+    kernel, bias = keras_model.get_layer("stem.grown.1").get_weights()
+    assert np.array_equal(kernel, np.eye(16)) and not bias.any()
+    assert keras_model.get_layer("stem.grown.1").get_config()["activation"] == "relu"
+    assert keras_model.get_layer("block0_up").input._keras_history.operation.name == "stem.grown.1"
+
+
+def test_identity_conv_layer_becomes_a_keras_conv2d():
+    keras = pytest.importorskip("keras")
+    from surgery.export import export_keras
+    from surgery.onnx_to_keras import to_keras
+
+    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+                              keras.layers.Flatten(name="flat"), keras.layers.Dense(3, name="logits")], name="cnn")
+    rng = np.random.default_rng(2)
+    for weight in model.weights:
+        weight.assign(rng.normal(0, 0.3, weight.shape).astype("float32"))
+    exported = export_keras(model)
+    deeper = deepen(exported, after="conv", kind="identity")
+    assert_equivalent(exported, deeper)
+    rebuilt = to_keras(deeper)
+    grown = rebuilt.get_layer("conv.grown.0")
+    assert grown.get_config()["kernel_size"] == (3, 3) and grown.get_config()["padding"] == "same"
+    kernel = grown.get_weights()[0]
+    assert np.array_equal(kernel[1, 1], np.eye(4)) and kernel.sum() == 4
