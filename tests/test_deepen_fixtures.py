@@ -57,6 +57,10 @@ def check(model: onnx.ModelProto, deeper: onnx.ModelProto) -> None:
     onnx.checker.check_model(deeper, full_check=True)
     names = [n.name for n in deeper.graph.node]
     assert len(set(names)) == len(names), "node names stay unique"
+    original = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                             for o in n.output}
+    grown = [n for n in deeper.graph.node if ".grown." in n.name and n.name not in {m.name for m in model.graph.node}]
+    assert grown and not {i for n in grown for i in n.input} & original, "the copies own every constant they read"
     assert_equivalent(model, deeper, dims=dims_of(model), samples=4, batch=2)
 
 
