@@ -218,7 +218,8 @@ def widen(model: str, output: str, layers: tuple[str, ...], heads: tuple[str, ..
         coupled = f" (coupled: {', '.join(names[1:])} grow with it)" if len(names) > 1 else ""
         click.echo(f"{names[0]}: {group.old_width} -> {group.new_width} units{coupled}")
     for record in (r for r in result.history if "block" in r):
-        kv = f"key/value heads {record['old_kv_heads']} -> {record['new_kv_heads']}, " if record["old_kv_heads"] != record["old_heads"] else ""
+        grouped = record["old_kv_heads"] != record["old_heads"]
+        kv = f"key/value heads {record['old_kv_heads']} -> {record['new_kv_heads']}, " if grouped else ""
         click.echo(f"{record['block']}: {record['old_heads']} -> {record['new_heads']} heads ({kv}head_dim {record['head_dim']})")
     for change in result.plan.channel_changes:
         # onnxruntime's NCHWc layout (default optimizations) picks Conv kernels by whether channel
