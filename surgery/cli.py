@@ -219,7 +219,8 @@ def widen(model: str, output: str, layers: tuple[str, ...], heads: tuple[str, ..
         coupled = f" (coupled: {', '.join(names[1:])} {verb} with it)" if len(names) > 1 else ""
         click.echo(f"{names[0]}: {group.old_width} -> {group.new_width} units{coupled}")
     for record in (r for r in result.history if "block" in r):
-        kv = f"key/value heads {record['old_kv_heads']} -> {record['new_kv_heads']}, " if record["old_kv_heads"] != record["old_heads"] else ""
+        grouped = record["old_kv_heads"] != record["old_heads"]
+        kv = f"key/value heads {record['old_kv_heads']} -> {record['new_kv_heads']}, " if grouped else ""
         click.echo(f"{record['block']}: {record['old_heads']} -> {record['new_heads']} heads ({kv}head_dim {record['head_dim']})")
     for change in result.plan.channel_changes:
         # onnxruntime's NCHWc layout (default optimizations) picks Conv kernels by whether channel
@@ -255,7 +256,8 @@ def widen(model: str, output: str, layers: tuple[str, ...], heads: tuple[str, ..
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write.")
-@click.option("--after", required=True, metavar="NAME", help="Residual block (or, with --kind identity, layer) to insert after.")
+@click.option("--after", required=True, metavar="NAME",
+              help="Residual block (or, with --kind identity, layer) to insert after.")
 @click.option("--count", type=int, default=1, show_default=True, help="How many new blocks, one after another.")
 @click.option("--init", type=click.Choice(["copy", "random"]), default="copy", show_default=True,
               help="New parameters: the block's, or drawn; output projections start at zero either way.")
@@ -279,7 +281,7 @@ def deepen(model: str, output: str, after: str, count: int, init: str, kind: str
         raise SurgeryError(f"{output}: already exists (use --force to overwrite)")
     ir_model = load_model(model)
     record = deepen_in_place(ir_model, after=after, count=count, init=init, seed=seed, kind=kind).record
-    what = "blocks" if kind == "block" else "identity layers"
+    what = ("block" if kind == "block" else "identity layer") + ("s" if count > 1 else "")
     click.echo(f"{after}: {count} new {what} after it: {', '.join(record['added'])} "
                f"({record['nodes']} nodes, {record['parameters']} parameters each)")
     if record["zeroed"]:
@@ -291,8 +293,11 @@ def deepen(model: str, output: str, after: str, count: int, init: str, kind: str
             report = verify(model, staged, dims=_sequence_dims(ir_model))
             if not report.equivalent:
                 diff = max((o.max_abs_diff for o in report.outputs), default=0.0)
-                raise NotEquivalentError(f"outputs are not bitwise equal after deepening (max |diff| {diff:.3g}); {output} not written")
-            click.echo(f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, optimizations off)")
+                raise NotEquivalentError(
+                    f"outputs are not bitwise equal after deepening (max |diff| {diff:.3g}); {output} not written"
+                )
+            click.echo(f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, "
+                       "optimizations off)")
     click.echo(f"wrote {output}")
 
 
