@@ -1,6 +1,6 @@
 """``python -m training EXPERIMENT [--data PATH] [--seeds N] [--out DIR] [--quick]``.
 
-EXPERIMENT is one of ``grow``, ``transfer``, ``symmetry`` or ``demo`` (the README's main job,
+EXPERIMENT is one of ``grow``, ``init``, ``transfer``, ``symmetry`` or ``demo`` (the README's main job,
 run by ``make demo``). Each writes ``DIR/results.json`` and ``DIR/*.png`` (default
 ``runs/EXPERIMENT``) and prints a short table. Data: the bundled 5,000-digit MNIST subset, or
 full MNIST from a local Keras-format ``mnist.npz`` with ``--data``. ``--quick`` runs a
@@ -19,6 +19,7 @@ from training.runtime import quiet
 
 EXPERIMENTS = {
     "grow": "training.grow",
+    "init": "training.init",
     "transfer": "training.transfer",
     "symmetry": "training.symmetry",
     "demo": "training.demo",
