@@ -247,10 +247,20 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
 
     learning_rate = _choose_learning_rate(trainer_for, config, config.widths[-1])
     trainer = trainer_for(learning_rate["chosen"])
-    per_seed = []
+    split = {"train": int(len(train[1])), "validation": int(len(validation[1])), "test": int(len(test[1]))}
+    per_seed: list[dict[str, Any]] = []
     for seed in seeds:
         per_seed.append({"seed": seed, "runs": run_seed(trainer, seed, config)})
         print(f"  seed {seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
+        # Published after every seed: a run cut short still leaves the seeds it finished.
+        results = _publish(out, data, quick, config, per_seed, split, learning_rate, started)
+    return results
+
+
+def _publish(out: Path, data: Mnist, quick: bool, config: GrowConfig, per_seed: list[dict[str, Any]],
+             split: dict[str, int], learning_rate: dict[str, Any], started: float) -> dict[str, Any]:
+    """Summarise the seeds done so far; write results.json and the plot; print the tables."""
+    from training.models import mlp, parameter_count
 
     settings = _settings(config)
     summary = {
@@ -268,10 +278,10 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
         for method in METHODS
     }
     widenings = [w for p in per_seed for m in METHODS[1:] for r in p["runs"][m].values() for w in r["widenings"]]
-    results = header("grow", data=data.describe(), seeds=seeds, quick=quick)
+    results = header("grow", data=data.describe(), seeds=[p["seed"] for p in per_seed], quick=quick)
     results.update({
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()},
-        "split": {"train": int(len(train[1])), "validation": int(len(validation[1])), "test": int(len(test[1]))},
+        "split": split,
         "compute_unit": "parameter-epochs: trainable parameters × epochs trained at that size; "
                         "flops = 6 × parameters × training samples seen (estimate, evaluation excluded)",
         "full_width_parameters": parameter_count(mlp(config.widths[-1])),
@@ -284,6 +294,7 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
         "wall_s": time.perf_counter() - started,
     })
     return publish(out, "grow", results, lambda plot: _plot(results, plot), report)
+
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:

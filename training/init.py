@@ -203,10 +203,19 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
         x, y = x[: config.train_limit], y[: config.train_limit]
     train, validation = validation_split(x, y, config.validation_per_class)
     pool = ModelPool()
-    per_seed = []
+    split = {"train": int(len(train[1])), "validation": int(len(validation[1])), "test": int(len(data.y_test))}
+    per_seed: list[dict[str, Any]] = []
     for seed in seeds:
         per_seed.append(run_seed(data, train, validation, seed, config, pool))
         print(f"  seed {seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
+        # Published after every seed: a run cut short still leaves the seeds it finished.
+        results = _publish(out, data, quick, config, per_seed, split, started)
+    return results
+
+
+def _publish(out: Path, data: Mnist, quick: bool, config: InitConfig, per_seed: list[dict[str, Any]],
+             split: dict[str, int], started: float) -> dict[str, Any]:
+    """Summarise the seeds done so far; write results.json and the plot; print the table."""
     summary = {}
     for init in INITS:
         runs = [p[init] for p in per_seed]
@@ -220,11 +229,11 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
             for part in ("fan_in", "bias", "fan_out"):
                 summary[init][f"new_unit_gradient_{part}"] = summarise([r["new_unit_gradient"][part] for r in runs])
             summary[init]["bitwise_equal"] = all(r["onnx"]["bitwise_equal"] for r in runs)
-    results = header("init", data=data.describe(), seeds=seeds, quick=quick)
+    results = header("init", data=data.describe(), seeds=[p["seed"] for p in per_seed], quick=quick)
     results.update({
         "config": vars(config),
         "activation": "tanh (f(0) = 0, f'(0) = 1)",
-        "split": {"train": int(len(train[1])), "validation": int(len(validation[1])), "test": int(len(data.y_test))},
+        "split": split,
         "summary": summary,
         "per_seed": per_seed,
         "wall_s": time.perf_counter() - started,

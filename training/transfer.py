@@ -208,7 +208,14 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
                     }
                 )
                 print(f"  seed {seed}, {samples:>3}/digit, {variant:<28} test accuracy {curve.accuracy[-1]:.4f}", flush=True)
+        # Published after every seed: a run cut short still leaves the seeds it finished.
+        results = _publish(out, data, quick, config, runs, pretrained_scores, int(len(y04)), int(len(test59[1])), started)
+    return results
 
+
+def _publish(out: Path, data: Mnist, quick: bool, config: TransferConfig, runs: list[dict[str, Any]],
+             pretrained_scores: list[dict[str, Any]], pretrain_samples: int, test_samples: int, started: float) -> dict[str, Any]:
+    """Summarise the seeds done so far; write results.json and the plot; print the table."""
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for variant in config.variants:
         summary[variant] = {}
@@ -216,7 +223,7 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
             scores = [r["last_k_test_accuracy"] for r in runs if r["variant"] == variant and r["samples_per_digit"] == samples]
             summary[variant][str(samples)] = summarise(scores)
 
-    results = header("transfer", data=data.describe(), seeds=seeds, quick=quick)
+    results = header("transfer", data=data.describe(), seeds=sorted({r["seed"] for r in runs}), quick=quick)
     results.update(
         {
             "config": vars(config) | {"samples_per_digit": list(config.samples_per_digit), "variants": list(config.variants)},
@@ -231,8 +238,8 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
                 }
                 for name in config.variants
             },
-            "pretrain_samples": int(len(y04)),
-            "test_samples_5_to_9": int(len(test59[1])),
+            "pretrain_samples": pretrain_samples,
+            "test_samples_5_to_9": test_samples,
             "pretrained": pretrained_scores,
             "test_accuracy": summary,
             "runs": runs,
@@ -240,6 +247,7 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
         }
     )
     return publish(out, "transfer", results, lambda plot: _plot(results, plot), report)
+
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
