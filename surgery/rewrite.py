@@ -224,8 +224,9 @@ def _given_blocks(plan: WidenPlan, unit_values: Mapping[str, Mapping[str, np.nda
     """id(edit) → (positions along the edit's axis, the array `unit_values` puts there).
 
     Rules: every named layer was requested in the plan and grows alone (a coupled group would
-    need one array per member); roles are `GIVEN_ROLES`; "fan-in" and "bias" are the edits of
-    the layer's own node, "fan-out" every consumer edit reading the group's new positions; each
+    need one array per member); roles are `GIVEN_ROLES`; a role's edits are those of that role
+    with new positions of the layer's group (its weight; its bias, a Gemm or Conv input or the
+    shift of the Add right after a MatMul; every consumer weight reading it); each
     array has the parameter's shape with the edit's axis cut to those positions (the ONNX
     parameter's own layout). Net2net is refused: it rewrites old units too.
     """
@@ -243,13 +244,15 @@ def _given_blocks(plan: WidenPlan, unit_values: Mapping[str, Mapping[str, np.nda
         if len(group.members) != 1:
             raise SurgeryError(f"unit_values[{layer!r}]: the layer grows with {len(group.members) - 1} coupled "
                                "layer(s); explicit values need a layer that grows alone")
-        node = group.members[0].node
+        output = group.members[0].node.outputs[0]
         for role, given in roles.items():
             if role not in GIVEN_ROLES:
                 raise SurgeryError(f"unit_values[{layer!r}] has role {role!r}; choose from {', '.join(GIVEN_ROLES)}")
             found = 0
             for edit in plan.edits:
-                if edit.role != role or edit.layout is None or (role != "fan-out") != (edit.node is node):
+                # A MatMul's bias is the shift of the Add right after it (a "neutral" edit).
+                layer_bias = edit.role == "neutral" and edit.node.op_type == "Add" and output in edit.node.inputs
+                if (edit.role != role and not (role == "bias" and layer_bias)) or edit.layout is None:
                     continue
                 positions = np.flatnonzero(edit.layout.new_mask & (edit.layout.group == group.id))
                 if positions.size == 0:

@@ -51,13 +51,13 @@ METHODS = (SCRATCH, FIXED_RESET, FIXED_CARRIED, TRIGGER)
 @dataclass(frozen=True)
 class GrowConfig:
     widths: tuple[int, ...] = (32, 64, 128)
-    budgets: tuple[int, ...] = (1, 2, 4, 8)
-    stage_epochs: tuple[int, ...] = (1, 2, 3)
-    trigger_epochs: tuple[int, ...] = (6,)
+    budgets: tuple[int, ...] = (1, 2, 4)
+    stage_epochs: tuple[int, ...] = (1, 2)
+    trigger_epochs: tuple[int, ...] = (4,)
     trigger_window: int = 2
     trigger_slope: float = 0.05
     learning_rates: tuple[float, ...] = (1e-3, 3e-3)
-    lr_budget: int = 4
+    lr_budget: int = 2
     lr_seeds: tuple[int, ...] = (1000,)
     batch_size: int = 100
     validation_per_class: int = 50
@@ -65,6 +65,8 @@ class GrowConfig:
     train_limit: int | None = None
 
 
+#: Sized to finish on a shared 2-core machine (budgets up to 4 full-width epochs); widen the
+#: budgets here for a longer study.
 FULL = GrowConfig()
 QUICK = GrowConfig(widths=(8, 16), budgets=(1, 2), stage_epochs=(1,), trigger_epochs=(2,), trigger_window=1,
                    learning_rates=(1e-3,), lr_seeds=(1000,), lr_budget=1, validation_per_class=10,
