@@ -157,6 +157,8 @@ def load_bundled(*, seed: int = SPLIT_SEED) -> Mnist:
 def load_npz(path: str | Path) -> Mnist:
     """Full MNIST from a local Keras-format ``mnist.npz`` (its own train/test split)."""
     file = Path(path)
+    if file.is_dir():
+        raise SurgeryError(f"{file}: is a directory (expected a Keras-format mnist.npz, or --data {FASHION})")
     if not file.is_file():
         raise SurgeryError(f"{file}: no such file (expected a Keras-format mnist.npz)")
     try:
