@@ -136,3 +136,26 @@ def test_symmetry(tmp_path):
     both = rows[("relu", 2, ("hidden1", "output"))]
     assert both["distinct_units"]["hidden1"] == [1] and both["mean_test_accuracy"] <= 0.2
     assert "zero kernels" in stdout
+
+
+@pytest.mark.slow
+def test_runs_split_by_seed_merge_into_one(tmp_path):
+    first, _ = run_experiment("init", tmp_path / "a")
+    done = run_module("training", "init", "--quick", "--first-seed", "1", "--out", tmp_path / "b", cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    second = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert second["seeds"] == [1]
+    merged_run = run_module("training.merge", "init", tmp_path / "all", tmp_path / "a", tmp_path / "b", cwd=ROOT, timeout=300)
+    assert merged_run.returncode == 0, merged_run.stderr[-3000:]
+    merged = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert merged["seeds"] == [0, 1] and [p["seed"] for p in merged["per_seed"]] == [0, 1]
+    assert [m["seeds"] for m in merged["merged_from"]] == [[0], [1]]
+    accuracy = merged["summary"]["gradmax"]["final_test_accuracy"]
+    values = [first["per_seed"][0]["gradmax"]["final_test_accuracy"], second["per_seed"][0]["gradmax"]["final_test_accuracy"]]
+    assert accuracy["n"] == 2 and accuracy["mean"] == pytest.approx(sum(values) / 2)
+    assert (tmp_path / "all" / "init.png").is_file()
+    # Parts of different set-ups are refused with one line.
+    grow = run_module("training", "grow", "--quick", "--out", tmp_path / "g", cwd=ROOT, timeout=300)
+    assert grow.returncode == 0
+    refused = run_module("training.merge", "init", tmp_path / "x", tmp_path / "a", tmp_path / "g", cwd=ROOT, timeout=300)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "differs" in refused.stderr

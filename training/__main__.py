@@ -30,9 +30,11 @@ EXPERIMENTS = {
 @click.argument("experiment", type=click.Choice(sorted(EXPERIMENTS)))
 @click.option("--data", help="fashion-mnist (Debian's dataset-fashion-mnist), or a local Keras-format mnist.npz (default: the bundled 5k MNIST subset).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Number of seeds (default 3; 1 with --quick and for demo).")
+@click.option("--first-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds are FIRST-SEED … FIRST-SEED+N-1 (split a long run across processes; `python -m training.merge` joins them).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default runs/EXPERIMENT).")
 @click.option("--quick", is_flag=True, help="Smoke-sized run (seconds), as the tests use.")
-def main(experiment: str, data: str | None, seeds: int | None, out: str | None, quick: bool) -> None:
+def main(experiment: str, data: str | None, seeds: int | None, first_seed: int, out: str | None, quick: bool) -> None:
     quiet()
     from surgery import SurgeryError
     from surgery.tensorflow_runtime import import_tensorflow
@@ -44,7 +46,7 @@ def main(experiment: str, data: str | None, seeds: int | None, out: str | None, 
         mnist = load_mnist(data)
         import_tensorflow()  # before the experiment imports it: keeps TensorFlow's start-up logs off stderr
         module = importlib.import_module(EXPERIMENTS[experiment])
-        module.run(mnist, seeds=list(range(seeds)), out=Path(out or f"runs/{experiment}"), quick=quick)
+        module.run(mnist, seeds=list(range(first_seed, first_seed + seeds)), out=Path(out or f"runs/{experiment}"), quick=quick)
     except SurgeryError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(getattr(error, "exit_code", 2))
