@@ -9,7 +9,8 @@ projections — one layer for all three when a fused QKV projection is ``Split``
 from ``softmax·V`` the first growable layer that reads it is the output projection. The block's
 name is the longest common module path of the four projections' friendly names (a Keras layer
 name when they share one). The head count and head dimension come from `trace_heads` run with no
-new heads; a candidate it cannot follow is not listed.
+new heads; a candidate it cannot follow is not listed (`survey` keeps its reason, which
+`--heads NAME` reports).
 
 **Head tracking** (`trace_heads`). From the projections' outputs (units ``[…, H·dh]``; for a
 fused projection three ranges) the new positions are followed forward, one rule per op:
@@ -68,9 +69,6 @@ _UNARY = frozenset(
 #: Elementwise ops joining several inputs (broadcasting); the neutral value of a per-unit constant.
 _ELEMENTWISE = {"Add": 0.0, "Sub": 0.0, "Mul": 1.0, "Div": 1.0, "Where": None, "Equal": None, "Max": None,
                 "Min": None, "Pow": None, "And": None, "Or": None, "Less": None, "Greater": None}
-#: Ops that compute shape vectors (their values are sizes, not activations).
-_SHAPE_OPS = frozenset({"Gather", "Slice", "Squeeze", "Unsqueeze", "Concat", "Cast", "Identity", "Mul", "Reshape",
-                        "Equal", "Where", "Shape", "Div"})
 
 _SEARCH_DEPTH = 48
 
@@ -242,23 +240,30 @@ def _candidates(model: ir.Model) -> list[dict]:
 
 def find_blocks(model: ir.Model) -> list[Block]:
     """Every attention block `trace_heads` can follow, in graph order (see the module docstring)."""
+    return survey(model)[0]
+
+
+def survey(model: ir.Model) -> tuple[list[Block], dict[str, str]]:
+    """The blocks `trace_heads` can follow, and name → one-line reason for the candidates it
+    cannot (they look like attention, but a node on the way is not understood)."""
     from surgery.analysis import infer_missing_shapes
 
     infer_missing_shapes(model)
-    blocks, taken = [], set()
+    blocks: list[Block] = []
+    refused: dict[str, str] = {}
     for candidate in _candidates(model):
         q, k, v, o = candidate["sites"]
+        name = _common_name([s.layer.name for s in (q, k, v, o)])
+        if name in refused or any(block.name == name for block in blocks):
+            name = f"{name}#{len(blocks) + len(refused)}"
         try:
             trace = trace_heads(model, candidate, 0)
-        except SurgeryError:
+        except SurgeryError as error:
+            refused[name] = str(error)
             continue
-        name = _common_name([s.layer.name for s in (q, k, v, o)])
-        if name in taken:
-            name = f"{name}#{len(blocks)}"
-        taken.add(name)
         blocks.append(Block(name, trace.heads, trace.kv_heads, trace.head_dim, q.layer.name, k.layer.name,
                             v.layer.name, o.layer.name, candidate["sites"], candidate["parts"]))
-    return blocks
+    return blocks, refused
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,11 +393,13 @@ def _entries(node: ir.Node, index: int, depth: int = 0) -> list[tuple] | None:
                 return None
             return [inner[int(i) % len(inner)] for i in np.asarray(indices).reshape(-1)]
         starts, ends = (constant_array(v) if v is not None else None for v in producer.inputs[1:3])
-        steps = constant_array(producer.inputs[4]) if len(producer.inputs) > 4 and producer.inputs[4] is not None else None
+        has_steps = len(producer.inputs) > 4 and producer.inputs[4] is not None
+        steps = constant_array(producer.inputs[4]) if has_steps else None
         if starts is None or ends is None:
             return None
         step = int(np.asarray(steps).reshape(-1)[0]) if steps is not None else 1
-        picked = range(len(inner))[slice(int(np.asarray(starts).reshape(-1)[0]), int(np.asarray(ends).reshape(-1)[0]), step)]
+        first = lambda array: int(np.asarray(array).reshape(-1)[0])  # noqa: E731
+        picked = range(len(inner))[slice(first(starts), first(ends), step)]
         return [inner[i] for i in picked]
     if op == "Mul":
         for data, factor in ((0, 1), (1, 0)):
@@ -442,7 +449,7 @@ class _Walk:
         if entry[2] is None:
             raise _fail(node, "computes the head count from constants the rewrite cannot update")
         target, index, position = entry[2]
-        self.trace.edits.append(("literal", target, index, position, new))
+        self.trace.edits.append(("literal", target, index, position, new, node))
 
     def set_entry(self, entry: tuple, old: int, new: int, node: ir.Node) -> bool:
         """Whether `entry` gives the tracked size `old` (→ `new`), editing a constant if needed."""
@@ -527,7 +534,10 @@ class _Walk:
         sizes = constant_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
         if sizes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
             raise _fail(node, "has non-constant split sizes")
-        old_sizes = [int(s) for s in np.asarray(sizes).reshape(-1)] if sizes is not None else [track.old // count] * count
+        if sizes is not None:
+            old_sizes = [int(s) for s in np.asarray(sizes).reshape(-1)]
+        else:
+            old_sizes = [track.old // count] * count
         if sum(old_sizes) != track.old:
             raise _fail(node, "has split sizes that do not add up to the tracked size")
         # A new position belongs to the part of the old position before it (new units sit at each range's end).
@@ -790,4 +800,4 @@ def _region(seeds: list[ir.Value], stops: set[ir.Node]) -> list[ir.Node]:
     return postorder[::-1]
 
 
-__all__ = ["Block", "Track", "Trace", "find_blocks", "trace_heads"]
+__all__ = ["Block", "Track", "Trace", "find_blocks", "survey", "trace_heads"]

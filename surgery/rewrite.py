@@ -51,7 +51,7 @@ from surgery.analysis import Edit, WidenPlan, analyse, infer_missing_shapes
 from surgery.layout import mask_ranges
 from surgery.errors import SurgeryError
 from surgery.external import ConcatenatedTensor, concatenate
-from surgery.heads import fork_shared_nodes, plan_heads
+from surgery.heads import plan_heads
 from surgery.graph import ModelLike, as_ir, constant_array, constant_shape, like
 from surgery.initializers import check_strategy, extend, new_unit_values, unit_sources
 from surgery.layers import layer_sites, resolve_layer
@@ -502,8 +502,6 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
         raise SurgeryError(f"metadata {WIDEN_HISTORY_KEY!r} is not valid JSON; cannot append to it") from None
     # Nothing above changed the model (beyond inferred shapes); from here on it is written.
     arrays = _unshare_shape_chains(model.graph, arrays)
-    if head_plan is not None:
-        arrays = fork_shared_nodes(model.graph, head_plan, arrays)
     forked = _write_parameters(model.graph, arrays)
     _write_shapes(widen_plan)
     for change in widen_plan.attributes:
