@@ -52,13 +52,14 @@ def _slots(optimizer, paths: Sequence[str]) -> dict[str, dict[str, object]]:
             continue
         for key, path in keys:
             if variable.name.startswith(key + "_"):
-                slots[path][variable.name[len(key) + 1:]] = variable
+                slots[path][variable.name[len(key) + 1 :]] = variable
                 break
     return slots
 
 
-def _old_index(old_shape: tuple[int, ...], new_shape: tuple[int, ...], path: str,
-               given: Mapping[int, Sequence[int]]) -> tuple:
+def _old_index(
+    old_shape: tuple[int, ...], new_shape: tuple[int, ...], path: str, given: Mapping[int, Sequence[int]]
+) -> tuple:
     """The index of the new array where the old entries go (rule 4 of `carry_optimizer_state`)."""
     if len(old_shape) != len(new_shape) or any(o > n for o, n in zip(old_shape, new_shape)):
         raise SurgeryError(f"{path}: shape {old_shape} cannot grow into {new_shape}; only widenings are carried")
@@ -66,8 +67,12 @@ def _old_index(old_shape: tuple[int, ...], new_shape: tuple[int, ...], path: str
     for axis, (old, new) in enumerate(zip(old_shape, new_shape)):
         if axis in given:
             positions = np.asarray(given[axis], dtype=np.int64)
-            if positions.shape != (old,) or len(set(positions.tolist())) != old or positions.min(initial=0) < 0 \
-                    or positions.max(initial=0) >= new:
+            if (
+                positions.shape != (old,)
+                or len(set(positions.tolist())) != old
+                or positions.min(initial=0) < 0
+                or positions.max(initial=0) >= new
+            ):
                 raise SurgeryError(f"positions[{path!r}][{axis}] must be {old} distinct indices below {new}")
             index.append(positions)
         else:

@@ -44,7 +44,7 @@ def test_demo(tmp_path):
     # The control starts where the widened run starts and trains as long, at the old width.
     control = results["control"]
     assert control["dense_1"] == before["dense_1"]
-    assert control["curve"]["epochs"] == results["curve"]["epochs"][-len(control["curve"]["epochs"]):]
+    assert control["curve"]["epochs"] == results["curve"]["epochs"][-len(control["curve"]["epochs"]) :]
     assert control["curve"]["test_accuracy"][0] == before["test_accuracy"]
     for name in results["files"]:
         assert Path(name).is_file()
@@ -72,7 +72,10 @@ def test_grow(tmp_path):
             # Growing costs less than training the full width as long.
             assert run["param_epochs"] < run["epochs"] * full
     # Reset and carried start from the same weights, so they agree until the first widening.
-    reset, carried = runs["fixed, reset"][str(config["stage_epochs"][0])], runs["fixed, carried"][str(config["stage_epochs"][0])]
+    reset, carried = (
+        runs["fixed, reset"][str(config["stage_epochs"][0])],
+        runs["fixed, carried"][str(config["stage_epochs"][0])],
+    )
     first = config["stage_epochs"][0]
     assert reset["val_loss"][: first + 1] == carried["val_loss"][: first + 1]
     for target, row in results["compute_to_target"].items():
@@ -90,10 +93,14 @@ def test_init(tmp_path):
         assert summary[init]["bitwise_equal"] is True
     # Zero fan-out: the new units' fan-in gets no gradient at first; GradMax's is what it maximises.
     assert run["output-zero"]["new_unit_gradient"]["fan_in"] == 0.0
-    assert run["all-zero"]["new_unit_gradient"]["fan_in"] == 0.0 and run["all-zero"]["new_unit_gradient"]["fan_out"] == 0.0
+    assert (
+        run["all-zero"]["new_unit_gradient"]["fan_in"] == 0.0 and run["all-zero"]["new_unit_gradient"]["fan_out"] == 0.0
+    )
     assert run["gradmax"]["new_unit_gradient"]["fan_in"] > 0.0
     # All-zero and the control compute the same function, so their validation losses start equal.
-    assert run["all-zero"]["validation_loss_after_widening"] == pytest.approx(run["unwidened"]["validation_loss_after_widening"])
+    assert run["all-zero"]["validation_loss_after_widening"] == pytest.approx(
+        run["unwidened"]["validation_loss_after_widening"]
+    )
     assert len(run["gradmax"]["validation_loss"]) == len(run["gradmax"]["steps"]) > 0
     assert "gradmax" in stdout
 
@@ -103,21 +110,32 @@ def test_transfer(tmp_path):
     results, stdout = run_experiment("transfer", tmp_path)
     config = results["config"]
     assert set(results["test_accuracy"]) == {
-        "scratch", "reuse hidden1", "reuse hidden1, TF1 freeze", "reuse hidden1, fine-tune all", "scratch, seed's BN",
+        "scratch",
+        "reuse hidden1",
+        "reuse hidden1, TF1 freeze",
+        "reuse hidden1, fine-tune all",
+        "scratch, seed's BN",
         "reuse hidden1, seed's BN",
     }
     variants = results["variants"]
     assert variants["reuse hidden1"]["frozen"] == ["hidden1", "bn1"]
-    assert variants["reuse hidden1, TF1 freeze"]["frozen"] == ["hidden1"] and variants["reuse hidden1, fine-tune all"]["frozen"] == []
+    assert (
+        variants["reuse hidden1, TF1 freeze"]["frozen"] == ["hidden1"]
+        and variants["reuse hidden1, fine-tune all"]["frozen"] == []
+    )
     assert variants["scratch, seed's BN"]["batchnorm_momentum"] == 1.0
     run = next(r for r in results["runs"] if r["variant"] == "reuse hidden1")
     assert run["train_samples"] == 5 * config["samples_per_digit"][0]
     assert run["curve"]["epochs"] == list(range(0, config["epochs"] + 1, config["every"]))
-    assert run["last_k_test_accuracy"] == pytest.approx(sum(run["curve"]["test_accuracy"][-config["last_k"]:]) / config["last_k"])
+    assert run["last_k_test_accuracy"] == pytest.approx(
+        sum(run["curve"]["test_accuracy"][-config["last_k"] :]) / config["last_k"]
+    )
     # What trains: everything > TF1 freeze (bn1's statistics are not parameters) > Keras freeze (gamma, beta too).
     trainable = {r["variant"]: r["trainable_parameters"] for r in results["runs"]}
     assert trainable["scratch"] == trainable["scratch, seed's BN"] == trainable["reuse hidden1, fine-tune all"]
-    assert trainable["reuse hidden1, fine-tune all"] - trainable["reuse hidden1, TF1 freeze"] == 784 * 200 + 200 + 2 * 200
+    assert (
+        trainable["reuse hidden1, fine-tune all"] - trainable["reuse hidden1, TF1 freeze"] == 784 * 200 + 200 + 2 * 200
+    )
     assert trainable["reuse hidden1, TF1 freeze"] - trainable["reuse hidden1"] == 0
     assert results["test_samples_5_to_9"] == 500
     assert results["pretrained"][0]["test_accuracy"] > 0.25  # five classes: chance is 0.2
@@ -141,21 +159,30 @@ def test_symmetry(tmp_path):
 @pytest.mark.slow
 def test_runs_split_by_seed_merge_into_one(tmp_path):
     first, _ = run_experiment("init", tmp_path / "a")
-    done = run_module("training", "init", "--quick", "--first-seed", "1", "--out", tmp_path / "b", cwd=ROOT, timeout=300)
+    done = run_module(
+        "training", "init", "--quick", "--first-seed", "1", "--out", tmp_path / "b", cwd=ROOT, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     second = json.loads((tmp_path / "b" / "results.json").read_text())
     assert second["seeds"] == [1]
-    merged_run = run_module("training.merge", "init", tmp_path / "all", tmp_path / "a", tmp_path / "b", cwd=ROOT, timeout=300)
+    merged_run = run_module(
+        "training.merge", "init", tmp_path / "all", tmp_path / "a", tmp_path / "b", cwd=ROOT, timeout=300
+    )
     assert merged_run.returncode == 0, merged_run.stderr[-3000:]
     merged = json.loads((tmp_path / "all" / "results.json").read_text())
     assert merged["seeds"] == [0, 1] and [p["seed"] for p in merged["per_seed"]] == [0, 1]
     assert [m["seeds"] for m in merged["merged_from"]] == [[0], [1]]
     accuracy = merged["summary"]["gradmax"]["final_test_accuracy"]
-    values = [first["per_seed"][0]["gradmax"]["final_test_accuracy"], second["per_seed"][0]["gradmax"]["final_test_accuracy"]]
+    values = [
+        first["per_seed"][0]["gradmax"]["final_test_accuracy"],
+        second["per_seed"][0]["gradmax"]["final_test_accuracy"],
+    ]
     assert accuracy["n"] == 2 and accuracy["mean"] == pytest.approx(sum(values) / 2)
     assert (tmp_path / "all" / "init.png").is_file()
     # Parts of different set-ups are refused with one line.
     grow = run_module("training", "grow", "--quick", "--out", tmp_path / "g", cwd=ROOT, timeout=300)
     assert grow.returncode == 0
-    refused = run_module("training.merge", "init", tmp_path / "x", tmp_path / "a", tmp_path / "g", cwd=ROOT, timeout=300)
+    refused = run_module(
+        "training.merge", "init", tmp_path / "x", tmp_path / "a", tmp_path / "g", cwd=ROOT, timeout=300
+    )
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "differs" in refused.stderr

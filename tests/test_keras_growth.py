@@ -49,9 +49,19 @@ def test_unit_values_fan_in_and_bias(mlp):
     [
         ({"dense_1": 3}, {"dense_1": {"fan-out": np.zeros((2, 10))}}, "output-zero", "must have shape (3, 10)"),
         ({"dense_1": 3}, {"dense_2": {"fan-in": np.zeros((3, 10))}}, "output-zero", "which the plan does not widen"),
-        ({"dense_1": 3}, {"dense_1": {"fan_out": np.zeros((3, 10))}}, "output-zero", "choose from fan-in, bias, fan-out"),
+        (
+            {"dense_1": 3},
+            {"dense_1": {"fan_out": np.zeros((3, 10))}},
+            "output-zero",
+            "choose from fan-in, bias, fan-out",
+        ),
         ({"dense_1": 3}, {"dense_1": {"fan-out": np.full((3, 10), np.nan)}}, "output-zero", "non-finite"),
-        ({"dense_1": 3}, {"dense_1": {"fan-out": np.zeros((3, 10))}}, "net2net", "cannot be combined with init 'net2net'"),
+        (
+            {"dense_1": 3},
+            {"dense_1": {"fan-out": np.zeros((3, 10))}},
+            "net2net",
+            "cannot be combined with init 'net2net'",
+        ),
     ],
 )
 def test_unit_values_errors_are_one_line(mlp, plan, values, init, says):
@@ -64,8 +74,13 @@ def _trained_mlp(units: int, seed: int = 0):
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((6,), name="x"), keras.layers.Dense(units, activation="relu", name="dense_1"),
-                              keras.layers.Dense(3, activation="softmax", name="dense_2")])
+    model = keras.Sequential(
+        [
+            keras.Input((6,), name="x"),
+            keras.layers.Dense(units, activation="relu", name="dense_1"),
+            keras.layers.Dense(3, activation="softmax", name="dense_2"),
+        ]
+    )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(seed)
     x, y = rng.normal(size=(64, 6)).astype(np.float32), rng.integers(0, 3, size=64)
@@ -88,7 +103,12 @@ def test_carried_state_continues_training_as_before():
     model, x, y = _trained_mlp(4)
     grown, fresh = _grown(model, 2), _grown(model, 2)
     carried = surgery.carry_optimizer_state(model, grown)
-    assert [path.split("/", 1)[1] for path in carried] == ["dense_1/kernel", "dense_1/bias", "dense_2/kernel", "dense_2/bias"]
+    assert [path.split("/", 1)[1] for path in carried] == [
+        "dense_1/kernel",
+        "dense_1/bias",
+        "dense_2/kernel",
+        "dense_2/bias",
+    ]
     assert int(grown.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy()) == 8
 
     def slot(net, suffix: str) -> np.ndarray:

@@ -180,7 +180,9 @@ def load_npz(path: str | Path) -> Mnist:
             raise SurgeryError(f"{file}: y_{part} must hold at least one digit label, got {len(y)} of type {y.dtype}")
         if not np.all(np.isin(y, np.arange(10))):
             raise SurgeryError(f"{file}: y_{part} must hold the digits 0-9, got values from {y.min()} to {y.max()}")
-        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)) or not np.all(np.isfinite(x)):
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)) or not np.all(
+            np.isfinite(x)
+        ):
             raise SurgeryError(f"{file}: x_{part} must hold finite pixel values")
     # Keras's file holds uint8 0–255; a float file already in [0, 1] is kept as it is.
     scale = np.float32(255.0) if arrays["x_train"].dtype == np.uint8 or arrays["x_train"].max() > 1 else np.float32(1)
@@ -210,7 +212,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
         raise SurgeryError(f"{path}: cannot be read as a gzipped IDX file: {error}") from None
     if len(raw) < 4 + 4 * ndim or raw[:4] != bytes([0, 0, 8, ndim]):
         raise SurgeryError(f"{path}: not an IDX file of {ndim}-d unsigned bytes")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
         raise SurgeryError(f"{path}: header says {dims}, file holds {data.size} bytes")
@@ -221,8 +223,10 @@ def load_fashion(folder: Path = FASHION_DIR) -> Mnist:
     """Full Fashion-MNIST from Debian's dataset-fashion-mnist files (its own 60k/10k split)."""
     missing = [name for name in FASHION_FILES.values() if not (folder / name).is_file()]
     if missing:
-        raise SurgeryError(f"Fashion-MNIST is not installed ({folder / missing[0]} is missing): "
-                           "run `apt-get install dataset-fashion-mnist`")
+        raise SurgeryError(
+            f"Fashion-MNIST is not installed ({folder / missing[0]} is missing): "
+            "run `apt-get install dataset-fashion-mnist`"
+        )
     arrays = {key: _read_idx(folder / name, 3 if key.startswith("x") else 1) for key, name in FASHION_FILES.items()}
     for part in ("train", "test"):
         if arrays[f"x_{part}"].shape[1:] != IMAGE_SHAPE or len(arrays[f"x_{part}"]) != len(arrays[f"y_{part}"]):
@@ -246,8 +250,9 @@ def load_mnist(path: str | Path | None = None) -> Mnist:
     return load_fashion() if str(path) == FASHION else load_npz(path)
 
 
-def validation_split(x: np.ndarray, y: np.ndarray, per_class: int, *, seed: int = SPLIT_SEED
-                     ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def validation_split(
+    x: np.ndarray, y: np.ndarray, per_class: int, *, seed: int = SPLIT_SEED
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """((x, y) to train on, (x, y) to validate on): `per_class` of every class carved from the
     training data, stratified and seeded, so that every choice is made without the test set."""
     train, validation = stratified_split(y, per_class, seed=seed)
@@ -267,9 +272,7 @@ def digit_subset(x: np.ndarray, y: np.ndarray, digits: Iterable[int]) -> tuple[n
     return x[keep], mapping[y[keep]]
 
 
-def per_class_sample(
-    x: np.ndarray, y: np.ndarray, per_class: int, *, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def per_class_sample(x: np.ndarray, y: np.ndarray, per_class: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """`per_class` samples of every class, drawn without replacement (seeded), in shuffled order."""
     rng = np.random.default_rng(seed)
     chosen = []

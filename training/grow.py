@@ -42,7 +42,18 @@ from typing import Any
 import numpy as np
 
 from training.data import Mnist, validation_split
-from training.runtime import ModelPool, evaluate, header, publish, pyplot, strategy, summarise, table, test_inputs, widen_keras
+from training.runtime import (
+    ModelPool,
+    evaluate,
+    header,
+    publish,
+    pyplot,
+    strategy,
+    summarise,
+    table,
+    test_inputs,
+    widen_keras,
+)
 
 SCRATCH, FIXED_RESET, FIXED_CARRIED, TRIGGER = "scratch", "fixed, reset", "fixed, carried", "trigger, carried"
 METHODS = (SCRATCH, FIXED_RESET, FIXED_CARRIED, TRIGGER)
@@ -68,16 +79,34 @@ class GrowConfig:
 #: Sized to finish on a shared 2-core machine (budgets up to 4 full-width epochs); widen the
 #: budgets here for a longer study.
 FULL = GrowConfig()
-QUICK = GrowConfig(widths=(8, 16), budgets=(1, 2), stage_epochs=(1,), trigger_epochs=(2,), trigger_window=1,
-                   learning_rates=(1e-3,), lr_seeds=(1000,), lr_budget=1, validation_per_class=10,
-                   targets=(0.1, 0.5), train_limit=600)
+QUICK = GrowConfig(
+    widths=(8, 16),
+    budgets=(1, 2),
+    stage_epochs=(1,),
+    trigger_epochs=(2,),
+    trigger_window=1,
+    learning_rates=(1e-3,),
+    lr_seeds=(1000,),
+    lr_budget=1,
+    validation_per_class=10,
+    targets=(0.1, 0.5),
+    train_limit=600,
+)
 
 
 class _Trainer:
     """Runs one schedule: the pooled models per width, their schedules, the data."""
 
-    def __init__(self, train, validation, test, config: GrowConfig, learning_rate: float, pool: ModelPool,
-                 schedules: dict[int, Any]):
+    def __init__(
+        self,
+        train,
+        validation,
+        test,
+        config: GrowConfig,
+        learning_rate: float,
+        pool: ModelPool,
+        schedules: dict[int, Any],
+    ):
         self.x, self.y = train
         self.validation, self.test, self.config = validation, test, config
         self.learning_rate, self.pool = learning_rate, pool
@@ -103,8 +132,16 @@ class _Trainer:
         self.schedules[width].set(peak=self.learning_rate, total=total_steps, offset=offset)
         return pooled
 
-    def run(self, seed: int, *, epochs: int, widths: tuple[int, ...], stage_epochs: int | None = None,
-            carry: bool = False, trigger: bool = False) -> dict[str, Any]:
+    def run(
+        self,
+        seed: int,
+        *,
+        epochs: int,
+        widths: tuple[int, ...],
+        stage_epochs: int | None = None,
+        carry: bool = False,
+        trigger: bool = False,
+    ) -> dict[str, Any]:
         """Train for `epochs`, growing through `widths` every `stage_epochs` epochs or on the trigger."""
         import keras
 
@@ -121,9 +158,16 @@ class _Trainer:
             record[name] = [value]
         record["test_accuracy"] = [evaluate(model, *self.test)[1]]
         for epoch in range(epochs):
-            if stage + 1 < len(widths) and self._grow_now(record["val_loss"], epoch, since_growth, stage_epochs, trigger):
-                grown, surgery_record = widen_keras(model, {"dense_1": widths[stage + 1] - widths[stage]}, init="output-zero",
-                                                    seed=seed * 100 + stage, verify_inputs=test_inputs(self.validation[0]))
+            if stage + 1 < len(widths) and self._grow_now(
+                record["val_loss"], epoch, since_growth, stage_epochs, trigger
+            ):
+                grown, surgery_record = widen_keras(
+                    model,
+                    {"dense_1": widths[stage + 1] - widths[stage]},
+                    init="output-zero",
+                    seed=seed * 100 + stage,
+                    verify_inputs=test_inputs(self.validation[0]),
+                )
                 new = self._load(widths[stage + 1], grown, total_steps=total_steps, offset=0 if carry else steps)
                 if carry:
                     surgery.carry_optimizer_state(model, new)
@@ -138,18 +182,22 @@ class _Trainer:
             record["val_loss"].append(loss)
             record["val_accuracy"].append(accuracy)
             record["test_accuracy"].append(evaluate(model, *self.test)[1])
-        record.update({
-            "epochs": epochs,
-            "param_epochs": record["compute"][-1],
-            "flops": 6 * record["compute"][-1] * len(self.y),
-            "final_test_accuracy": record["test_accuracy"][-1],
-            "final_val_accuracy": record["val_accuracy"][-1],
-            "final_width": widths[stage],
-            "wall_s": time.perf_counter() - started,
-        })
+        record.update(
+            {
+                "epochs": epochs,
+                "param_epochs": record["compute"][-1],
+                "flops": 6 * record["compute"][-1] * len(self.y),
+                "final_test_accuracy": record["test_accuracy"][-1],
+                "final_val_accuracy": record["val_accuracy"][-1],
+                "final_width": widths[stage],
+                "wall_s": time.perf_counter() - started,
+            }
+        )
         return record
 
-    def _grow_now(self, val_loss: list[float], epoch: int, since_growth: int, stage_epochs: int | None, trigger: bool) -> bool:
+    def _grow_now(
+        self, val_loss: list[float], epoch: int, since_growth: int, stage_epochs: int | None, trigger: bool
+    ) -> bool:
         """Fixed: at every multiple of `stage_epochs`. Trigger: the validation loss's relative
         decrease per epoch over the last `trigger_window` epochs of this stage is below `trigger_slope`."""
         if not trigger:
@@ -166,15 +214,27 @@ def _choose_learning_rate(trainer_for, config: GrowConfig, width: int) -> dict[s
     scores = {}
     for rate in config.learning_rates:
         trainer = trainer_for(rate)
-        finals = [trainer.run(seed, epochs=config.lr_budget, widths=(width,))["final_val_accuracy"] for seed in config.lr_seeds]
+        finals = [
+            trainer.run(seed, epochs=config.lr_budget, widths=(width,))["final_val_accuracy"]
+            for seed in config.lr_seeds
+        ]
         scores[str(rate)] = float(np.mean(finals))
     best = max(config.learning_rates, key=lambda rate: scores[str(rate)])
-    return {"validation_accuracy": scores, "chosen": best, "budget_epochs": config.lr_budget, "seeds": list(config.lr_seeds)}
+    return {
+        "validation_accuracy": scores,
+        "chosen": best,
+        "budget_epochs": config.lr_budget,
+        "seeds": list(config.lr_seeds),
+    }
 
 
 def _settings(config: GrowConfig) -> dict[str, tuple[int, ...]]:
-    return {SCRATCH: config.budgets, FIXED_RESET: config.stage_epochs, FIXED_CARRIED: config.stage_epochs,
-            TRIGGER: config.trigger_epochs}
+    return {
+        SCRATCH: config.budgets,
+        FIXED_RESET: config.stage_epochs,
+        FIXED_CARRIED: config.stage_epochs,
+        TRIGGER: config.trigger_epochs,
+    }
 
 
 def run_seed(trainer: _Trainer, seed: int, config: GrowConfig) -> dict[str, dict[str, Any]]:
@@ -185,8 +245,9 @@ def run_seed(trainer: _Trainer, seed: int, config: GrowConfig) -> dict[str, dict
         runs[SCRATCH][str(budget)] = trainer.run(seed, epochs=budget, widths=widths[-1:])
     for per_stage in config.stage_epochs:
         for method, carry in ((FIXED_RESET, False), (FIXED_CARRIED, True)):
-            runs[method][str(per_stage)] = trainer.run(seed, epochs=per_stage * stages, widths=widths, stage_epochs=per_stage,
-                                                       carry=carry)
+            runs[method][str(per_stage)] = trainer.run(
+                seed, epochs=per_stage * stages, widths=widths, stage_epochs=per_stage, carry=carry
+            )
     for epochs in config.trigger_epochs:
         runs[TRIGGER][str(epochs)] = trainer.run(seed, epochs=epochs, widths=widths, carry=True, trigger=True)
     return runs
@@ -195,10 +256,14 @@ def run_seed(trainer: _Trainer, seed: int, config: GrowConfig) -> dict[str, dict
 def _mean_curve(per_seed: list[dict], method: str, setting: str, indices: np.ndarray) -> tuple[float, float]:
     """(mean compute, mean final test accuracy) of one method and setting over the seeds picked."""
     chosen = [per_seed[i]["runs"][method][setting] for i in indices]
-    return float(np.mean([r["param_epochs"] for r in chosen])), float(np.mean([r["final_test_accuracy"] for r in chosen]))
+    return float(np.mean([r["param_epochs"] for r in chosen])), float(
+        np.mean([r["final_test_accuracy"] for r in chosen])
+    )
 
 
-def _compute_to(per_seed: list[dict], method: str, settings: tuple[int, ...], target: float, indices: np.ndarray) -> float:
+def _compute_to(
+    per_seed: list[dict], method: str, settings: tuple[int, ...], target: float, indices: np.ndarray
+) -> float:
     """The least mean compute among the settings whose seed-mean final test accuracy reaches `target` (NaN: none)."""
     reached = [c for c, a in (_mean_curve(per_seed, method, str(s), indices) for s in settings) if a >= target]
     return min(reached) if reached else math.nan
@@ -224,7 +289,8 @@ def compute_to_target(per_seed: list[dict], config: GrowConfig, *, resamples: in
                 "param_epochs": None if math.isnan(point) else point,
                 "ci95": np.percentile(finite, [2.5, 97.5]).tolist() if finite.size else None,
                 "reached_share": float(np.isfinite(samples).mean()),
-                "ratio_to_scratch": None if math.isnan(point) or math.isnan(row.get(SCRATCH, {}).get("param_epochs") or math.nan)
+                "ratio_to_scratch": None
+                if math.isnan(point) or math.isnan(row.get(SCRATCH, {}).get("param_epochs") or math.nan)
                 else point / row[SCRATCH]["param_epochs"],
                 "ratio_ci95": np.percentile(finite_ratio, [2.5, 97.5]).tolist() if finite_ratio.size else None,
             }
@@ -233,8 +299,6 @@ def compute_to_target(per_seed: list[dict], config: GrowConfig, *, resamples: in
 
 
 def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, Any]:
-    from training.models import mlp, parameter_count
-
     config = QUICK if quick else FULL
     started = time.perf_counter()
     x, y = data.x_train, data.y_train
@@ -259,8 +323,16 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
     return results
 
 
-def _publish(out: Path, data: Mnist, quick: bool, config: GrowConfig, per_seed: list[dict[str, Any]],
-             split: dict[str, int], learning_rate: dict[str, Any], started: float) -> dict[str, Any]:
+def _publish(
+    out: Path,
+    data: Mnist,
+    quick: bool,
+    config: GrowConfig,
+    per_seed: list[dict[str, Any]],
+    split: dict[str, int],
+    learning_rate: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
     """Summarise the seeds done so far; write results.json and the plot; print the tables."""
     from training.models import mlp, parameter_count
 
@@ -281,22 +353,23 @@ def _publish(out: Path, data: Mnist, quick: bool, config: GrowConfig, per_seed: 
     }
     widenings = [w for p in per_seed for m in METHODS[1:] for r in p["runs"][m].values() for w in r["widenings"]]
     results = header("grow", data=data.describe(), seeds=[p["seed"] for p in per_seed], quick=quick)
-    results.update({
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()},
-        "split": split,
-        "compute_unit": "parameter-epochs: trainable parameters × epochs trained at that size; "
-                        "flops = 6 × parameters × training samples seen (estimate, evaluation excluded)",
-        "full_width_parameters": parameter_count(mlp(config.widths[-1])),
-        "learning_rate": learning_rate,
-        "widenings": len(widenings),
-        "bitwise_equal_after_every_widening": bool(widenings) and all(w["bitwise_equal"] for w in widenings),
-        "summary": summary,
-        "compute_to_target": compute_to_target(per_seed, config),
-        "per_seed": per_seed,
-        "wall_s": time.perf_counter() - started,
-    })
+    results.update(
+        {
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()},
+            "split": split,
+            "compute_unit": "parameter-epochs: trainable parameters × epochs trained at that size; "
+            "flops = 6 × parameters × training samples seen (estimate, evaluation excluded)",
+            "full_width_parameters": parameter_count(mlp(config.widths[-1])),
+            "learning_rate": learning_rate,
+            "widenings": len(widenings),
+            "bitwise_equal_after_every_widening": bool(widenings) and all(w["bitwise_equal"] for w in widenings),
+            "summary": summary,
+            "compute_to_target": compute_to_target(per_seed, config),
+            "per_seed": per_seed,
+            "wall_s": time.perf_counter() - started,
+        }
+    )
     return publish(out, "grow", results, lambda plot: _plot(results, plot), report)
-
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
@@ -309,8 +382,12 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         means = np.array([c["test_accuracy"]["mean"] for c in cells.values()])
         errors = np.abs(np.array([c["test_accuracy"]["ci95"] for c in cells.values()]).T - means)
         axes[0].errorbar(compute, means, yerr=errors, marker="o", capsize=3, label=method)
-    axes[0].set(xscale="log", xlabel="compute (full-width epochs = parameter-epochs / full-width parameters)",
-                ylabel="final test accuracy", title=f"accuracy at each budget: mean, bootstrap 95 % CI ({len(results['seeds'])} seeds)")
+    axes[0].set(
+        xscale="log",
+        xlabel="compute (full-width epochs = parameter-epochs / full-width parameters)",
+        ylabel="final test accuracy",
+        title=f"accuracy at each budget: mean, bootstrap 95 % CI ({len(results['seeds'])} seeds)",
+    )
     targets = [float(t) for t in results["compute_to_target"]]
     for method in METHODS:
         rows = [results["compute_to_target"][str(t)][method] for t in results["config"]["targets"]]
@@ -321,15 +398,30 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         axes[1].fill_between(targets, low, high, alpha=0.12)
     if any(r[m]["param_epochs"] for r in results["compute_to_target"].values() for m in METHODS):
         axes[1].set_yscale("log")
-    axes[1].set(xlabel="target test accuracy", ylabel="compute to reach it (full-width epochs)",
-                title="compute to target (seed-mean; bootstrap 95 % CI)")
+    axes[1].set(
+        xlabel="target test accuracy",
+        ylabel="compute to reach it (full-width epochs)",
+        title="compute to target (seed-mean; bootstrap 95 % CI)",
+    )
     longest = {m: max(results["summary"][m], key=int) for m in METHODS}
     for method in METHODS:
         curves = [p["runs"][method][longest[method]] for p in results["per_seed"]]
         compute = np.mean([c["compute"] for c in curves], axis=0) / full
-        axes[2].plot(compute, np.mean([c["test_accuracy"] for c in curves], axis=0), marker=".", label=f"{method} ({longest[method]})")
-    axes[2].set(xlabel="compute so far (full-width epochs)", ylabel="test accuracy (seed mean)", title="the longest run of each method",
-                ylim=(max(0.0, min(a["test_accuracy"]["mean"] for c in results["summary"].values() for a in c.values()) - 0.05), None))
+        axes[2].plot(
+            compute,
+            np.mean([c["test_accuracy"] for c in curves], axis=0),
+            marker=".",
+            label=f"{method} ({longest[method]})",
+        )
+    axes[2].set(
+        xlabel="compute so far (full-width epochs)",
+        ylabel="test accuracy (seed mean)",
+        title="the longest run of each method",
+        ylim=(
+            max(0.0, min(a["test_accuracy"]["mean"] for c in results["summary"].values() for a in c.values()) - 0.05),
+            None,
+        ),
+    )
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
@@ -345,14 +437,31 @@ def report(results: dict[str, Any]) -> str:
     for method in METHODS:
         for setting, cell in results["summary"][method].items():
             acc = cell["test_accuracy"]
-            rows.append([method, setting, cell["epochs"], f"{cell['param_epochs'] / full:.2f}",
-                         f"{acc['mean']:.4f} ± {acc['sd']:.4f} [{acc['ci95'][0]:.4f}, {acc['ci95'][1]:.4f}]",
-                         f"{cell['final_width']['mean']:.0f}"])
+            rows.append(
+                [
+                    method,
+                    setting,
+                    cell["epochs"],
+                    f"{cell['param_epochs'] / full:.2f}",
+                    f"{acc['mean']:.4f} ± {acc['sd']:.4f} [{acc['ci95'][0]:.4f}, {acc['ci95'][1]:.4f}]",
+                    f"{cell['final_width']['mean']:.0f}",
+                ]
+            )
     lines = [
         f"grow: widths {' → '.join(map(str, results['config']['widths']))}, {len(results['seeds'])} seed(s), "
-        f"train/validation/test {results['split']['train']}/{results['split']['validation']}/{results['split']['test']}, "
+        f"train/validation/test {'/'.join(str(results['split'][k]) for k in ('train', 'validation', 'test'))}, "
         f"Adam peak rate {results['learning_rate']['chosen']} (chosen on validation), cosine to zero per budget",
-        table(["method", "setting", "epochs", "compute (full-width epochs)", "test acc mean ± sd [95 % CI]", "final width"], rows),
+        table(
+            [
+                "method",
+                "setting",
+                "epochs",
+                "compute (full-width epochs)",
+                "test acc mean ± sd [95 % CI]",
+                "final width",
+            ],
+            rows,
+        ),
         "",
         "compute to target (full-width epochs; seed-mean final test accuracy; bootstrap 95 % CI; ratio to scratch)",
     ]
@@ -369,6 +478,8 @@ def report(results: dict[str, Any]) -> str:
             cells.append(f"{r['param_epochs'] / full:.2f}{ci}{ratio}")
         rows.append([target, *cells])
     lines.append(table(["target", *METHODS], rows))
-    lines.append(f"\nonnxruntime outputs bitwise equal after all {results['widenings']} widenings: "
-                 f"{'yes' if results['bitwise_equal_after_every_widening'] else 'NO'}")
+    lines.append(
+        f"\nonnxruntime outputs bitwise equal after all {results['widenings']} widenings: "
+        f"{'yes' if results['bitwise_equal_after_every_widening'] else 'NO'}"
+    )
     return "\n".join(lines)

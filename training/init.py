@@ -72,8 +72,16 @@ class InitConfig:
 
 
 FULL = InitConfig()
-QUICK = InitConfig(units=4, added=2, first_epochs=1, more_epochs=1, every_steps=2, grad_samples=200,
-                   validation_per_class=10, train_limit=600)
+QUICK = InitConfig(
+    units=4,
+    added=2,
+    first_epochs=1,
+    more_epochs=1,
+    every_steps=2,
+    grad_samples=200,
+    validation_per_class=10,
+    train_limit=600,
+)
 
 
 def gradmax_fan_out(model, x: np.ndarray, y: np.ndarray, added: int) -> np.ndarray:
@@ -126,11 +134,13 @@ def _widened(model, exported, init: str, seed: int, config: InitConfig, train, v
         kernel = grown.get_layer("dense_1").kernel
         values = kernel.numpy()
         rng = np.random.default_rng(seed)
-        values[:, config.units:] += rng.normal(0.0, config.noise * values.std(), size=values[:, config.units:].shape)
+        values[:, config.units :] += rng.normal(0.0, config.noise * values.std(), size=values[:, config.units :].shape)
         kernel.assign(values)
     outputs = report.to_json()["outputs"]
-    return grown, {"bitwise_equal": bool(outputs) and all(o["bitwise_equal"] for o in outputs),
-                   "max_abs_diff": max(float(o["max_abs_diff"]) for o in outputs)}
+    return grown, {
+        "bitwise_equal": bool(outputs) and all(o["bitwise_equal"] for o in outputs),
+        "max_abs_diff": max(float(o["max_abs_diff"]) for o in outputs),
+    }
 
 
 class _Every:
@@ -165,7 +175,11 @@ def run_seed(data: Mnist, train, validation, seed: int, config: InitConfig, pool
     exported = surgery.export_keras(base)
     before_loss, before_accuracy = evaluate(base, *validation)
     base_weights = base.get_weights()
-    out: dict[str, Any] = {"seed": seed, "validation_loss_before": before_loss, "validation_accuracy_before": before_accuracy}
+    out: dict[str, Any] = {
+        "seed": seed,
+        "validation_loss_before": before_loss,
+        "validation_accuracy_before": before_accuracy,
+    }
     for init in INITS:
         if init == "unwidened":
             keras.utils.set_random_seed(seed)
@@ -178,11 +192,20 @@ def run_seed(data: Mnist, train, validation, seed: int, config: InitConfig, pool
             with strategy().scope():
                 model = pool.load("wide", grown, compile_model)
             reset_optimizer(model)
-            gradient = _new_unit_gradient(model, train[0][: config.grad_samples], train[1][: config.grad_samples], config.units)
+            gradient = _new_unit_gradient(
+                model, train[0][: config.grad_samples], train[1][: config.grad_samples], config.units
+            )
         loss_after = evaluate(model, *validation)[0]
         every = _Every(model, validation, config.every_steps)
         keras.utils.set_random_seed(seed + 1)
-        model.fit(*train, epochs=config.more_epochs, batch_size=config.batch_size, shuffle=True, verbose=0, callbacks=[every.callback])
+        model.fit(
+            *train,
+            epochs=config.more_epochs,
+            batch_size=config.batch_size,
+            shuffle=True,
+            verbose=0,
+            callbacks=[every.callback],
+        )
         out[init] = {
             "onnx": check,
             "validation_loss_after_widening": loss_after,
@@ -213,8 +236,15 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
     return results
 
 
-def _publish(out: Path, data: Mnist, quick: bool, config: InitConfig, per_seed: list[dict[str, Any]],
-             split: dict[str, int], started: float) -> dict[str, Any]:
+def _publish(
+    out: Path,
+    data: Mnist,
+    quick: bool,
+    config: InitConfig,
+    per_seed: list[dict[str, Any]],
+    split: dict[str, int],
+    started: float,
+) -> dict[str, Any]:
     """Summarise the seeds done so far; write results.json and the plot; print the table."""
     summary = {}
     for init in INITS:
@@ -230,14 +260,16 @@ def _publish(out: Path, data: Mnist, quick: bool, config: InitConfig, per_seed: 
                 summary[init][f"new_unit_gradient_{part}"] = summarise([r["new_unit_gradient"][part] for r in runs])
             summary[init]["bitwise_equal"] = all(r["onnx"]["bitwise_equal"] for r in runs)
     results = header("init", data=data.describe(), seeds=[p["seed"] for p in per_seed], quick=quick)
-    results.update({
-        "config": vars(config),
-        "activation": "tanh (f(0) = 0, f'(0) = 1)",
-        "split": split,
-        "summary": summary,
-        "per_seed": per_seed,
-        "wall_s": time.perf_counter() - started,
-    })
+    results.update(
+        {
+            "config": vars(config),
+            "activation": "tanh (f(0) = 0, f'(0) = 1)",
+            "split": split,
+            "summary": summary,
+            "per_seed": per_seed,
+            "wall_s": time.perf_counter() - started,
+        }
+    )
     return publish(out, "init", results, lambda plot: _plot(results, plot), report)
 
 
@@ -250,14 +282,19 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         spread = losses.std(0, ddof=1) if len(losses) > 1 else np.zeros(losses.shape[1])
         axes[0].plot(runs[0]["steps"], losses.mean(0), label=init)
         axes[0].fill_between(runs[0]["steps"], losses.mean(0) - spread, losses.mean(0) + spread, alpha=0.1)
-    axes[0].set(xlabel="training steps after the widening", ylabel="validation loss",
-                title=f"mean ± sample sd over {len(results['seeds'])} seed(s)")
+    axes[0].set(
+        xlabel="training steps after the widening",
+        ylabel="validation loss",
+        title=f"mean ± sample sd over {len(results['seeds'])} seed(s)",
+    )
     names = [i for i in INITS if i != "unwidened"]
     for offset, part in enumerate(("fan_in", "fan_out")):
         means = [results["summary"][i][f"new_unit_gradient_{part}"]["mean"] for i in names]
         cis = np.array([results["summary"][i][f"new_unit_gradient_{part}"]["ci95"] for i in names]).T
         positions = np.arange(len(names)) + offset * 0.4
-        axes[1].bar(positions, means, width=0.4, yerr=np.abs(cis - np.array(means)), capsize=3, label=part.replace("_", "-"))
+        axes[1].bar(
+            positions, means, width=0.4, yerr=np.abs(cis - np.array(means)), capsize=3, label=part.replace("_", "-")
+        )
     axes[1].set_xticks(np.arange(len(names)) + 0.2, names, fontsize=8)
     axes[1].set(ylabel="gradient norm of the new units' weights", title="right after the widening (bootstrap 95 % CI)")
     for axis in axes:
@@ -273,15 +310,37 @@ def report(results: dict[str, Any]) -> str:
     rows = []
     for init in INITS:
         cell = results["summary"][init]
-        gradient = (f"{cell['new_unit_gradient_fan_in']['mean']:.2e} / {cell['new_unit_gradient_fan_out']['mean']:.2e}"
-                    if init != "unwidened" else "-")
+        gradient = (
+            f"{cell['new_unit_gradient_fan_in']['mean']:.2e} / {cell['new_unit_gradient_fan_out']['mean']:.2e}"
+            if init != "unwidened"
+            else "-"
+        )
         acc = cell["final_test_accuracy"]
-        rows.append([init, "-" if init == "unwidened" else ("yes" if cell["bitwise_equal"] else "no"), gradient,
-                     f"{cell['validation_loss_first_reading']['mean']:.4f}", f"{cell['validation_loss_last_reading']['mean']:.4f}",
-                     f"{acc['mean']:.4f} ± {acc['sd']:.4f} [{acc['ci95'][0]:.4f}, {acc['ci95'][1]:.4f}]"])
-    return "\n".join([
-        f"init: dense_1 (tanh) {config['units']} → {config['units'] + config['added']} units after {config['first_epochs']} epochs, "
-        f"then {config['more_epochs']} epochs with a fresh Adam; {len(results['seeds'])} seed(s)",
-        table(["init", "ORT bitwise", "grad norm fan-in / fan-out", f"val loss @{config['every_steps']} steps", "val loss at end",
-               "test acc mean ± sd [95 % CI]"], rows),
-    ])
+        rows.append(
+            [
+                init,
+                "-" if init == "unwidened" else ("yes" if cell["bitwise_equal"] else "no"),
+                gradient,
+                f"{cell['validation_loss_first_reading']['mean']:.4f}",
+                f"{cell['validation_loss_last_reading']['mean']:.4f}",
+                f"{acc['mean']:.4f} ± {acc['sd']:.4f} [{acc['ci95'][0]:.4f}, {acc['ci95'][1]:.4f}]",
+            ]
+        )
+    return "\n".join(
+        [
+            f"init: dense_1 (tanh) {config['units']} → {config['units'] + config['added']} units "
+            f"after {config['first_epochs']} epochs, "
+            f"then {config['more_epochs']} epochs with a fresh Adam; {len(results['seeds'])} seed(s)",
+            table(
+                [
+                    "init",
+                    "ORT bitwise",
+                    "grad norm fan-in / fan-out",
+                    f"val loss @{config['every_steps']} steps",
+                    "val loss at end",
+                    "test acc mean ± sd [95 % CI]",
+                ],
+                rows,
+            ),
+        ]
+    )

@@ -46,13 +46,17 @@ def merge(experiment: str, out: Path, parts: list[Path]) -> dict[str, Any]:
     for part, results in zip(parts, loaded):
         for key in ("experiment", "config", "quick"):
             if results[key] != first[key]:
-                raise SurgeryError(f"{part}: its {key} differs from {parts[0]}'s; only runs of one set-up can be joined")
+                raise SurgeryError(
+                    f"{part}: its {key} differs from {parts[0]}'s; only runs of one set-up can be joined"
+                )
         if results["data"]["sha256"] != first["data"]["sha256"]:
             raise SurgeryError(f"{part}: ran on other data than {parts[0]}")
     if first["experiment"] != experiment:
         raise SurgeryError(f"{parts[0]}: holds a {first['experiment']!r} run, not {experiment!r}")
     kind = first["data"]["kind"]
-    data = load_mnist(None if kind == "bundled" else "fashion-mnist" if kind == "fashion-mnist" else first["data"]["path"])
+    data = load_mnist(
+        None if kind == "bundled" else "fashion-mnist" if kind == "fashion-mnist" else first["data"]["path"]
+    )
     started = time.perf_counter() - sum(r["wall_s"] for r in loaded)
     quick = first["quick"]
     if experiment == "transfer":
@@ -65,8 +69,17 @@ def merge(experiment: str, out: Path, parts: list[Path]) -> dict[str, Any]:
             pretrained += [p for p in results["pretrained"] if p["seed"] in new]
             seeds |= set(new)
         runs.sort(key=lambda r: r["seed"])
-        merged = transfer._publish(out, data, quick, _config(transfer.TransferConfig, first["config"]), runs, pretrained,
-                                   first["pretrain_samples"], first["test_samples_5_to_9"], started)
+        merged = transfer._publish(
+            out,
+            data,
+            quick,
+            _config(transfer.TransferConfig, first["config"]),
+            runs,
+            pretrained,
+            first["pretrain_samples"],
+            first["test_samples_5_to_9"],
+            started,
+        )
     else:
         module = __import__(f"training.{experiment}", fromlist=["_publish"])
         per_seed, seen = [], set()
@@ -77,11 +90,23 @@ def merge(experiment: str, out: Path, parts: list[Path]) -> dict[str, Any]:
         if experiment == "grow":
             if any(r["learning_rate"] != first["learning_rate"] for r in loaded):
                 raise SurgeryError("the parts chose different learning rates; they cannot be joined")
-            merged = module._publish(out, data, quick, _config(module.GrowConfig, first["config"]), per_seed, first["split"],
-                                     first["learning_rate"], started)
+            merged = module._publish(
+                out,
+                data,
+                quick,
+                _config(module.GrowConfig, first["config"]),
+                per_seed,
+                first["split"],
+                first["learning_rate"],
+                started,
+            )
         else:
-            merged = module._publish(out, data, quick, _config(module.InitConfig, first["config"]), per_seed, first["split"], started)
-    merged["merged_from"] = [{"folder": str(part), "command": r["command"], "seeds": r["seeds"]} for part, r in zip(parts, loaded)]
+            merged = module._publish(
+                out, data, quick, _config(module.InitConfig, first["config"]), per_seed, first["split"], started
+            )
+    merged["merged_from"] = [
+        {"folder": str(part), "command": r["command"], "seeds": r["seeds"]} for part, r in zip(parts, loaded)
+    ]
     (out / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
     return merged
 

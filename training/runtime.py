@@ -27,7 +27,17 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 #: Libraries whose versions go into results.json and MANIFEST.json.
-RECORDED_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "onnx-ir", "onnxruntime-gpu", "onnxruntime", "numpy", "mlxtend")
+RECORDED_PACKAGES = (
+    "tensorflow",
+    "keras",
+    "tf2onnx",
+    "onnx",
+    "onnx-ir",
+    "onnxruntime-gpu",
+    "onnxruntime",
+    "numpy",
+    "mlxtend",
+)
 
 
 def library_versions() -> dict[str, str]:
@@ -105,7 +115,7 @@ def evaluate(model: "keras.Model", x: np.ndarray, y: np.ndarray, *, batch_size: 
     Probabilities are clipped to [1e-7, 1] as Keras's loss does.
     """
     probabilities = np.concatenate(
-        [np.asarray(model(x[start:start + batch_size], training=False)) for start in range(0, len(x), batch_size)]
+        [np.asarray(model(x[start : start + batch_size], training=False)) for start in range(0, len(x), batch_size)]
     ).astype(np.float64)
     picked = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)
     return float(-np.log(picked).mean()), float((probabilities.argmax(1) == y).mean())
@@ -218,8 +228,9 @@ def write_results(out: Path, results: Mapping[str, Any]) -> Path:
     return path
 
 
-def publish(out: Path, name: str, results: dict[str, Any], draw: Callable[[Path], None],
-            report: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+def publish(
+    out: Path, name: str, results: dict[str, Any], draw: Callable[[Path], None], report: Callable[[dict[str, Any]], str]
+) -> dict[str, Any]:
     """Draw ``out/NAME.png``, write ``out/results.json`` (naming the plot), print the tables."""
     out.mkdir(parents=True, exist_ok=True)
     plot = out / f"{name}.png"
@@ -291,8 +302,9 @@ def quiet() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def bootstrap_ci(values: Sequence[float], *, statistic: Callable[[np.ndarray], float] = np.mean,
-                 resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], *, statistic: Callable[[np.ndarray], float] = np.mean, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap 95 % interval of `statistic` over `values` (resampled with replacement)."""
     array = np.asarray(values, dtype=np.float64)
     if len(array) < 2:
@@ -306,8 +318,14 @@ def bootstrap_ci(values: Sequence[float], *, statistic: Callable[[np.ndarray], f
 def summarise(values: Sequence[float]) -> dict[str, Any]:
     """n, mean, sample standard deviation (ddof=1), bootstrap 95 % interval of the mean, min, max."""
     mean, sd = mean_spread(values)
-    return {"n": len(values), "mean": mean, "sd": sd, "ci95": list(bootstrap_ci(values)),
-            "min": float(np.min(values)), "max": float(np.max(values))}
+    return {
+        "n": len(values),
+        "mean": mean,
+        "sd": sd,
+        "ci95": list(bootstrap_ci(values)),
+        "min": float(np.min(values)),
+        "max": float(np.max(values)),
+    }
 
 
 class ModelPool:
@@ -323,7 +341,9 @@ class ModelPool:
     def __init__(self) -> None:
         self._models: dict[Any, "keras.Model"] = {}
 
-    def load(self, key: Any, model: "keras.Model", compile_model: Callable[["keras.Model"], "keras.Model"]) -> "keras.Model":
+    def load(
+        self, key: Any, model: "keras.Model", compile_model: Callable[["keras.Model"], "keras.Model"]
+    ) -> "keras.Model":
         """`model`'s weights in the pool's compiled model for `key` (`model` itself, compiled, the first time)."""
         pooled = self._models.get(key)
         if pooled is None:

@@ -51,7 +51,19 @@ import numpy as np
 
 from training.data import FASHION as FASHION_KIND
 from training.data import Mnist, digit_subset, per_class_sample
-from training.runtime import ModelPool, compile_classifier, evaluate, header, mean_spread, publish, pyplot, strategy, summarise, table, train
+from training.runtime import (
+    ModelPool,
+    compile_classifier,
+    evaluate,
+    header,
+    mean_spread,
+    publish,
+    pyplot,
+    strategy,
+    summarise,
+    table,
+    train,
+)
 
 HIDDEN = ("hidden1", "hidden2", "hidden3", "hidden4")
 SEED_BN = "seed's BN"
@@ -125,8 +137,9 @@ def _momentum(stuck_statistics: bool) -> float:
     return 1.0 if stuck_statistics else 0.9
 
 
-def pretrain(x, y, seed: int, config: TransferConfig, test, pool: ModelPool, *,
-             stuck_statistics: bool = False) -> tuple[Any, dict[str, float]]:
+def pretrain(
+    x, y, seed: int, config: TransferConfig, test, pool: ModelPool, *, stuck_statistics: bool = False
+) -> tuple[Any, dict[str, float]]:
     """The classes 0–4 net for one seed, and its test loss/accuracy on classes 0–4."""
     import keras
 
@@ -134,8 +147,11 @@ def pretrain(x, y, seed: int, config: TransferConfig, test, pool: ModelPool, *,
 
     keras.utils.set_random_seed(seed)
     with strategy().scope():
-        model = pool.load(("pretrain", stuck_statistics), transfer_net(classes=5, momentum=_momentum(stuck_statistics)),
-                          lambda m: compile_classifier(m, learning_rate=config.learning_rate))
+        model = pool.load(
+            ("pretrain", stuck_statistics),
+            transfer_net(classes=5, momentum=_momentum(stuck_statistics)),
+            lambda m: compile_classifier(m, learning_rate=config.learning_rate),
+        )
     model.fit(x, y, epochs=config.pretrain_epochs, batch_size=config.batch_size, shuffle=True, verbose=0)
     loss, accuracy = evaluate(model, *test)
     return model, {"test_loss": loss, "test_accuracy": accuracy}
@@ -192,7 +208,14 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
                 model = student(variant, exported[spec.stuck_statistics], seed, config, pool)
                 trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
                 curve = train(
-                    model, x, y, epochs=config.epochs, batch_size=config.batch_size, test=test59, every=config.every, seed=seed,
+                    model,
+                    x,
+                    y,
+                    epochs=config.epochs,
+                    batch_size=config.batch_size,
+                    test=test59,
+                    every=config.every,
+                    seed=seed,
                     from_start=True,
                 )
                 runs.append(
@@ -204,30 +227,47 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
                         "trainable_parameters": trainable,
                         "curve": curve.to_json(),
                         "final_test_accuracy": curve.accuracy[-1],
-                        "last_k_test_accuracy": float(np.mean(curve.accuracy[-config.last_k:])),
+                        "last_k_test_accuracy": float(np.mean(curve.accuracy[-config.last_k :])),
                         "best_test_accuracy": max(curve.accuracy),
                     }
                 )
-                print(f"  seed {seed}, {samples:>3}/digit, {variant:<28} test accuracy {curve.accuracy[-1]:.4f}", flush=True)
+                print(
+                    f"  seed {seed}, {samples:>3}/digit, {variant:<28} test accuracy {curve.accuracy[-1]:.4f}",
+                    flush=True,
+                )
         # Published after every seed: a run cut short still leaves the seeds it finished.
-        results = _publish(out, data, quick, config, runs, pretrained_scores, int(len(y04)), int(len(test59[1])), started)
+        results = _publish(
+            out, data, quick, config, runs, pretrained_scores, int(len(y04)), int(len(test59[1])), started
+        )
     return results
 
 
-def _publish(out: Path, data: Mnist, quick: bool, config: TransferConfig, runs: list[dict[str, Any]],
-             pretrained_scores: list[dict[str, Any]], pretrain_samples: int, test_samples: int, started: float) -> dict[str, Any]:
+def _publish(
+    out: Path,
+    data: Mnist,
+    quick: bool,
+    config: TransferConfig,
+    runs: list[dict[str, Any]],
+    pretrained_scores: list[dict[str, Any]],
+    pretrain_samples: int,
+    test_samples: int,
+    started: float,
+) -> dict[str, Any]:
     """Summarise the seeds done so far; write results.json and the plot; print the table."""
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for variant in config.variants:
         summary[variant] = {}
         for samples in config.samples_per_digit:
-            scores = [r["last_k_test_accuracy"] for r in runs if r["variant"] == variant and r["samples_per_digit"] == samples]
+            scores = [
+                r["last_k_test_accuracy"] for r in runs if r["variant"] == variant and r["samples_per_digit"] == samples
+            ]
             summary[variant][str(samples)] = summarise(scores)
 
     results = header("transfer", data=data.describe(), seeds=sorted({r["seed"] for r in runs}), quick=quick)
     results.update(
         {
-            "config": vars(config) | {"samples_per_digit": list(config.samples_per_digit), "variants": list(config.variants)},
+            "config": vars(config)
+            | {"samples_per_digit": list(config.samples_per_digit), "variants": list(config.variants)},
             "score": f"mean of the last {config.last_k} test readings (every {config.every} epochs) per run",
             "variants": {
                 name: {
@@ -250,7 +290,6 @@ def _publish(out: Path, data: Mnist, quick: bool, config: TransferConfig, runs: 
     return publish(out, "transfer", results, lambda plot: _plot(results, plot), report)
 
 
-
 def _plot(results: dict[str, Any], path: Path) -> None:
     plt = pyplot()
     config = results["config"]
@@ -262,16 +301,23 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         means = np.array([s["mean"] for s in stats])
         errors = np.abs(np.array([s["ci95"] for s in stats]).T - means)
         axes[0].errorbar(sizes, means, yerr=errors, marker="o", capsize=3, linestyle=style, label=variant)
-        curves = [r["curve"] for r in results["runs"] if r["variant"] == variant and r["samples_per_digit"] == sizes[-1]]
+        curves = [
+            r["curve"] for r in results["runs"] if r["variant"] == variant and r["samples_per_digit"] == sizes[-1]
+        ]
         accuracy = np.array([c["test_accuracy"] for c in curves])
         axes[1].plot(curves[0]["epochs"], accuracy.mean(0), marker=".", linestyle=style, label=variant)
         spread = accuracy.std(0, ddof=1) if len(accuracy) > 1 else np.zeros(accuracy.shape[1])
         axes[1].fill_between(curves[0]["epochs"], accuracy.mean(0) - spread, accuracy.mean(0) + spread, alpha=0.15)
     seeds = len(results["seeds"])
     classes = "classes" if results["data"]["kind"] == FASHION_KIND else "digits"
-    axes[0].set(xscale="log", xticks=sizes, xticklabels=[str(n) for n in sizes], xlabel=f"training samples per class ({classes} 5–9)",
-                ylabel=f"test accuracy, mean of last {config['last_k']} readings",
-                title=f"{classes} 5–9: mean and bootstrap 95 % CI over {seeds} seed(s)")
+    axes[0].set(
+        xscale="log",
+        xticks=sizes,
+        xticklabels=[str(n) for n in sizes],
+        xlabel=f"training samples per class ({classes} 5–9)",
+        ylabel=f"test accuracy, mean of last {config['last_k']} readings",
+        title=f"{classes} 5–9: mean and bootstrap 95 % CI over {seeds} seed(s)",
+    )
     axes[1].set(xlabel="epoch", ylabel="held-out test accuracy", title=f"{sizes[-1]} per class: mean ± sample sd")
     axes[0].legend(fontsize=7, loc="lower right")
     axes[1].legend(fontsize=7, loc="lower right")
@@ -287,17 +333,31 @@ def report(results: dict[str, Any]) -> str:
     rows = []
     for variant in results["config"]["variants"]:
         cells = results["test_accuracy"][variant]
-        rows.append([variant, *(f"{cells[str(n)]['mean']:.4f} ± {cells[str(n)]['sd']:.4f} "
-                                f"[{cells[str(n)]['ci95'][0]:.3f}, {cells[str(n)]['ci95'][1]:.3f}]" for n in sizes)])
+        rows.append(
+            [
+                variant,
+                *(
+                    f"{cells[str(n)]['mean']:.4f} ± {cells[str(n)]['sd']:.4f} "
+                    f"[{cells[str(n)]['ci95'][0]:.3f}, {cells[str(n)]['ci95'][1]:.3f}]"
+                    for n in sizes
+                ),
+            ]
+        )
     pre = mean_spread([p["test_accuracy"] for p in results["pretrained"] if not p["stuck_statistics"]])
     stuck = [p["test_accuracy"] for p in results["pretrained"] if p["stuck_statistics"]]
-    stuck_text = f" ({mean_spread(stuck)[0]:.4f} ± {mean_spread(stuck)[1]:.4f} with the seed's stuck BN statistics)" if stuck else ""
+    stuck_text = (
+        f" ({mean_spread(stuck)[0]:.4f} ± {mean_spread(stuck)[1]:.4f} with the seed's stuck BN statistics)"
+        if stuck
+        else ""
+    )
     return "\n".join(
         [
-            f"transfer: pretrained on classes 0–4 ({results['pretrain_samples']} samples, {results['config']['pretrain_epochs']} epochs): "
+            f"transfer: pretrained on classes 0–4 ({results['pretrain_samples']} samples, "
+            f"{results['config']['pretrain_epochs']} epochs): "
             f"test accuracy {pre[0]:.4f} ± {pre[1]:.4f}{stuck_text}",
             f"classes 5–9 test accuracy, {results['score']} of {results['config']['epochs']} epochs "
-            f"({results['test_samples_5_to_9']} test samples): mean ± sample sd [bootstrap 95 % CI] over {len(results['seeds'])} seed(s)",
+            f"({results['test_samples_5_to_9']} test samples): mean ± sample sd [bootstrap 95 % CI] "
+            f"over {len(results['seeds'])} seed(s)",
             table(["variant", *(f"{n}/class" for n in sizes)], rows),
         ]
     )
