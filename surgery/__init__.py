@@ -21,6 +21,7 @@ _LAZY = {
     "verify": "surgery.verification",
     "Report": "surgery.verification",
     "to_keras": "surgery.onnx_to_keras",
+    "carry_optimizer_state": "surgery.keras_growth",
 }
 
 __all__ = ["Layer", "NotEquivalentError", "SurgeryError", "find_layers", "load_model", "save_model", *_LAZY]
