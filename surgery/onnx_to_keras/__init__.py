@@ -48,9 +48,13 @@ def convert(
 
     ir_model = as_ir(model)
     if KERAS_CONFIG_KEY in ir_model.metadata_props:
-        from surgery.onnx_to_keras.provenance import convert_exported
+        from surgery.onnx_to_keras.provenance import UnlocatedWeights, convert_exported
 
-        conversion = convert_exported(ir_model)
+        try:
+            conversion = convert_exported(ir_model)
+        except UnlocatedWeights as error:
+            conversion = convert_graph(ir_model)
+            conversion.notes.append(f"rebuilt from its ONNX ops, not its recorded Keras architecture: {error}")
     else:
         conversion = convert_graph(ir_model)
     keras_model = conversion.model

@@ -51,6 +51,8 @@ _SELU = (1.67326319217681884765625, 1.05070102214813232421875)
 
 #: op_type → the rule building its friendly layer.
 FRIENDLY: dict[str, Callable[[Any, ir.Node], None]] = {}
+#: op_type → the Keras layers its rule builds, and when (the docs' ops table).
+FRIENDLY_LAYERS: dict[str, str] = {}
 
 
 class Decline(Exception):
@@ -90,10 +92,11 @@ def _tf_same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[i
     return total // 2, total - total // 2
 
 
-def rule(*ops: str):
+def rule(*ops: str, layer: str):
     def register(fn):
         for op in ops:
             FRIENDLY[op] = fn
+            FRIENDLY_LAYERS[op] = layer
         return fn
 
     return register
@@ -171,7 +174,7 @@ class FriendlyLayers:
         return -1 if axis == rank - 1 else axis
 
     # -- layers with weights -------------------------------------------------------------
-    @rule("Gemm", "MatMul")
+    @rule("Gemm", "MatMul", layer="Dense (weight a rank-2 parameter; bias Add and activation folded in)")
     def _dense(self, node: ir.Node) -> None:
         source = self._computed(node)
         bias_node = None
@@ -209,7 +212,7 @@ class FriendlyLayers:
         weights = [kernel] + ([bias.astype(np.float32)] if bias is not None else [])
         self._set(node, Tensor(self._layer(node, layer, source.keras, weights=weights), source.perm), output)
 
-    @rule("Conv")
+    @rule("Conv", layer="Conv2D, DepthwiseConv2D (2-D kernel; any group count), ZeroPadding2D for pads")
     def _conv(self, node: ir.Node) -> None:
         source = self._computed(node)
         weight = self._own_parameter(node, 1)
@@ -267,7 +270,7 @@ class FriendlyLayers:
         layer = self.keras.layers.ZeroPadding2D(((pads[0], pads[2]), (pads[1], pads[3])), name=self._name(node, "pad"))
         return "valid", layer(source.keras)
 
-    @rule("BatchNormalization")
+    @rule("BatchNormalization", layer="BatchNormalization (inference form)")
     def _batch_norm(self, node: ir.Node) -> None:
         source = self._computed(node)
         if attribute(node, "training_mode", 0) or len(node.outputs) > 1:
@@ -283,7 +286,7 @@ class FriendlyLayers:
         weights = [w.reshape(-1).astype(np.float32) for w in (scale, offset, mean, var)]
         self._set(node, Tensor(self._layer(node, layer, source.keras, weights=weights), source.perm))
 
-    @rule("LayerNormalization")
+    @rule("LayerNormalization", layer="LayerNormalization (last axis)")
     def _layer_norm(self, node: ir.Node) -> None:
         source = self._computed(node)
         axis = attribute(node, "axis", -1)
@@ -300,7 +303,7 @@ class FriendlyLayers:
         weights = [scale] + ([offset] if offset is not None else [])
         self._set(node, Tensor(self._layer(node, layer, source.keras, weights=weights), source.perm))
 
-    @rule("Gather")
+    @rule("Gather", layer="Embedding (integer indices into a rank-2 parameter, axis 0)")
     def _embedding(self, node: ir.Node) -> None:
         indices = self._computed(node, 1)
         table = self._own_parameter(node, 0)
@@ -312,7 +315,7 @@ class FriendlyLayers:
         self._set(node, Tensor(out, identity(indices.rank + 1)))
 
     # -- layers without weights ----------------------------------------------------------
-    @rule("MaxPool", "AveragePool")
+    @rule("MaxPool", "AveragePool", layer="MaxPooling2D, AveragePooling2D (no pads, SAME pads, or zeros counted)")
     def _pool(self, node: ir.Node) -> None:
         source = self._computed(node)
         if source.rank != 4 or attribute(node, "ceil_mode", 0) or any(d != 1 for d in attribute(node, "dilations", [1, 1])):
@@ -329,7 +332,7 @@ class FriendlyLayers:
         out = self._layer(node, cls(kernel, strides=strides, padding=padding, name=self._name(node)), source_keras)
         self._set(node, Tensor(out, source.perm))
 
-    @rule("GlobalAveragePool", "GlobalMaxPool")
+    @rule("GlobalAveragePool", "GlobalMaxPool", layer="GlobalAveragePooling2D, GlobalMaxPooling2D (NCHW)")
     def _global_pool(self, node: ir.Node) -> None:
         source = self._computed(node)
         if source.rank != 4:
@@ -339,7 +342,7 @@ class FriendlyLayers:
         cls = self.keras.layers.GlobalAveragePooling2D if average else self.keras.layers.GlobalMaxPooling2D
         self._set(node, Tensor(self._layer(node, cls(keepdims=True, name=self._name(node)), source.keras), source.perm))
 
-    @rule("Flatten", "Reshape")
+    @rule("Flatten", "Reshape", layer="Flatten, Reshape (constant target keeping the batch)")
     def _reshape(self, node: ir.Node) -> None:
         source = self._computed(node)
         if node.op_type == "Flatten":
@@ -377,7 +380,7 @@ class FriendlyLayers:
             raise Decline
         return None if len(rest) == 1 and rest[0] == -1 else tuple(rest)
 
-    @rule("Transpose")
+    @rule("Transpose", layer="none: a layout change (batch axis kept)")
     def _transpose(self, node: ir.Node) -> None:
         source = self._computed(node)
         perm = tuple(attribute(node, "perm", list(reversed(range(source.rank)))))
@@ -386,7 +389,7 @@ class FriendlyLayers:
         # keras == v.transpose(p_src) and out = v.transpose(perm): keras == out.transpose(q)
         self._set(node, Tensor(source.keras, tuple(perm.index(a) for a in source.perm)))
 
-    @rule("Concat")
+    @rule("Concat", layer="Concatenate (computed inputs, not on the batch axis)")
     def _concat(self, node: ir.Node) -> None:
         tensors = [self._computed(node, i) for i in range(len(node.inputs))]
         if len({t.rank for t in tensors}) != 1:
@@ -400,7 +403,7 @@ class FriendlyLayers:
         layer = self.keras.layers.Concatenate(axis=perm.index(axis), name=self._name(node))
         self._set(node, Tensor(self._layer(node, layer, [t.keras for t in tensors]), perm))
 
-    @rule(*MERGE_OPS)
+    @rule(*MERGE_OPS, layer="Add, Subtract, Multiply, Maximum, Minimum, Average (computed operands of one shape)")
     def _merge(self, node: ir.Node) -> None:
         tensors = [self._computed(node, i) for i in range(len(node.inputs))]
         if len(tensors) == 1:
@@ -416,7 +419,7 @@ class FriendlyLayers:
         layer = getattr(self.keras.layers, MERGE_OPS[node.op_type])(name=self._name(node))
         self._set(node, Tensor(self._layer(node, layer, [t.keras for t in tensors]), perm))
 
-    @rule("Identity", "Cast")
+    @rule("Identity", "Cast", layer="none (Identity; a float to float Cast)")
     def _pass(self, node: ir.Node) -> None:
         source = self._computed(node)
         if node.op_type == "Cast":
@@ -425,7 +428,7 @@ class FriendlyLayers:
                 raise Decline
         self._set(node, source)
 
-    @rule("Dropout")
+    @rule("Dropout", layer="Dropout")
     def _dropout(self, node: ir.Node) -> None:
         source = self._computed(node)
         rate = attribute(node, "ratio", None)
@@ -436,7 +439,8 @@ class FriendlyLayers:
         self._set(node, Tensor(out, source.perm))
 
     @rule("Relu", "Tanh", "Sigmoid", "Softplus", "Softsign", "Mish", "HardSwish", "LeakyRelu", "Elu", "Selu",
-          "HardSigmoid", "Gelu", "Clip", "Softmax", "LogSoftmax", "PRelu")
+          "HardSigmoid", "Gelu", "Clip", "Softmax", "LogSoftmax", "PRelu",
+          layer="ReLU, LeakyReLU, ELU, PReLU, Softmax, Activation (Keras's parameters: Clip(0, m), exact Gelu, ...)")
     def _activation(self, node: ir.Node) -> None:
         keras = self.keras
         op = node.op_type
