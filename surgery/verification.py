@@ -43,6 +43,7 @@ import onnx
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError, first_line
+from surgery.external import all_tensors
 from surgery.metadata import WIDENED_TENSORS_KEY
 
 if TYPE_CHECKING:
@@ -467,7 +468,7 @@ class _OnnxSide:
     kind = "onnx"
 
     def __init__(self, source: Any, label: str, provider: str, optimization: str):
-        from surgery.modelio import load_proto
+        from surgery.modelio import check_file
 
         self.label = label
         self.provider = provider
@@ -479,7 +480,7 @@ class _OnnxSide:
         self.footprint: int
         if isinstance(source, (str, os.PathLike)):
             self.path = Path(source)
-            proto = load_proto(self.path)  # one clear error for a bad file; external data stays on disk
+            proto = check_file(self.path)  # one clear error for a bad file; no weight is read
             self.footprint = self.path.stat().st_size + _external_bytes(proto)
         elif isinstance(source, onnx.ModelProto):
             self.model_bytes = source.SerializeToString()
@@ -566,7 +567,7 @@ class _OnnxSide:
 def _external_bytes(proto: onnx.ModelProto) -> int:
     """Bytes of external data a parsed model declares (the lengths in its external-data entries)."""
     external = 0
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+    for tensor in all_tensors(proto):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             entries = {entry.key: entry.value for entry in tensor.external_data}
             external += int(entries.get("length", 0) or 0)
