@@ -6,7 +6,7 @@ from pathlib import Path
 
 from surgery.onnx_to_keras.catalogue import ops_table
 from surgery.onnx_to_keras.friendly import FRIENDLY_LAYERS
-from surgery.onnx_to_keras.ops import OPS
+from surgery.onnx_to_keras.generic import OPS
 
 DOC = Path(__file__).parent.parent / "docs" / "to-keras-models.md"
 

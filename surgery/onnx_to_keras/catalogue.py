@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from surgery.onnx_to_keras.friendly import FRIENDLY_LAYERS
-from surgery.onnx_to_keras.ops import OPS
+from surgery.onnx_to_keras.generic import OPS
 
 
 def ops_table() -> str:

@@ -8,7 +8,7 @@ constants, static shapes — an op nobody knows is refused there, naming the nod
   Conv2D, DepthwiseConv2D, BatchNormalization, LayerNormalization, Embedding, pooling, merges,
   activations) — its parameters become that layer's weights;
 - otherwise the **generic path**: an `OnnxOp` layer computing the node with `keras.ops`
-  (`surgery.onnx_to_keras.ops`), its parameters read from `OnnxParameter` layers (one per
+  (`surgery.onnx_to_keras.generic`), its parameters read from `OnnxParameter` layers (one per
   parameter, so a parameter read by several nodes stays one weight).
 
 Layouts. Keras convolutions are channels-last while ONNX is NCHW. Every converted tensor is
@@ -34,7 +34,7 @@ import onnx_ir as ir
 
 from surgery.errors import SurgeryError
 from surgery.onnx_to_keras.friendly import FRIENDLY, Decline, FriendlyLayers, Tensor, identity
-from surgery.onnx_to_keras.ops import OPS
+from surgery.onnx_to_keras.generic import OPS
 from surgery.onnx_to_keras.plan import analyse, where
 from surgery.tensorflow_runtime import import_tensorflow
 

@@ -25,7 +25,9 @@ node alone reads it (a shared one stays one `OnnxParameter`).
   of one shape → ``Concatenate`` and the merge layers. ``Dropout`` → ``Dropout``;
   ``Identity`` and a float → float ``Cast`` cost nothing.
 - Activations: ``Relu``, ``Clip(0, m)``, ``LeakyRelu``, ``Elu``, ``PRelu`` (trainable slopes),
-  ``Softmax``, ``Gelu`` and the parameter-free ones as ``Activation``.
+  ``Softmax``, ``Gelu`` and the parameter-free ones as ``Activation``; PyTorch's SiLU
+  (``x · Sigmoid(x)``) and exact GELU (``x / √2 → Erf → + 1 → · x → · ½``) as
+  ``Activation("silu")`` and ``Activation("gelu")``.
 """
 
 from __future__ import annotations
@@ -40,11 +42,8 @@ import onnx_ir as ir
 from surgery.graph import attribute, consumers
 from surgery.layers import bias_add
 from surgery.onnx_to_keras.plan import GraphPlan
+from surgery.ops import default_softmax_axis, keras_activation
 
-#: Activations that become a Dense/Conv2D `activation` argument when they directly follow it.
-FUSABLE = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "Softplus": "softplus", "Softsign": "softsign"}
-#: Parameter-free activations → the name Keras's `Activation` layer takes.
-ACTIVATION_NAMES = {**FUSABLE, "Mish": "mish", "HardSwish": "hard_silu"}
 MERGE_OPS = {"Add": "Add", "Sum": "Add", "Sub": "Subtract", "Mul": "Multiply", "Max": "Maximum", "Min": "Minimum", "Mean": "Average"}
 #: ONNX's default Selu constants, which are Keras's.
 _SELU = (1.67326319217681884765625, 1.05070102214813232421875)
@@ -157,9 +156,10 @@ class FriendlyLayers:
         reader = self._single_reader(value)
         if reader is None or id(reader) not in self.plan.node_ids:
             return None, value
-        if reader.op_type in FUSABLE:
+        fused = keras_activation(reader.op_type, fused=True)
+        if fused is not None:
             self._absorb(reader)
-            return FUSABLE[reader.op_type], reader.outputs[0]
+            return fused, reader.outputs[0]
         rank = len(self.plan.shapes.get(value.name) or [])
         if reader.op_type == "Softmax" and softmax and rank and self._softmax_axis(reader, rank) == -1:
             self._absorb(reader)
@@ -167,7 +167,7 @@ class FriendlyLayers:
         return None, value
 
     def _softmax_axis(self, node: ir.Node, rank: int) -> int:
-        axis = attribute(node, "axis", -1 if self.opset >= 13 else 1)
+        axis = default_softmax_axis(node, self.opset)
         axis = axis + rank if axis < 0 else axis
         if self.opset < 13 and axis != rank - 1:
             raise Decline
@@ -446,11 +446,17 @@ class FriendlyLayers:
         op = node.op_type
         source = self._computed(node)
         weights = None
+        silu = self._silu_mul(node) if op == "Sigmoid" else None
+        if silu is not None:
+            self._absorb(silu)
+            out = self._layer(node, keras.layers.Activation("silu", name=self._name(node)), source.keras)
+            self._set(node, Tensor(out, source.perm), silu.outputs[0])
+            return
         if op == "Relu":
             layer = keras.layers.ReLU
             args: dict = {}
-        elif op in ACTIVATION_NAMES:
-            layer, args = keras.layers.Activation, {"activation": ACTIVATION_NAMES[op]}
+        elif op not in ("Softmax", "LogSoftmax") and keras_activation(op) is not None:
+            layer, args = keras.layers.Activation, {"activation": keras_activation(op)}
         elif op == "LeakyRelu":
             layer, args = keras.layers.LeakyReLU, {"negative_slope": float(attribute(node, "alpha", 0.01))}
         elif op == "Elu":
@@ -488,6 +494,48 @@ class FriendlyLayers:
             layer, args, weights = self._prelu(source, slope)
         out = self._layer(node, layer(**args, name=self._name(node)), source.keras, weights=weights)
         self._set(node, Tensor(out, source.perm))
+
+    def _silu_mul(self, sigmoid: ir.Node) -> ir.Node | None:
+        """The Mul of ``x · Sigmoid(x)`` (SiLU as PyTorch writes it) that alone reads `sigmoid`."""
+        mul = self._single_reader(sigmoid.outputs[0])
+        if mul is None or mul.op_type != "Mul" or id(mul) not in self.plan.node_ids:
+            return None
+        return mul if sigmoid.inputs[0] in mul.inputs else None
+
+    @rule("Div", layer="Activation('gelu') for PyTorch's exact GELU, x / √2 → Erf → + 1 → · x → · ½")
+    def _erf_gelu(self, node: ir.Node) -> None:
+        """Erf-GELU: Div(x, √2) → Erf → Add 1 → Mul x → Mul ½ (the last two in either order), each
+        node the only reader of the one before."""
+        source = self._computed(node)
+        x = node.inputs[0]
+        chain, value = [], node.outputs[0]
+        for op, constant in (("Erf", None), ("Add", 1.0), ("Mul", "x"), ("Mul", 0.5)):
+            reader = self._single_reader(value)
+            if reader is None or reader.op_type != op or id(reader) not in self.plan.node_ids:
+                raise Decline
+            if constant is not None:
+                other = [v for v in reader.inputs if v is not value]
+                if len(other) != 1:
+                    raise Decline
+                if constant == "x":
+                    if other[0] is not x:
+                        raise Decline
+                elif not self._scalar_is(other[0], constant):
+                    raise Decline
+            chain.append(reader)
+            value = reader.outputs[0]
+        if not self._scalar_is(node.inputs[1], float(np.sqrt(2.0)), rtol=1e-6):
+            raise Decline
+        for part in chain:
+            self._absorb(part)
+        out = self._layer(node, self.keras.layers.Activation("gelu", name=self._name(node)), source.keras)
+        self._set(node, Tensor(out, source.perm), value)
+
+    def _scalar_is(self, value: ir.Value | None, expected: float, rtol: float = 0.0) -> bool:
+        array = self.plan.constant(value)
+        if array is None or array.size != 1 or self.plan.is_parameter(value):
+            return False
+        return bool(np.isclose(float(array.reshape(-1)[0]), expected, rtol=rtol, atol=0.0))
 
     def _prelu(self, source: Tensor, slope: np.ndarray):
         """PRelu → PReLU with its slopes as a trainable weight, shared over broadcast axes."""

@@ -4,7 +4,7 @@
 ``surgery``; ``keras.models.load_model(path, safe_mode=True)`` then rebuilds them without any
 Lambda or Python code in the file:
 
-- `OnnxOp`: one ONNX node computed by its function in `surgery.onnx_to_keras.ops`. Computed
+- `OnnxOp`: one ONNX node computed by its function in `surgery.onnx_to_keras.generic`. Computed
   inputs arrive as the layer's inputs; constant inputs that are not parameters (shape targets,
   axes, scalars such as GELU's ½ and √2) live in the layer's config. ``shape_hints`` carries the
   static dimensions ONNX shape inference knows, so layers downstream build with known widths
@@ -21,7 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from surgery.onnx_to_keras.ops import OPS, Attrs
+from surgery.onnx_to_keras.generic import OPS, Attrs
 
 
 def encode_array(array: np.ndarray) -> dict:
@@ -39,7 +39,7 @@ class OnnxOp(keras.layers.Layer):
     """One ONNX node over `keras.ops` (see the module docstring).
 
     Args:
-        op_type: the ONNX op, a key of `surgery.onnx_to_keras.ops.OPS`.
+        op_type: the ONNX op, a key of `surgery.onnx_to_keras.generic.OPS`.
         attributes: the node's attributes as JSON values (tensors encoded by `encode_array`).
         constants: input position (as a string) → encoded constant array.
         arity: the node's number of inputs (omitted optional inputs included).

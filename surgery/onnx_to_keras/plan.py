@@ -5,7 +5,7 @@
 - **Outputs.** An integer output computed through ``ArgMax`` (skl2onnx's ``label``) is dropped
   (`dropped_outputs`); every other output is kept, under its ONNX name.
 - **Needed nodes**, walking back from the kept outputs. An op that neither a friendly layer nor
-  the generic catalogue (`surgery.onnx_to_keras.ops.OPS`) knows, or a node of another domain,
+  the generic catalogue (`surgery.onnx_to_keras.generic.OPS`) knows, or a node of another domain,
   is a `SurgeryError` naming the node and the op.
 - **Parameters.** A constant (initializer or ``Constant`` output) is a parameter — a trainable
   Keras weight — when it is floating point, has more than one element or sits at a weight
@@ -30,7 +30,7 @@ import onnx_ir as ir
 
 from surgery.errors import SurgeryError
 from surgery.graph import constant_array
-from surgery.onnx_to_keras.ops import OPS, SHAPE_INPUTS
+from surgery.onnx_to_keras.generic import OPS, SHAPE_INPUTS
 
 #: (op, input position) of weights: parameters even when they hold a single value.
 WEIGHT_INPUTS = frozenset(
