@@ -15,8 +15,9 @@ Rules shared by every op:
 - Spatial ops (Conv, pools) run channels-last inside the function (TensorFlow's CPU kernels
   are NHWC only) and hand back NCHW.
 
-`SHAPE_INPUTS` names, per op, the inputs that are shapes, sizes, indices or axes rather than
-data: a constant read only there is never a trainable parameter.
+`NO_GRADIENT_INPUTS` names, per op, the inputs no gradient flows through: shapes, sizes,
+indices, axes, counts, a tensor whose shape alone is read, comparison operands and conditions. A
+constant read only there is never a trainable parameter.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ import numpy as np
 #: op_type → function(inputs, attrs) → a tensor or a tuple of tensors.
 OPS: dict[str, Callable[[list, "Attrs"], Any]] = {}
 
-#: op_type → input positions holding shapes, sizes, indices, axes or counts (never parameters).
-SHAPE_INPUTS: dict[str, frozenset[int]] = {
+#: op_type → input positions no gradient flows through (see the module docstring).
+NO_GRADIENT_INPUTS: dict[str, frozenset[int]] = {
+    "Shape": frozenset({0}), "Size": frozenset({0}), "Where": frozenset({0}), "ArgMax": frozenset({0}),
+    "ArgMin": frozenset({0}), "IsNaN": frozenset({0}), "IsInf": frozenset({0}), "Sign": frozenset({0}),
+    "Floor": frozenset({0}), "Ceil": frozenset({0}), "Round": frozenset({0}),
+    **{op: frozenset({0, 1}) for op in ("Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual")},
     "Reshape": frozenset({1}), "Expand": frozenset({1}), "Tile": frozenset({1}), "Slice": frozenset({1, 2, 3, 4}),
     "Split": frozenset({1}), "Squeeze": frozenset({1}), "Unsqueeze": frozenset({1}), "ConstantOfShape": frozenset({0}),
     "Range": frozenset({0, 1, 2}), "Gather": frozenset({1}), "GatherElements": frozenset({1}), "Pad": frozenset({1, 3}),

@@ -10,7 +10,8 @@
 - **Parameters.** A constant (initializer or ``Constant`` output) is a parameter — a trainable
   Keras weight — when it is floating point, has more than one element or sits at a weight
   input (`WEIGHT_INPUTS`: a Conv's or Gemm's weight and bias, a PRelu slope, a norm's scale and
-  bias), and is read somewhere else than a shape input (`ops.SHAPE_INPUTS`) or a
+  bias), and is read somewhere a gradient flows through (not only as a shape, index, axis or
+  condition: `generic.NO_GRADIENT_INPUTS`) other than a
   BatchNormalization's running statistics (kept non-trainable, as Keras does). Integer and
   boolean constants never are.
 - **Folding.** A node whose inputs are all constants and none a parameter is computed now, with
@@ -30,7 +31,7 @@ import onnx_ir as ir
 
 from surgery.errors import SurgeryError
 from surgery.graph import constant_array
-from surgery.onnx_to_keras.generic import OPS, SHAPE_INPUTS
+from surgery.onnx_to_keras.generic import OPS, NO_GRADIENT_INPUTS
 
 #: (op, input position) of weights: parameters even when they hold a single value.
 WEIGHT_INPUTS = frozenset(
@@ -93,7 +94,7 @@ def _is_parameter(value: ir.Value, array: np.ndarray) -> bool:
     if array.dtype.kind != "f" or (producer is not None and producer.op_type != "Constant"):
         return False
     uses = [(use.node.op_type, use.idx) for use in value.uses()]
-    data_uses = [u for u in uses if u[1] not in SHAPE_INPUTS.get(u[0], ()) and u not in STATISTIC_INPUTS]
+    data_uses = [u for u in uses if u[1] not in NO_GRADIENT_INPUTS.get(u[0], ()) and u not in STATISTIC_INPUTS]
     return bool(data_uses) and (array.size > 1 or any(u in WEIGHT_INPUTS for u in data_uses))
 
 
