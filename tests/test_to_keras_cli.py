@@ -98,3 +98,13 @@ def test_refuses_a_non_keras_suffix_and_an_existing_file(cli, files):
     assert existing.read_text() == "keep me"
     assert cli("to-keras", paths["mlp"], "-o", existing, "--force").returncode == 0
     assert existing.stat().st_size > 100
+
+
+def test_external_data_model_converts_from_another_directory(cli, tmp_path):
+    model_dir, elsewhere = tmp_path / "ext", tmp_path / "elsewhere"
+    model_dir.mkdir()
+    elsewhere.mkdir()
+    onnx.save(forms.pytorch_convnet(), model_dir / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    result = cli("to-keras", "../ext/m.onnx", "-o", "out.keras", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert "faithfulness" in result.stdout and (elsewhere / "out.keras").is_file()

@@ -176,6 +176,9 @@ def check_faithful(
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # onnxruntime's warnings would add lines to the command's stderr
+    folder = _external_data_folder(ir_model)
+    if folder is not None:  # a model read from bytes finds its external data here, not in the working directory
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     try:
         expected = session.run(list(outputs), feeds)
@@ -195,6 +198,14 @@ def check_faithful(
             scale = max(1.0, float(np.max(np.abs(e64))))
             worst = max(worst, float(np.max(np.abs(e64 - g.astype(np.float64)))) / scale)
     return worst
+
+
+def _external_data_folder(model: ir.Model) -> str | None:
+    """The folder the model's external data lives in, when it has any."""
+    for value in model.graph.initializers.values():
+        if isinstance(value.const_value, ir.ExternalTensor):
+            return str(value.const_value.base_dir)
+    return None
 
 
 def dropped_outputs(model: ModelLike) -> list[str]:
