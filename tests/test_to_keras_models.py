@@ -88,7 +88,7 @@ def test_every_float_parameter_is_one_trainable_weight(name, converted):
      ("mobilenetv2", {"Conv2D", "DepthwiseConv2D", "ReLU"}),
      ("bert", {"Embedding", "LayerNormalization", "Dense", "Softmax"}),
      ("gpt2_dynamo", {"Embedding", "LayerNormalization", "Dense"}),
-     ("llama", {"Embedding", "Dense", "Softmax"})],
+     ("llama", {"Embedding", "Dense", "Softmax", "RMSNormalization", "Activation"})],
 )
 def test_recognised_patterns_become_friendly_layers(name, layers, converted):
     _, conversion = converted(name)

@@ -13,6 +13,8 @@ node alone reads it (a shared one stays one `OnnxParameter`).
   to ``[kh, kw, in/g, out]``; explicit pads become ``padding="same"`` when they equal
   TensorFlow's SAME padding, else a ``ZeroPadding2D`` in front.
 - ``BatchNormalization`` → ``BatchNormalization`` (epsilon, momentum, running statistics).
+  A decomposed RMSNorm (Llama's ``Pow → ReduceMean → Add ε → Sqrt → 1/· → Mul x → Mul scale``)
+  → ``RMSNormalization``.
   ``LayerNormalization`` over the last axis → ``LayerNormalization``. ``Gather`` of integer
   indices from a rank-2 parameter on axis 0 → ``Embedding``.
 - ``MaxPool``/``AveragePool`` → the Keras pooling layers when the pads are none, TensorFlow's
@@ -530,6 +532,57 @@ class FriendlyLayers:
             self._absorb(part)
         out = self._layer(node, self.keras.layers.Activation("gelu", name=self._name(node)), source.keras)
         self._set(node, Tensor(out, source.perm), value)
+
+    @rule("Pow", layer="RMSNormalization for a decomposed RMSNorm, x · 1/√(mean(x², last axis) + ε) · scale")
+    def _rms_norm(self, node: ir.Node) -> None:
+        """Decomposed RMSNorm (Llama): Pow(x, 2) → ReduceMean(last axis, keepdims) → Add ε → Sqrt →
+        Div(1, ·) or Reciprocal → Mul x → [float Cast] → Mul by a parameter scale of the last axis's
+        size, each node the only reader of the one before."""
+        source = self._computed(node)
+        x = node.inputs[0]
+        if not self._scalar_is(node.inputs[1], 2.0) or source.rank < 2:
+            raise Decline
+        mean = self._next(node.outputs[0], "ReduceMean")
+        axes = attribute(mean, "axes", None)
+        if axes is None and len(mean.inputs) > 1:
+            axes = [int(a) for a in np.asarray(self._fixed(mean, 1)).reshape(-1)]
+        if list(axes or []) not in ([-1], [source.rank - 1]) or not attribute(mean, "keepdims", 1):
+            raise Decline
+        add = self._next(mean.outputs[0], "Add")
+        epsilon = self.plan.constant(next(v for v in add.inputs if v is not mean.outputs[0]))
+        if epsilon is None or epsilon.size != 1:
+            raise Decline
+        root = self._next(add.outputs[0], "Sqrt")
+        inverse = self._next(root.outputs[0], ("Div", "Reciprocal"))
+        if inverse.op_type == "Div" and (inverse.inputs[1] is not root.outputs[0] or not self._scalar_is(inverse.inputs[0], 1.0)):
+            raise Decline
+        normed = self._next(inverse.outputs[0], "Mul")
+        if x not in normed.inputs:
+            raise Decline
+        chain, value = [mean, add, root, inverse, normed], normed.outputs[0]
+        reader = self._next(value, ("Cast", "Mul"))
+        if reader.op_type == "Cast":
+            if not ir.DataType(attribute(reader, "to", 1)).is_floating_point():
+                raise Decline
+            chain.append(reader)
+            reader = self._next(reader.outputs[0], "Mul")
+        scale_index = 0 if reader.inputs[1] is chain[-1].outputs[0] else 1
+        scale = self._own_parameter(reader, scale_index)
+        source = self._in_layout(source, identity(source.rank), node)
+        if scale.ndim != 1 or source.keras.shape[-1] != scale.size:
+            raise Decline
+        for part in (*chain, reader):
+            self._absorb(part)
+        layer = self.keras.layers.RMSNormalization(axis=-1, epsilon=float(epsilon.reshape(-1)[0]), name=self._name(node))
+        out = self._layer(node, layer, source.keras, weights=[scale])
+        self._set(node, Tensor(out, source.perm), reader.outputs[0])
+
+    def _next(self, value: ir.Value, ops: str | tuple[str, ...]) -> ir.Node:
+        """The node of one of `ops` that alone reads `value` (still to be built), else Decline."""
+        reader = self._single_reader(value)
+        if reader is None or reader.op_type not in ((ops,) if isinstance(ops, str) else ops) or id(reader) not in self.plan.node_ids:
+            raise Decline
+        return reader
 
     def _scalar_is(self, value: ir.Value | None, expected: float, rtol: float = 0.0) -> bool:
         array = self.plan.constant(value)
