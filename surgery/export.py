@@ -163,7 +163,8 @@ def _rename_outputs(proto: onnx.ModelProto, keras_names: list[str]) -> None:
     `to-keras` keeps the ONNX output names it reproduces), or 'output' / 'output_<i>' when those
     names are not distinct or clash with a tensor of the graph."""
     count = len(keras_names)
-    taken = {name for node in proto.graph.node for name in (*node.input, *node.output)} | {i.name for i in proto.graph.input}
+    taken = {name for node in proto.graph.node for name in (*node.input, *node.output)}
+    taken |= {i.name for i in proto.graph.input}
     own = len(set(keras_names)) == count and not taken & set(keras_names)
     for index, output in enumerate(proto.graph.output[:count]):
         new = keras_names[index] if own else "output" if count == 1 else f"output_{index}"

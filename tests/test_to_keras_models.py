@@ -55,7 +55,8 @@ def _float_parameters(proto: onnx.ModelProto) -> int:
     shape_only = {t.name for t in proto.graph.initializer
                   if all(n.op_type == "Shape" for n in proto.graph.node if t.name in n.input)}
     arrays = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.name not in shape_only]
-    arrays += [numpy_helper.to_array(a.t) for n in proto.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    constants = [n for n in proto.graph.node if n.op_type == "Constant"]
+    arrays += [numpy_helper.to_array(a.t) for n in constants for a in n.attribute if a.name == "value"]
     return sum(a.size for a in arrays if a.dtype.kind == "f" and a.size > 1)
 
 
@@ -95,7 +96,9 @@ def test_recognised_patterns_become_friendly_layers(name, layers, converted):
     assert layers <= {type(layer).__name__ for layer in conversion.model.layers}
 
 
-@pytest.mark.parametrize("name", ["gpt2_sdpa", "gpt2_dynamo", "bert", "llama_gqa", "keras_transformer", "resnet", "mobilenetv2"])
+@pytest.mark.parametrize(
+    "name", ["gpt2_sdpa", "gpt2_dynamo", "bert", "llama_gqa", "keras_transformer", "resnet", "mobilenetv2"]
+)
 def test_one_fit_step_changes_every_trainable_weight(name, converted):
     proto, conversion = converted(name)
     model = conversion.model

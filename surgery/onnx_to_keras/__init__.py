@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 FAITHFUL_TOLERANCE = 1e-5
 
 __all__ = [
-    "FAITHFUL_TOLERANCE", "SUPPORTED_OPS", "Conversion", "check_faithful", "convert", "dropped_outputs", "sample_inputs",
-    "to_keras",
+    "FAITHFUL_TOLERANCE", "SUPPORTED_OPS", "Conversion", "check_faithful", "convert", "dropped_outputs",
+    "sample_inputs", "to_keras",
 ]
 
 
@@ -131,11 +131,8 @@ def sample_inputs(
             continue
         shape = []
         for position, dim in enumerate(value.shape or []):
-            if isinstance(dim, int):
-                shape.append(dim)
-            else:
-                name = getattr(dim, "value", None)
-                shape.append((dims or {}).get(name, batch if position == 0 else sequence) if name else (batch if position == 0 else sequence))
+            default = batch if position == 0 else sequence
+            shape.append(dim if isinstance(dim, int) else (dims or {}).get(getattr(dim, "value", None), default))
         dtype = value.dtype.numpy()
         if dtype.kind == "f":
             arrays[value.name] = rng.standard_normal(shape).astype(dtype)

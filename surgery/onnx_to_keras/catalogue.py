@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from surgery.onnx_to_keras.friendly import FRIENDLY_LAYERS
+from surgery.onnx_to_keras.foreign import FRIENDLY_LAYERS  # with every rule registered
 from surgery.onnx_to_keras.generic import OPS
 
 

@@ -5,8 +5,9 @@ constants, static shapes — an op nobody knows is refused there, naming the nod
 `GraphBuilder` walks the needed nodes in graph order and gives each one
 
 - a **friendly layer** where a pattern is recognised (`surgery.onnx_to_keras.friendly`: Dense,
-  Conv2D, DepthwiseConv2D, BatchNormalization, LayerNormalization, Embedding, pooling, merges,
-  activations) — its parameters become that layer's weights;
+  Conv2D, DepthwiseConv2D, BatchNormalization, pooling, merges, activations;
+  `surgery.onnx_to_keras.patterns`: LayerNormalization, Embedding, GELU, RMSNormalization) —
+  its parameters become that layer's weights;
 - otherwise the **generic path**: an `OnnxOp` layer computing the node with `keras.ops`
   (`surgery.onnx_to_keras.generic`), its parameters read from `OnnxParameter` layers (one per
   parameter, so a parameter read by several nodes stays one weight).
@@ -33,8 +34,9 @@ import numpy as np
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError
-from surgery.onnx_to_keras.friendly import FRIENDLY, Decline, FriendlyLayers, Tensor, identity
+from surgery.onnx_to_keras.friendly import FRIENDLY, FRIENDLY_LAYERS, Decline, Tensor, identity
 from surgery.onnx_to_keras.generic import OPS
+from surgery.onnx_to_keras.patterns import TransformerPatterns
 from surgery.onnx_to_keras.plan import analyse, where
 from surgery.tensorflow_runtime import import_tensorflow
 
@@ -86,7 +88,7 @@ def _attributes(node: ir.Node) -> dict[str, Any]:
     return values
 
 
-class GraphBuilder(FriendlyLayers):
+class GraphBuilder(TransformerPatterns):
     """Builds the Keras model for one ONNX graph (see the module docstring)."""
 
     def __init__(self, model: ir.Model):
@@ -125,16 +127,20 @@ class GraphBuilder(FriendlyLayers):
                 self._generic(node)
         outputs = [self._output(v) for v in self.plan.kept]
         name = sanitise(self.model.graph.name or "") or "onnx_model"
-        keras_model = self.keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0], name=name)
+        keras_model = self.keras.Model(
+            inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0], name=name
+        )
         for layer, weights in self.weights:
             layer.set_weights(weights)
         dropped = self.plan.dropped
         notes = [
             f"output {v.name!r} ({v.dtype}, class labels through ArgMax) is not rebuilt: Keras has no argmax layer "
-            f"without a Lambda; compute it as argmax of {self.plan.kept[0].name!r} over the last axis" + self._label_classes(v)
+            f"without a Lambda; compute it as argmax of {self.plan.kept[0].name!r} over the last axis"
+            + self._label_classes(v)
             for v in dropped
         ]
-        return Conversion(keras_model, "graph", self.node_layers, [v.name for v in self.plan.kept], notes, [v.name for v in dropped])
+        kept = [v.name for v in self.plan.kept]
+        return Conversion(keras_model, "graph", self.node_layers, kept, notes, [v.name for v in dropped])
 
     def _output(self, value: ir.Value):
         """The Keras tensor of a kept output, in ONNX layout, from a layer named after the output."""
@@ -207,7 +213,7 @@ class GraphBuilder(FriendlyLayers):
             output_dtypes=dtypes if all(dtypes) else None, opset=self.opset, name=self._name(node),
         )
         if not tensors:
-            raise SurgeryError(f"{where(node)}: all its inputs are constants, yet it could not be computed at conversion")
+            raise SurgeryError(f"{where(node)}: all its inputs are constants, yet it was not computed at conversion")
         out = self._layer(node, layer, tensors)
         outs = out if isinstance(out, (list, tuple)) else [out]
         for value, tensor in zip(node.outputs, outs):
@@ -270,3 +276,6 @@ class GraphBuilder(FriendlyLayers):
 def convert_graph(model: ir.Model) -> Conversion:
     """Build the Keras model for a graph without Keras provenance (see the module docstring)."""
     return GraphBuilder(model).build()
+
+
+__all__ = ["FRIENDLY_LAYERS", "SUPPORTED_OPS", "Conversion", "GraphBuilder", "convert_graph", "sanitise"]

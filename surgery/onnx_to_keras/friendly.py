@@ -13,10 +13,8 @@ node alone reads it (a shared one stays one `OnnxParameter`).
   to ``[kh, kw, in/g, out]``; explicit pads become ``padding="same"`` when they equal
   TensorFlow's SAME padding, else a ``ZeroPadding2D`` in front.
 - ``BatchNormalization`` → ``BatchNormalization`` (epsilon, momentum, running statistics).
-  A decomposed RMSNorm (Llama's ``Pow → ReduceMean → Add ε → Sqrt → 1/· → Mul x → Mul scale``)
-  → ``RMSNormalization``.
-  ``LayerNormalization`` over the last axis → ``LayerNormalization``. ``Gather`` of integer
-  indices from a rank-2 parameter on axis 0 → ``Embedding``.
+  The transformer patterns (LayerNormalization, Embedding, exact GELU, RMSNorm) are in
+  `surgery.onnx_to_keras.patterns`.
 - ``MaxPool``/``AveragePool`` → the Keras pooling layers when the pads are none, TensorFlow's
   SAME, or zeros counted in the average (a ``ZeroPadding2D``); other pads and ``ceil_mode``
   take the generic path (padding with -inf, or dividing by the count of real values).
@@ -28,8 +26,7 @@ node alone reads it (a shared one stays one `OnnxParameter`).
   ``Identity`` and a float → float ``Cast`` cost nothing.
 - Activations: ``Relu``, ``Clip(0, m)``, ``LeakyRelu``, ``Elu``, ``PRelu`` (trainable slopes),
   ``Softmax``, ``Gelu`` and the parameter-free ones as ``Activation``; PyTorch's SiLU
-  (``x · Sigmoid(x)``) and exact GELU (``x / √2 → Erf → + 1 → · x → · ½``) as
-  ``Activation("silu")`` and ``Activation("gelu")``.
+  (``x · Sigmoid(x)``) as ``Activation("silu")``.
 """
 
 from __future__ import annotations
@@ -46,7 +43,10 @@ from surgery.layers import bias_add
 from surgery.onnx_to_keras.plan import GraphPlan
 from surgery.ops import default_softmax_axis, keras_activation
 
-MERGE_OPS = {"Add": "Add", "Sum": "Add", "Sub": "Subtract", "Mul": "Multiply", "Max": "Maximum", "Min": "Minimum", "Mean": "Average"}
+MERGE_OPS = {
+    "Add": "Add", "Sum": "Add", "Sub": "Subtract", "Mul": "Multiply", "Max": "Maximum", "Min": "Minimum",
+    "Mean": "Average",
+}
 #: ONNX's default Selu constants, which are Keras's.
 _SELU = (1.67326319217681884765625, 1.05070102214813232421875)
 
@@ -210,7 +210,9 @@ class FriendlyLayers:
             self._absorb(bias_node)
             output = bias_node.outputs[0]
         activation, output = self._fuse_activation(output, softmax=True)
-        layer = self.keras.layers.Dense(kernel.shape[1], activation=activation, use_bias=bias is not None, name=self._name(node))
+        layer = self.keras.layers.Dense(
+            kernel.shape[1], activation=activation, use_bias=bias is not None, name=self._name(node)
+        )
         weights = [kernel] + ([bias.astype(np.float32)] if bias is not None else [])
         self._set(node, Tensor(self._layer(node, layer, source.keras, weights=weights), source.perm), output)
 
@@ -288,39 +290,11 @@ class FriendlyLayers:
         weights = [w.reshape(-1).astype(np.float32) for w in (scale, offset, mean, var)]
         self._set(node, Tensor(self._layer(node, layer, source.keras, weights=weights), source.perm))
 
-    @rule("LayerNormalization", layer="LayerNormalization (last axis)")
-    def _layer_norm(self, node: ir.Node) -> None:
-        source = self._computed(node)
-        axis = attribute(node, "axis", -1)
-        if axis not in (-1, source.rank - 1) or len([v for v in node.outputs if v is not None and v.uses()]) > 1:
-            raise Decline
-        scale = self._own_parameter(node, 1)
-        offset = self._own_parameter(node, 2) if len(node.inputs) > 2 and node.inputs[2] is not None else None
-        source = self._in_layout(source, identity(source.rank), node)
-        if scale.ndim != 1 or source.keras.shape[-1] != scale.size or (offset is not None and offset.shape != scale.shape):
-            raise Decline
-        layer = self.keras.layers.LayerNormalization(
-            axis=-1, epsilon=float(attribute(node, "epsilon", 1e-5)), center=offset is not None, name=self._name(node)
-        )
-        weights = [scale] + ([offset] if offset is not None else [])
-        self._set(node, Tensor(self._layer(node, layer, source.keras, weights=weights), source.perm))
-
-    @rule("Gather", layer="Embedding (integer indices into a rank-2 parameter, axis 0)")
-    def _embedding(self, node: ir.Node) -> None:
-        indices = self._computed(node, 1)
-        table = self._own_parameter(node, 0)
-        if attribute(node, "axis", 0) != 0 or table.ndim != 2 or node.inputs[1].dtype is None or not node.inputs[1].dtype.is_integer():
-            raise Decline
-        indices = self._in_layout(indices, identity(indices.rank), node)
-        layer = self.keras.layers.Embedding(table.shape[0], table.shape[1], name=self._name(node))
-        out = self._layer(node, layer, indices.keras, weights=[table])
-        self._set(node, Tensor(out, identity(indices.rank + 1)))
-
-    # -- layers without weights ----------------------------------------------------------
     @rule("MaxPool", "AveragePool", layer="MaxPooling2D, AveragePooling2D (no pads, SAME pads, or zeros counted)")
     def _pool(self, node: ir.Node) -> None:
         source = self._computed(node)
-        if source.rank != 4 or attribute(node, "ceil_mode", 0) or any(d != 1 for d in attribute(node, "dilations", [1, 1])):
+        dilated = any(d != 1 for d in attribute(node, "dilations", [1, 1]))
+        if source.rank != 4 or attribute(node, "ceil_mode", 0) or dilated:
             raise Decline
         if len([v for v in node.outputs if v is not None and v.uses()]) > 1:
             raise Decline  # MaxPool's Indices
@@ -426,7 +400,8 @@ class FriendlyLayers:
         source = self._computed(node)
         if node.op_type == "Cast":
             target = ir.DataType(attribute(node, "to", 1))
-            if not (target.is_floating_point() and node.inputs[0].dtype is not None and node.inputs[0].dtype.is_floating_point()):
+            given = node.inputs[0].dtype
+            if not (target.is_floating_point() and given is not None and given.is_floating_point()):
                 raise Decline
         self._set(node, source)
 
@@ -464,7 +439,8 @@ class FriendlyLayers:
         elif op == "Elu":
             layer, args = keras.layers.ELU, {"alpha": float(attribute(node, "alpha", 1.0))}
         elif op == "Selu":
-            if not np.allclose((attribute(node, "alpha", _SELU[0]), attribute(node, "gamma", _SELU[1])), _SELU, rtol=1e-6):
+            given = (attribute(node, "alpha", _SELU[0]), attribute(node, "gamma", _SELU[1]))
+            if not np.allclose(given, _SELU, rtol=1e-6):
                 raise Decline
             layer, args = keras.layers.Activation, {"activation": "selu"}
         elif op == "HardSigmoid":
@@ -476,8 +452,10 @@ class FriendlyLayers:
                 raise Decline
             layer, args = keras.layers.Activation, {"activation": "gelu"}
         elif op == "Clip":
-            low = self._fixed(node, 1) if len(node.inputs) > 1 and node.inputs[1] is not None else attribute(node, "min", None)
-            high = self._fixed(node, 2) if len(node.inputs) > 2 and node.inputs[2] is not None else attribute(node, "max", None)
+            present = [len(node.inputs) > i and node.inputs[i] is not None for i in (1, 2)]
+            given = [self._fixed(node, i) if there else None for i, there in zip((1, 2), present)]
+            low = attribute(node, "min", None) if given[0] is None else given[0]
+            high = attribute(node, "max", None) if given[1] is None else given[1]
             if low is None or float(low) != 0.0:
                 raise Decline
             layer, args = keras.layers.ReLU, {"max_value": None if high is None else float(high)}
@@ -503,92 +481,6 @@ class FriendlyLayers:
         if mul is None or mul.op_type != "Mul" or id(mul) not in self.plan.node_ids:
             return None
         return mul if sigmoid.inputs[0] in mul.inputs else None
-
-    @rule("Div", layer="Activation('gelu') for PyTorch's exact GELU, x / √2 → Erf → + 1 → · x → · ½")
-    def _erf_gelu(self, node: ir.Node) -> None:
-        """Erf-GELU: Div(x, √2) → Erf → Add 1 → Mul x → Mul ½ (the last two in either order), each
-        node the only reader of the one before."""
-        source = self._computed(node)
-        x = node.inputs[0]
-        chain, value = [], node.outputs[0]
-        for op, constant in (("Erf", None), ("Add", 1.0), ("Mul", "x"), ("Mul", 0.5)):
-            reader = self._single_reader(value)
-            if reader is None or reader.op_type != op or id(reader) not in self.plan.node_ids:
-                raise Decline
-            if constant is not None:
-                other = [v for v in reader.inputs if v is not value]
-                if len(other) != 1:
-                    raise Decline
-                if constant == "x":
-                    if other[0] is not x:
-                        raise Decline
-                elif not self._scalar_is(other[0], constant):
-                    raise Decline
-            chain.append(reader)
-            value = reader.outputs[0]
-        if not self._scalar_is(node.inputs[1], float(np.sqrt(2.0)), rtol=1e-6):
-            raise Decline
-        for part in chain:
-            self._absorb(part)
-        out = self._layer(node, self.keras.layers.Activation("gelu", name=self._name(node)), source.keras)
-        self._set(node, Tensor(out, source.perm), value)
-
-    @rule("Pow", layer="RMSNormalization for a decomposed RMSNorm, x · 1/√(mean(x², last axis) + ε) · scale")
-    def _rms_norm(self, node: ir.Node) -> None:
-        """Decomposed RMSNorm (Llama): Pow(x, 2) → ReduceMean(last axis, keepdims) → Add ε → Sqrt →
-        Div(1, ·) or Reciprocal → Mul x → [float Cast] → Mul by a parameter scale of the last axis's
-        size, each node the only reader of the one before."""
-        source = self._computed(node)
-        x = node.inputs[0]
-        if not self._scalar_is(node.inputs[1], 2.0) or source.rank < 2:
-            raise Decline
-        mean = self._next(node.outputs[0], "ReduceMean")
-        axes = attribute(mean, "axes", None)
-        if axes is None and len(mean.inputs) > 1:
-            axes = [int(a) for a in np.asarray(self._fixed(mean, 1)).reshape(-1)]
-        if list(axes or []) not in ([-1], [source.rank - 1]) or not attribute(mean, "keepdims", 1):
-            raise Decline
-        add = self._next(mean.outputs[0], "Add")
-        epsilon = self.plan.constant(next(v for v in add.inputs if v is not mean.outputs[0]))
-        if epsilon is None or epsilon.size != 1:
-            raise Decline
-        root = self._next(add.outputs[0], "Sqrt")
-        inverse = self._next(root.outputs[0], ("Div", "Reciprocal"))
-        if inverse.op_type == "Div" and (inverse.inputs[1] is not root.outputs[0] or not self._scalar_is(inverse.inputs[0], 1.0)):
-            raise Decline
-        normed = self._next(inverse.outputs[0], "Mul")
-        if x not in normed.inputs:
-            raise Decline
-        chain, value = [mean, add, root, inverse, normed], normed.outputs[0]
-        reader = self._next(value, ("Cast", "Mul"))
-        if reader.op_type == "Cast":
-            if not ir.DataType(attribute(reader, "to", 1)).is_floating_point():
-                raise Decline
-            chain.append(reader)
-            reader = self._next(reader.outputs[0], "Mul")
-        scale_index = 0 if reader.inputs[1] is chain[-1].outputs[0] else 1
-        scale = self._own_parameter(reader, scale_index)
-        source = self._in_layout(source, identity(source.rank), node)
-        if scale.ndim != 1 or source.keras.shape[-1] != scale.size:
-            raise Decline
-        for part in (*chain, reader):
-            self._absorb(part)
-        layer = self.keras.layers.RMSNormalization(axis=-1, epsilon=float(epsilon.reshape(-1)[0]), name=self._name(node))
-        out = self._layer(node, layer, source.keras, weights=[scale])
-        self._set(node, Tensor(out, source.perm), reader.outputs[0])
-
-    def _next(self, value: ir.Value, ops: str | tuple[str, ...]) -> ir.Node:
-        """The node of one of `ops` that alone reads `value` (still to be built), else Decline."""
-        reader = self._single_reader(value)
-        if reader is None or reader.op_type not in ((ops,) if isinstance(ops, str) else ops) or id(reader) not in self.plan.node_ids:
-            raise Decline
-        return reader
-
-    def _scalar_is(self, value: ir.Value | None, expected: float, rtol: float = 0.0) -> bool:
-        array = self.plan.constant(value)
-        if array is None or array.size != 1 or self.plan.is_parameter(value):
-            return False
-        return bool(np.isclose(float(array.reshape(-1)[0]), expected, rtol=rtol, atol=0.0))
 
     def _prelu(self, source: Tensor, slope: np.ndarray):
         """PRelu → PReLU with its slopes as a trainable weight, shared over broadcast axes."""

@@ -138,7 +138,8 @@ for _name, _fn in {
     "Dropout": lambda x, a: x,  # inference graphs: the identity
     "LeakyRelu": lambda x, a: _k().leaky_relu(x, negative_slope=a.get("alpha", 0.01)),
     "Elu": lambda x, a: _k().where(x > 0, x, a.get("alpha", 1.0) * (_k().exp(x) - 1.0)),
-    "Celu": lambda x, a: _k().maximum(x, 0.0) + _k().minimum(0.0, a.get("alpha", 1.0) * (_k().exp(x / a.get("alpha", 1.0)) - 1.0)),
+    "Celu": lambda x, a: _k().maximum(x, 0.0)
+    + _k().minimum(0.0, a.get("alpha", 1.0) * (_k().exp(x / a.get("alpha", 1.0)) - 1.0)),
     "Selu": lambda x, a: a.get("gamma", 1.05070102214813232421875)
     * _k().where(x > 0, x, a.get("alpha", 1.67326319217681884765625) * (_k().exp(x) - 1.0)),
     "HardSigmoid": lambda x, a: _k().clip(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0.0, 1.0),

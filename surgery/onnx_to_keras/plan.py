@@ -41,7 +41,9 @@ WEIGHT_INPUTS = frozenset(
 #: (op, input position) of running statistics: constants, never trained.
 STATISTIC_INPUTS = frozenset({("BatchNormalization", 3), ("BatchNormalization", 4)})
 #: Ops whose outputs are not a function of their inputs: never folded.
-_RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"})
+_RANDOM = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
 
 
 @dataclass
