@@ -187,3 +187,11 @@ def test_seed_pipeline_on_a_keras_transformer_keeps_the_loss_and_trains_on():
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, run_eagerly=True)
     history = model.fit(tokens, targets, batch_size=4, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all() and history.history["loss"][-1] < before
+
+
+@pytest.mark.parametrize("name, block", [("gpt2_sdpa", "model.transformer.h.1"), ("resnet", "layer1.0")])
+def test_deepened_fixture_converts_faithfully(name, block):
+    deeper = surgery.deepen(_load(name), after=block, init="random", seed=1)
+    conversion = convert(deeper)
+    assert check_faithful(conversion.model, deeper, batch=BATCH, sequence=SEQUENCE) <= FAITHFUL_TOLERANCE
+    assert sum(int(np.prod(w.shape)) for w in conversion.model.trainable_weights) == _float_parameters(deeper)
