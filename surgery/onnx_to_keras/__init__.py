@@ -3,11 +3,15 @@
 Two routes, picked by the model's metadata:
 
 - a model written by `surgery export` carries its Keras architecture (``surgery.keras_config``):
-  it is rebuilt from it at the widths the graph now has (`provenance`);
-- any other graph (PyTorch's exporter, skl2onnx, hand-built) is rebuilt op by op (`foreign`).
+  it is rebuilt from it at the widths the graph now has (`provenance`); when that architecture
+  has layers whose weights cannot be located in the graph, it is rebuilt op by op instead;
+- any other graph (PyTorch classic and dynamo exports, tf2onnx, skl2onnx, hand-built) is rebuilt
+  op by op (`foreign`: friendly Keras layers where a pattern is recognised, registered generic
+  layers for the rest; docs/to-keras-models.md).
 
 `transfer` then applies ``head``, ``reinit`` and ``freeze``. `check_faithful` compares the Keras
-model with onnxruntime. TensorFlow and Keras are imported only when a function runs.
+model with onnxruntime on `sample_inputs`; `dropped_outputs` names the outputs a conversion
+leaves out. TensorFlow and Keras are imported only when a function runs.
 
 Example:
     >>> from surgery.onnx_to_keras import to_keras, check_faithful
