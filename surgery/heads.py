@@ -152,7 +152,7 @@ def _add_edit(record: tuple, edits: list[Edit], literals: dict) -> None:
         axis, original, axes = record[3], record[4], record[5]
         rank = len(constant_shape(node.inputs[index]) or ())
         edits.append(Edit(node, index, kind, axis, _layout(original, axis, rank), weight_axes=axes))
-    else:  # bias, neutral
+    else:  # bias, neutral, grow (a constant only read by Shape: zero-filled)
         axis, original = record[3], record[4]
         rank = len(constant_shape(node.inputs[index]) or ())
         neutral = record[5] if kind == "neutral" else 0.0
