@@ -172,6 +172,8 @@ def _rename_outputs(proto: onnx.ModelProto, count: int) -> None:
 def self_check(model: "keras.Model", proto: onnx.ModelProto, *, batch: int = 4, seed: int = 0) -> float:
     """Max |keras − onnxruntime| over the outputs on one batch of random inputs, scaled.
 
+    The batch has `batch` rows, or the ONNX model's fixed batch size when it has one.
+
     Returns the difference divided by max(1, max |keras output|); raises SurgeryError when it
     exceeds SELF_CHECK_TOLERANCE.
     """
@@ -182,6 +184,9 @@ def self_check(model: "keras.Model", proto: onnx.ModelProto, *, batch: int = 4, 
     keras_inputs = []
     for tensor, onnx_input in zip(model.inputs, proto.graph.input):
         shape = [batch if d is None else d for d in tensor.shape]
+        leading = onnx_input.type.tensor_type.shape.dim[:1]
+        if leading and leading[0].HasField("dim_value"):  # exported with --batch N: run N rows
+            shape[0] = leading[0].dim_value
         x = rng.random(shape, dtype=np.float32) if "float" in str(tensor.dtype) else rng.integers(0, 2, shape)
         x = x.astype(np.dtype(str(tensor.dtype)))
         feeds[onnx_input.name] = x

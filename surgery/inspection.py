@@ -8,7 +8,8 @@
 - Attention blocks (`surgery.attention.find_blocks`): name, heads, key/value heads, head
   dimension and the friendly names of the Q, K, V and output projections; the name is what
   `widen --heads NAME=K` takes.
-- Residual blocks (`surgery.blocks.find_blocks`): the blocks `surgery deepen --after NAME` takes.
+- Residual blocks (`surgery.blocks.find_blocks`): name, kind, input and output tensors, node and
+  parameter counts; the name is what `surgery deepen --after NAME` takes.
 """
 
 from __future__ import annotations
