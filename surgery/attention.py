@@ -1,12 +1,13 @@
 """Attention blocks: where they are, and where each head's positions go (what `--heads` grows).
 
 **Detection** (`find_blocks`). Every ``Softmax`` is a candidate. Its input comes, through the
-mask ``Add``/``Where`` and scaling ``Mul``/``Div``, from a ``MatMul`` of two computed tensors (the
-scores ``Q·Kᵀ``); its output goes, through ``Cast``/``IsNaN``/``Where``/``Dropout``, into a second
-such ``MatMul`` (with ``V``). Walking back from Q, K and V through any computation (head
+mask ``Add``/``Where``, scaling ``Mul``/``Div`` and reshapes, from a ``MatMul`` of two computed
+tensors (the scores ``Q·Kᵀ``); its output goes, through ``Cast``/``IsNaN``/``Where``/``Dropout``
+and reshapes, into a second such ``MatMul`` (with ``V``). Walking back from Q, K and V through any computation (head
 reshapes, transposes, rotary embeddings, ``repeat_kv``) the nearest growable layers are the
 projections — one layer for all three when a fused QKV projection is ``Split``; walking forward
-from ``softmax·V`` the first growable layer that reads it is the output projection. The block's
+from ``softmax·V`` the first growable layer that reads it is the output projection (or a
+``MatMul``/``Gemm`` whose weight is a ``Reshape`` of a constant: tf2onnx's einsum kernel). The block's
 name is the longest common module path of the four projections' friendly names (a Keras layer
 name when they share one). The head count and head dimension come from `trace_heads` run with no
 new heads; a candidate it cannot follow is not listed (`survey` keeps its reason, which
@@ -18,14 +19,20 @@ fused projection three ranges) the new positions are followed forward, one rule 
 - ``Split`` along the tracked axis: each output keeps the new positions of its range; constant
   sizes get new values (``num_outputs`` splits stay even).
 - ``Reshape``: the target entries are read from constants, ``Shape → Gather/Slice → Concat``
-  chains and constant multiples of them. Splitting ``H·dh`` into ``(H, dh)`` (``dh`` a constant
-  entry), merging the head axis with the static axes after it (``(H, dh) → H·dh``,
-  ``repeat_kv``'s ``(kv, n_rep) → H``), keeping it, and merging it into a dynamic batch axis and
-  back (the dynamo exporter's ``Kᵀ``) are followed. An entry that encodes the head count gets its
-  new value when it is a constant, ``-1`` stays, a runtime read of the tracked dimension adapts by
-  itself. Anything else is refused.
+  chains, constant multiples of them, ``ReduceProd`` and ``Max`` of them, and the shape of a
+  constant (tf2onnx reads Keras's head count from a 5-D copy of the einsum kernel). Splitting
+  ``H·dh`` into ``(H, dh)`` (``dh`` a static entry; with other axes split off before it, as in
+  tf2onnx's ``[B·S, H·dh] → [B, S, H, dh, 1]``, when the static entries after ``dh`` match the
+  input's axes after the tracked one), merging the head axis with the static axes after it
+  (``(H, dh) → H·dh``, ``repeat_kv``'s ``(kv, n_rep) → H``), keeping it, and merging it into the
+  batch axis before it and back (the dynamo exporter's ``Kᵀ`` with ``-1``; tf2onnx's einsum with
+  the product ``B·H`` read at run time) are followed. An entry that encodes the head count gets
+  its new value when it is a constant; when it is a dimension of a constant that only ``Shape``
+  reads, that constant grows along it with zeros; ``-1`` stays, a runtime read of the tracked
+  dimension adapts by itself. Anything else is refused.
 - ``Expand`` (``repeat_kv``): the entry at the head axis is 1, the head count read at run time, or
-  a constant that gets the new count.
+  a constant that gets the new count. An ``Expand`` of an untracked tensor to a shape read from a
+  tracked one (Keras's causal mask, ``ones_like(scores)``) has the heads too, equal along them.
 - Elementwise ops (scaling, masks, rotary ``cos``/``sin``, ``Where``): other operands either carry
   the same positions or broadcast along the head axis; a per-unit constant right after a
   projection (its bias) gets new entries 0 (1 for ``Mul``/``Div``). A computed operand whose size
@@ -33,10 +40,13 @@ fused projection three ranges) the new positions are followed forward, one rule 
   either broadcasts (size 1) or makes the model fail to run — it never changes old heads' values.
 - ``Transpose``, ``Unsqueeze``/``Squeeze``, ``Slice``/``Concat``/``Softmax`` along other axes
   (rotary halves, the score rows), unary ops: the positions follow.
-- ``MatMul`` of two tracked tensors (scores, ``softmax·V``): the head axis is a batch axis of both,
-  with the same positions.
+- ``MatMul`` of two tracked tensors (scores, ``softmax·V``): the head axis is a batch axis of both
+  (alone or merged into the batch axis in both), with the same positions.
 - ``MatMul``/``Gemm`` with a constant weight contracting the tracked axis: the output projection;
-  its rows for the new positions are zero. The walk stops there.
+  its rows for the new positions are zero. When the weight is a ``Reshape`` of a constant C
+  (tf2onnx's ``[1, 1, D, H, dh]``), the axes of C that form the contracted axis are found by their
+  sizes and C gets zero entries along the first of them (the heads); the reshape's target must
+  follow (read from C's shape, ``-1``, or a constant that is rewritten). The walk stops there.
 - ``Shape`` of a tracked tensor: its entries may only reach ``Reshape``/``Expand`` targets (above).
 
 Everything else — a graph output, an op not listed, a head axis that is summed over — is refused
