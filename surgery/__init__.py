@@ -16,6 +16,8 @@ from surgery.modelio import load_model, save_model
 _LAZY = {
     "export_keras": "surgery.export",
     "widen": "surgery.rewrite",
+    "deepen": "surgery.deepening",
+    "find_blocks": "surgery.blocks",
     "verify": "surgery.verification",
     "Report": "surgery.verification",
     "to_keras": "surgery.onnx_to_keras",
