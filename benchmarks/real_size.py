@@ -20,9 +20,8 @@ run a fresh process (wall time, and peak RSS from ``resource.getrusage(RUSAGE_CH
 | ``surgery widen`` every block's feed-forward ``--no-verify`` | ``onnx.load`` + ``onnx.save`` |
 | ``surgery verify A B`` (16 samples) | two onnxruntime sessions (optimizations off) in turn, same batches |
 
-Widening uses the Llama model (SwiGLU: gate and up grow together, down gets zero rows): the
-GPT-2 feed-forward is `Reshape → Gemm → Reshape` with a `Pow` in its GELU, which the width
-analysis refuses.
+Widening adds ``--added`` units to the feed-forward of block 0, then of every block (one glob):
+GPT-2's ``c_fc`` (its Conv1D and tanh-GELU), Llama's ``gate_proj`` (``up_proj`` grows with it).
 
 Usage::
 
@@ -286,9 +285,9 @@ def llama_model(layers: int = 12, d: int = 768, heads: int = 12, ffn: int = 2048
     return _model(g, ids, "logits", vocab, "main_graph")
 
 
-def llama_ffn_plan(layers: int, added: int, blocks: int | None = None) -> list[str]:
-    """``--layer`` arguments widening the SwiGLU of the first `blocks` blocks (all by default)."""
-    return [f"/model/layers.{i}/mlp/gate_proj/MatMul={added}" for i in range(layers if blocks is None else blocks)]
+#: Every block's feed-forward, as a glob over the layers' module-path names (Llama: gate_proj,
+#: with which up_proj grows).
+GPT2_FFN, LLAMA_FFN = "transformer.h.*.mlp.c_fc", "model.layers.*.mlp.gate_proj"
 
 
 def _measure(argv: list[str]) -> dict[str, float]:
@@ -320,26 +319,30 @@ def build(folder: Path) -> tuple[Path, Path]:
     return paths
 
 
-def cases(gpt2: Path, llama: Path, work: Path, layers: int, added: int, seq: int, samples: int, batch: int
+def cases(gpt2: Path, llama: Path, work: Path, added: int, seq: int, samples: int, batch: int
           ) -> list[tuple[str, list[str], str, list[str], float]]:
     """(label, our command, baseline label, baseline command, target ratio) for each measurement."""
-    one, every = work / "one.onnx", work / "every.onnx"
     base_out = work / "baseline.onnx"
-    widen = ["--no-verify", "--force"]
+    load, load_save = ("onnx.load", _python(_LOAD, str(gpt2))), ("onnx.load + onnx.save", _python(_LOAD_SAVE, str(gpt2)))
+    llama_load = ("onnx.load", _python(_LOAD, str(llama)))
+    llama_load_save = ("onnx.load + onnx.save", _python(_LOAD_SAVE, str(llama), str(base_out)))
+    load_save = (load_save[0], [*load_save[1], str(base_out)])
+
+    def widen(model: Path, out: str, layer: str) -> list[str]:
+        return _surgery("widen", str(model), "-o", str(work / out), "--no-verify", "--force", f"--layer={layer}={added}")
+
     return [
-        ("inspect --json (GPT-2)", _surgery("inspect", "--json", str(gpt2)),
-         "onnx.load", _python(_LOAD, str(gpt2)), 1.5),
-        ("inspect --json (Llama)", _surgery("inspect", "--json", str(llama)),
-         "onnx.load", _python(_LOAD, str(llama)), 1.5),
-        ("widen one FFN (Llama)", _surgery("widen", str(llama), "-o", str(one), *widen,
-                                           *[f"--layer={s}" for s in llama_ffn_plan(layers, added, 1)]),
-         "onnx.load + onnx.save", _python(_LOAD_SAVE, str(llama), str(base_out)), 1.5),
-        (f"widen all {layers} FFNs (Llama)", _surgery("widen", str(llama), "-o", str(every), *widen,
-                                                     *[f"--layer={s}" for s in llama_ffn_plan(layers, added)]),
-         "onnx.load + onnx.save", _python(_LOAD_SAVE, str(llama), str(base_out)), 2.0),
-        (f"verify A B ({samples} samples)", _surgery("verify", str(llama), str(every), f"--dim=sequence={seq}",
-                                                     f"--samples={samples}", f"--batch={batch}"),
-         "2 sessions + runs", _python(_TWO_SESSIONS, str(llama), str(every), str(batch), str(seq), str(samples)), 1.3),
+        ("inspect --json (GPT-2)", _surgery("inspect", "--json", str(gpt2)), *load, 1.5),
+        ("inspect --json (Llama)", _surgery("inspect", "--json", str(llama)), *llama_load, 1.5),
+        ("widen one FFN (GPT-2)", widen(gpt2, "gpt2_one.onnx", GPT2_FFN.replace("*", "0")), *load_save, 1.5),
+        ("widen one FFN (Llama)", widen(llama, "llama_one.onnx", LLAMA_FFN.replace("*", "0")), *llama_load_save, 1.5),
+        ("widen every FFN, glob (GPT-2)", widen(gpt2, "gpt2_all.onnx", GPT2_FFN), *load_save, 2.0),
+        ("widen every FFN, glob (Llama)", widen(llama, "llama_all.onnx", LLAMA_FFN), *llama_load_save, 2.0),
+        (f"verify A B, {samples} samples (GPT-2)",
+         _surgery("verify", str(gpt2), str(work / "gpt2_all.onnx"), f"--dim=sequence={seq}", f"--samples={samples}",
+                  f"--batch={batch}"),
+         "2 sessions + runs", _python(_TWO_SESSIONS, str(gpt2), str(work / "gpt2_all.onnx"), str(batch), str(seq),
+                                      str(samples)), 1.3),
     ]
 
 
@@ -355,9 +358,8 @@ def main() -> None:
     gpt2, llama = build(args.dir)
     work = Path(tempfile.mkdtemp(prefix="work-", dir=args.dir))
     try:
-        # The widened model must exist before verify is measured: widen every block once first.
-        table = cases(gpt2, llama, work, 12, args.added, args.seq, 16, 8)
-        _measure(table[3][1])
+        table = cases(gpt2, llama, work, args.added, args.seq, 16, 8)
+        _measure(table[4][1])  # verify reads the widened GPT-2: write it once before the first repeat
         results: dict[int, tuple[list[dict], list[dict]]] = {i: ([], []) for i in range(len(table))}
         for repeat in range(args.repeats):
             for index, (label, ours, _, baseline, _) in enumerate(table):
