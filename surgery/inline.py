@@ -155,8 +155,8 @@ def _weight(buf, start: int, end: int) -> tuple[bytes, Weight] | None:
         header = onnx.TensorProto.FromString(header_bytes)
     except Exception:  # protobuf's DecodeError: leave the whole message to protobuf, which will word it
         return None
-    if not header.name:
-        return None
+    if not header.name or header.data_location == onnx.TensorProto.EXTERNAL:
+        return None  # nameless or contradictory: left whole for the validation to word
     return header_bytes, Weight(header, value, stop - value)
 
 
