@@ -215,7 +215,8 @@ def widen(model: str, output: str, layers: tuple[str, ...], heads: tuple[str, ..
                             allow_output_change=allow_output_change, align=align, heads=head_plan)
     for group in result.plan.groups:
         names = [member.site.layer.name for member in group.members]
-        coupled = f" (coupled: {', '.join(names[1:])} grow with it)" if len(names) > 1 else ""
+        verb = "grows" if len(names) == 2 else "grow"
+        coupled = f" (coupled: {', '.join(names[1:])} {verb} with it)" if len(names) > 1 else ""
         click.echo(f"{names[0]}: {group.old_width} -> {group.new_width} units{coupled}")
     for record in (r for r in result.history if "block" in r):
         grouped = record["old_kv_heads"] != record["old_heads"]
@@ -255,7 +256,8 @@ def widen(model: str, output: str, layers: tuple[str, ...], heads: tuple[str, ..
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write.")
-@click.option("--after", required=True, metavar="NAME", help="Residual block (or, with --kind identity, layer) to insert after.")
+@click.option("--after", required=True, metavar="NAME",
+              help="Residual block (or, with --kind identity, layer) to insert after.")
 @click.option("--count", type=int, default=1, show_default=True, help="How many new blocks, one after another.")
 @click.option("--init", type=click.Choice(["copy", "random"]), default="copy", show_default=True,
               help="New parameters: the block's, or drawn; output projections start at zero either way.")
@@ -279,7 +281,7 @@ def deepen(model: str, output: str, after: str, count: int, init: str, kind: str
         raise SurgeryError(f"{output}: already exists (use --force to overwrite)")
     ir_model = load_model(model)
     record = deepen_in_place(ir_model, after=after, count=count, init=init, seed=seed, kind=kind).record
-    what = "blocks" if kind == "block" else "identity layers"
+    what = ("block" if kind == "block" else "identity layer") + ("s" if count > 1 else "")
     click.echo(f"{after}: {count} new {what} after it: {', '.join(record['added'])} "
                f"({record['nodes']} nodes, {record['parameters']} parameters each)")
     if record["zeroed"]:
@@ -291,8 +293,11 @@ def deepen(model: str, output: str, after: str, count: int, init: str, kind: str
             report = verify(model, staged, dims=_sequence_dims(ir_model))
             if not report.equivalent:
                 diff = max((o.max_abs_diff for o in report.outputs), default=0.0)
-                raise NotEquivalentError(f"outputs are not bitwise equal after deepening (max |diff| {diff:.3g}); {output} not written")
-            click.echo(f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, optimizations off)")
+                raise NotEquivalentError(
+                    f"outputs are not bitwise equal after deepening (max |diff| {diff:.3g}); {output} not written"
+                )
+            click.echo(f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, "
+                       "optimizations off)")
     click.echo(f"wrote {output}")
 
 
@@ -393,12 +398,11 @@ def _print_report(document: dict) -> None:
 
     console = Console(width=200)
     mode = describe_mode(document["mode"], document["atol"], document["rtol"], document["atol_scaled"])
-    table = Table(
-        title=f"{document['reference']} vs {document['candidate']}",
-        caption=(
-            f"{mode}; provider {document['provider']}; optimization {document['optimization']}; "
-            f"{document['samples']} samples ({document['inputs']}, batch {document['batch']}, seed {document['seed']})"
-        ),
+    table = Table(title=f"{document['reference']} vs {document['candidate']}")
+    # Printed as a line of its own: a table caption is wrapped to the table's width, mid-phrase.
+    caption = (
+        f"{mode}; provider {document['provider']}; optimization {document['optimization']}; "
+        f"{document['samples']} samples ({document['inputs']}, batch {document['batch']}, seed {document['seed']})"
     )
     for column in ("output", "shape", "dtype", "bitwise", "mismatches", "max |diff|", "max rel", "max ULP"):
         table.add_column(column, justify="left" if column in ("output", "shape", "dtype", "bitwise") else "right")
@@ -416,9 +420,10 @@ def _print_report(document: dict) -> None:
         ulp = "-" if output["max_ulp"] is None else str(output["max_ulp"])
         table.add_row(output["name"], shape, dtype, bitwise, mismatches, number(output["max_abs_diff"]), number(output["max_rel_diff"]), ulp)
     console.print(table)
+    console.print(caption, highlight=False, soft_wrap=True)
     if document["deployed"] is not None:
         parts = [f"{o['name']}: max ULP {o['max_ulp']}, {o['mismatches']} differing" for o in document["deployed"]["outputs"]]
-        console.print(f"deployed (optimization all): {'; '.join(parts)}", highlight=False)
+        console.print(f"deployed (optimization all): {'; '.join(parts)}", highlight=False, soft_wrap=True)
     located = document["located"]
     if located is not None:
         counts = (
@@ -426,11 +431,14 @@ def _print_report(document: dict) -> None:
             f"{located['tensors_only_in_candidate']} only in the candidate"
         )
         if located["node"] is None:
-            console.print(f"located: no intermediate tensor differs ({counts})", highlight=False)
+            console.print(f"located: no intermediate tensor differs ({counts})", highlight=False, soft_wrap=True)
         else:
             diff = located["diff"]
             detail = f"{diff['mismatches']} differing, max ULP {diff['max_ulp']}" if diff and diff["shape"] == diff["candidate_shape"] else "incomparable"
-            console.print(f"located: first differing node {located['node']!r} ({located['op']}), output {located['output']!r}: {detail} ({counts})", highlight=False)
+            console.print(
+                f"located: first differing node {located['node']!r} ({located['op']}), output {located['output']!r}: "
+                f"{detail} ({counts})", highlight=False, soft_wrap=True,
+            )
     console.print("[bold green]EQUIVALENT[/]" if document["equivalent"] else "[bold red]NOT EQUIVALENT[/]")
 
 
@@ -479,7 +487,10 @@ def to_keras(
         click.echo(f"faithfulness check skipped: {' and '.join(changed)} changed the function on purpose")
     else:
         difference = check_faithful(keras_model, ir_model, outputs=conversion.kept_outputs)
-        click.echo(f"faithfulness: max |keras - onnxruntime| / max(1, |output|) = {difference:.3g} (tolerance {FAITHFUL_TOLERANCE:g})")
+        click.echo(
+            f"faithfulness: max |keras - onnxruntime| / max(1, |output|) = {difference:.3g} (tolerance {FAITHFUL_TOLERANCE:g}; "
+            "random inputs, batch 3, other free dimensions 7)"
+        )
         if difference > FAITHFUL_TOLERANCE:
             raise SurgeryError(f"the Keras model differs from the ONNX model by {difference:.3g} (> {FAITHFUL_TOLERANCE:g}); nothing written")
     with atomic_output(output, force=force) as tmp:
