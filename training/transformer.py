@@ -46,7 +46,7 @@ class TransformerConfig:
     corpus_limit: int
 
 
-FULL = TransformerConfig(GptConfig(), steps=400, grow_at=150, batch=32, every=25, validation_windows=256,
+FULL = TransformerConfig(GptConfig(), steps=240, grow_at=80, batch=16, every=20, validation_windows=128,
                          learning_rate=3e-3, corpus_limit=2_000_000)
 QUICK = TransformerConfig(GptConfig(model_dim=32, blocks=1, heads=2, key_dim=8, ffn=32, context=32), steps=12,
                           grow_at=6, batch=8, every=3, validation_windows=16, learning_rate=3e-3,
