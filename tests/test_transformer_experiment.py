@@ -47,7 +47,7 @@ def test_compute_to_target_and_interval():
 def test_quick_run_grows_exactly_and_records_every_operation(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run([sys.executable, "-m", "training", "transformer", "--quick", "--out", str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "transformer.png").stat().st_size > 0
@@ -66,6 +66,6 @@ def test_quick_run_grows_exactly_and_records_every_operation(tmp_path):
             assert record["loss_rel_diff"] <= 1e-5 and record["curve"][-1][0] == steps
         else:
             assert record["error"] and "curve" not in record
-    # the feed-forward widening and the deepening work on today's Keras export
-    assert seed["grown"]["ffn"]["grown"] and seed["grown"]["depth"]["grown"]
+    # every growth works on the Keras export and converts back: the loop closes
+    assert all(record["grown"] and record["to_keras"] for record in seed["grown"].values())
     assert results["summary"]["ffn"]["max_abs_diff"] == 0.0

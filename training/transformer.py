@@ -20,14 +20,14 @@ nothing is rebuilt by hand.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from training.charlm import (GptConfig, bits_per_character, compile_lm, gpt, load_corpus, parameter_count, split,
-                             windows)
+from training.charlm import GptConfig, bits_per_character, compile_lm, gpt, load_corpus, parameter_count, split, windows
 from training.runtime import header, publish, pyplot, table
 
 LOSS_RTOL = 1e-5
