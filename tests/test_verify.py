@@ -214,8 +214,13 @@ def test_bad_options_are_surgery_errors():
     model = forms.pytorch_mlp()
     with pytest.raises(SurgeryError, match="optimization must be one of"):
         verify(model, model, optimization="max")
-    with pytest.raises(SurgeryError, match="samples and batch must be at least 1"):
+    with pytest.raises(SurgeryError, match="samples must be an integer of at least 1") as raised:
         verify(model, model, samples=0)
+    assert raised.value.param == "samples"
+    for tolerance in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(SurgeryError, match="rtol must be a finite non-negative number") as raised:
+            verify(model, model, rtol=tolerance)
+        assert raised.value.param == "rtol"
     with pytest.raises(SurgeryError, match=r"input 'input' has shape \[batch, 20\] in reference but \[batch, 1, 8, 8\] in candidate"):
         verify(model, forms.pytorch_cnn())
     relu = elementwise([helper.make_node("Relu", ["x"], ["y"], name="relu")])
@@ -397,33 +402,33 @@ def test_optimization_level_applies_to_both_and_is_named(cli, files):
 
 def test_large_models_run_one_session_at_a_time(monkeypatch):
     """Above ONE_SESSION_BYTES the two sessions never coexist, and the verdicts are the same."""
-    import surgery.verification as verification
+    from surgery.verification import core, sides
 
     reference = forms.pytorch_mlp()
     changed = one_ulp_up(reference, "fc2.bias")
 
     alive: list[int] = []
-    create = verification._create_session
+    create = sides.create_session
 
     def counting(*args, **kwargs):
         session = create(*args, **kwargs)
-        alive.append(sum(len(side._sessions) for side in sides) + 1)
+        alive.append(sum(len(side._sessions) for side in opened) + 1)
         return session
 
-    sides: list = []
-    make_side = verification._OnnxSide
+    opened: list = []
+    make_side = sides.OnnxSide
 
     def tracked(*args, **kwargs):
         side = make_side(*args, **kwargs)
-        sides.append(side)
+        opened.append(side)
         return side
 
-    monkeypatch.setattr(verification, "ONE_SESSION_BYTES", 0)
-    monkeypatch.setattr(verification, "ROUND_BYTES", 1)  # a round per batch: several rounds
-    monkeypatch.setattr(verification, "_create_session", counting)
-    monkeypatch.setattr(verification, "_OnnxSide", tracked)
-    same = verification.verify(reference, reference, samples=24, batch=8)
-    differs = verification.verify(reference, changed, samples=24, batch=8)
+    monkeypatch.setattr(core, "ONE_SESSION_BYTES", 0)
+    monkeypatch.setattr(core, "ROUND_BYTES", 1)  # a round per batch: several rounds
+    monkeypatch.setattr(sides, "create_session", counting)
+    monkeypatch.setattr(sides, "OnnxSide", tracked)
+    same = verify(reference, reference, samples=24, batch=8)
+    differs = verify(reference, changed, samples=24, batch=8)
     assert same.equivalent and not differs.equivalent
     assert differs.outputs[0].max_ulp >= 1
     assert max(alive) == 1  # never two sessions at once
