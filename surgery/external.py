@@ -369,8 +369,9 @@ def _shared_location(tensor: ir.ExternalTensor, folder: Path) -> str:
     real_folder = Path(os.path.realpath(folder))
     if not source.is_relative_to(real_folder):
         raise SurgeryError(
-            f"--share-external-data: the output folder {folder} does not contain the input's data file {source}; "
-            "onnx refuses external data outside a model's folder, so write the output next to the input (or drop the flag)"
+            f"{{param}}: the output folder {folder} does not contain the input's data file {source}; "
+            "onnx refuses external data outside a model's folder, so write the output next to the input (or drop the flag)",
+            param="share_external_data",
         )
     return source.relative_to(real_folder).as_posix()
 
@@ -461,19 +462,18 @@ def _rename_data_file(proto: onnx.ModelProto, staged: str, final: str) -> None:
 @contextlib.contextmanager
 def _staged(model: ir.Model, path: Path, force: bool, share_external_data: bool) -> Iterator[tuple[Path, bool]]:
     """`staged_model`, also telling whether a data file was written."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise SurgeryError(f"{folder}: output folder does not exist")
-    folder = folder.resolve()
+    from surgery.modelio import check_output  # modelio imports this module: the path rules live there
+
+    check_output(path, force=force, inputs=external_files(model))
+    folder = (path.parent if str(path.parent) else Path(".")).resolve()
     data_name = f"{path.name}.data"
     data_path = folder / data_name
-    for target in (path, data_path):
-        if target.is_dir():
-            raise SurgeryError(f"{target}: is a directory")
-        if (target.exists() or target.is_symlink()) and not force:
-            raise SurgeryError(f"{target}: already exists (use --force to overwrite)")
     if share_external_data and any(os.path.realpath(f) == os.path.realpath(data_path) for f in external_files(model)):
-        raise SurgeryError(f"--share-external-data: the output's data file {data_path} is the input's own data file; choose another output name")
+        raise SurgeryError(
+            f"{{param}}: the output's data file {data_path} is the input's own data file; choose another output name",
+            param="share_external_data",
+        )
+    check_output(data_path, force=force, inputs=external_files(model))
 
     data_fd, data_tmp = temporary_file(folder, data_name)
     model_tmp: Path | None = None

@@ -324,7 +324,7 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
     """
     check_strategy(init, fan_in)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise SurgeryError(f"--seed must be a non-negative integer, got {seed!r}")
+        raise SurgeryError(f"{{param}} must be a non-negative integer, got {seed!r}", param="seed")
     _precheck_size(model, plan)
     infer_missing_shapes(model)
     widen_plan = analyse(model, plan, allow_output_change=allow_output_change, align=align)

@@ -38,7 +38,7 @@ def test_widen_writes_a_verified_model_deterministically(cli, cnn_file, tmp_path
         ("/conv9/Conv=2", "no layer named '/conv9/Conv'; did you mean /conv1/Conv"),
         ("/conv1/Conv", "expected NAME=K"),
         ("/conv1/Conv=x", "K must be an integer"),
-        ("/conv1/Conv=0", "K must be at least 1"),
+        ("/conv1/Conv=0", "the number of new units must be at least 1"),
         ("/fc/Gemm=2", "graph output 'output'"),
     ],
 )

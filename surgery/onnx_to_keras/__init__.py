@@ -99,7 +99,7 @@ def check_faithful(
     (default: every floating-point output). Both models read the same arrays: the Keras model
     takes its inputs in the ONNX graph's layout.
     """
-    import onnxruntime as ort
+    from surgery.verification import session as runtime_session
 
     proto = onnx_model if isinstance(onnx_model, onnx.ModelProto) else ir.serde.serialize_model(onnx_model)
     graph_inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
@@ -114,10 +114,8 @@ def check_faithful(
     if outputs is None:
         float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
         outputs = [o.name for o in proto.graph.output if o.type.tensor_type.elem_type in float_types]
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4  # onnxruntime's warnings would add lines to the command's stderr
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    # The toolkit's one session factory: an ir.Model's external data is read from its own folder.
+    session = runtime_session(onnx_model, label="the ONNX model")
     try:
         expected = session.run(list(outputs), {i.name: a for i, a in zip(graph_inputs, arrays)})
     except Exception as error:  # inputs drawn for the Keras model that the ONNX graph does not take
