@@ -211,7 +211,8 @@ def _read_verification_inputs(inputs_file: str | None, dim_values: tuple[str, ..
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write.")
 @click.option("--layer", "layers", multiple=True, required=True, metavar="NAME=K", help="Add K units to layer NAME (repeatable).")
-@click.option("--init", default="output-zero", show_default=True, type=click.Choice(STRATEGIES), help="How the new units start.")
+@click.option("--init", default="output-zero", show_default=True, type=click.Choice(STRATEGIES),
+              help="How the new units start.")
 @click.option("--fan-in", type=click.Choice(FAN_IN_INITS), default=None,
               help="Random fan-in initializer (default: He after ReLU-like activations, else Glorot).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every random draw.")
@@ -248,8 +249,10 @@ def widen(model: str, output: str, layers: tuple[str, ...], init: str, fan_in: s
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--atol", type=float, default=None, help="Tolerance mode: absolute tolerance.")
 @click.option("--rtol", type=float, default=None, help="Tolerance mode: relative tolerance.")
-@click.option("--provider", type=click.Choice(list(PROVIDERS)), default="cpu", show_default=True, help="onnxruntime execution provider.")
-@click.option("--optimization", type=click.Choice(list(OPTIMIZATION_LEVELS)), default="disable", show_default=True, help="Graph optimization level for both models.")
+@click.option("--provider", type=click.Choice(list(PROVIDERS)), default="cpu", show_default=True,
+              help="onnxruntime execution provider.")
+@click.option("--optimization", type=click.Choice(list(OPTIMIZATION_LEVELS)), default="disable", show_default=True,
+              help="Graph optimization level for both models.")
 @click.option("--deployed", is_flag=True, help="Also run both at the default optimization level and report the ULP distance there.")
 @click.option("--json", "json_path", default=None, metavar="PATH|-", help="Write the full report as JSON (- for stdout, which also silences the table).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --json file.")

@@ -370,7 +370,8 @@ def _shared_location(tensor: ir.ExternalTensor, folder: Path) -> str:
     if not source.is_relative_to(real_folder):
         raise SurgeryError(
             f"{{param}}: the output folder {folder} does not contain the input's data file {source}; "
-            "onnx refuses external data outside a model's folder, so write the output next to the input (or drop the flag)",
+            "onnx refuses external data outside a model's folder, so write the output next to the input "
+            "(or drop the flag)",
             param="share_external_data",
         )
     return source.relative_to(real_folder).as_posix()

@@ -170,4 +170,6 @@ def new_unit_values(edit: Edit, shape: Sequence[int], dtype: np.dtype, final_sha
     return np.zeros(shape, dtype=dtype)
 
 
-__all__ = ["STRATEGIES", "EXACT_STRATEGIES", "FAN_IN_INITS", "check_strategy", "unit_sources", "extend", "new_unit_values"]
+__all__ = [
+    "STRATEGIES", "EXACT_STRATEGIES", "FAN_IN_INITS", "check_strategy", "unit_sources", "extend", "new_unit_values",
+]

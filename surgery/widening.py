@@ -40,23 +40,33 @@ NCHWC_BLOCKS = (8, 16)
 def channel_note(change: ChannelChange) -> str:
     """One line on a Conv whose channel count changes: does it cross an NCHWc block boundary?"""
     crossed = [block for block in NCHWC_BLOCKS if (change.old % block == 0) != (change.new % block == 0)]
-    note = (f"crosses an NCHWc block boundary ({', '.join(map(str, crossed))}): with onnxruntime's default "
-            "optimizations its outputs may differ by a few ULP (see align)") if crossed else "same NCHWc blocking"
+    note = (
+        (
+            f"crosses an NCHWc block boundary ({', '.join(map(str, crossed))}): with onnxruntime's default "
+            "optimizations its outputs may differ by a few ULP (see align)"
+        )
+        if crossed
+        else "same NCHWc blocking"
+    )
     return f"conv {change.node!r} {change.side} channels {change.old} -> {change.new}: {note}"
 
 
 def row_shift_note(shift: RowShift) -> str:
     """One line on a MatMul/Gemm whose existing rows move to another block of onnxruntime's SGEMM."""
-    return (f"{shift.node!r}: {shift.moved} of its {shift.old} input rows move to another block of "
-            f"onnxruntime's CPU matrix multiply ({shift.old} -> {shift.new} rows); its outputs may differ by a few ULP")
+    return (
+        f"{shift.node!r}: {shift.moved} of its {shift.old} input rows move to another block of "
+        f"onnxruntime's CPU matrix multiply ({shift.old} -> {shift.new} rows); its outputs may differ by a few ULP"
+    )
 
 
 def describe_run(report: Report) -> str:
     """What a verification ran: samples, batch, symbolic dimensions, provider and optimization."""
     dims = "".join(f", {name}={value}" for name, value in report.dims.items())
     optimization = "optimizations off" if report.optimization == "disable" else f"optimization {report.optimization}"
-    return (f"{report.samples} samples in batches of {report.batch}{dims}, "
-            f"onnxruntime {report.provider.upper()}, {optimization}")
+    return (
+        f"{report.samples} samples in batches of {report.batch}{dims}, "
+        f"onnxruntime {report.provider.upper()}, {optimization}"
+    )
 
 
 @dataclass(frozen=True)
@@ -76,8 +86,11 @@ class WidenOutcome:
         lines = []
         for group in self.result.plan.groups:
             names = [member.site.layer.name for member in group.members]
-            coupled = f" (coupled: {', '.join(names[1:])} {'grows' if len(names) == 2 else 'grow'} with it)" \
-                if len(names) > 1 else ""
+            coupled = (
+                f" (coupled: {', '.join(names[1:])} {'grows' if len(names) == 2 else 'grow'} with it)"
+                if len(names) > 1
+                else ""
+            )
             lines.append(f"{names[0]}: {group.old_width} -> {group.new_width} units{coupled}")
         lines += self.notes
         if self.verdict is not None:
@@ -125,9 +138,12 @@ def widen_verified(
     source = Path(model)
     ir_model = load_model(source)
     target = check_output(output, inputs=input_files(source, ir_model), suffix=".onnx", force=force)
-    result = widen_in_place(ir_model, plan, init=init, fan_in=fan_in, seed=seed,
-                            allow_output_change=allow_output_change, align=align)
-    notes = tuple([channel_note(c) for c in result.plan.channel_changes] + [row_shift_note(s) for s in result.plan.row_shifts])
+    result = widen_in_place(
+        ir_model, plan, init=init, fan_in=fan_in, seed=seed, allow_output_change=allow_output_change, align=align
+    )
+    notes = tuple(
+        [channel_note(c) for c in result.plan.channel_changes] + [row_shift_note(s) for s in result.plan.row_shifts]
+    )
     report = verdict = None
     with staged_save(ir_model, target, force=force, share_external_data=share_external_data) as staged:
         if verify:

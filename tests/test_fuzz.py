@@ -301,9 +301,11 @@ def random_request(rng: random.Random, folder: Path, models: dict[str, Path]) ->
     if command == "verify":
         args = ["verify", model, model, *verification]
         for _ in range(rng.choice([0, 1, 2])):
-            args += rng.choice([["--atol", rng.choice(values)], ["--rtol", rng.choice(values)], ["--batch", rng.choice(values)],
-                                ["--json", folder / rng.choice(["old.json", "new.json", "fifo.onnx", "null.onnx", "m.onnx"])],
-                                ["--force"], ["--provider", rng.choice(["cpu", "gpu"])]])
+            reports = ["old.json", "new.json", "fifo.onnx", "null.onnx", "m.onnx"]
+            args += rng.choice([
+                ["--atol", rng.choice(values)], ["--rtol", rng.choice(values)], ["--batch", rng.choice(values)],
+                ["--json", folder / rng.choice(reports)], ["--force"], ["--provider", rng.choice(["cpu", "gpu"])],
+            ])
         return args
     # export: only outputs that must be refused before Keras is loaded (a success would import TensorFlow)
     output = folder / rng.choice(["m.onnx", "link.onnx", "null.onnx", "fifo.onnx", "dir.onnx", "old.onnx", "new.keras"])
@@ -352,7 +354,9 @@ def test_fuzz_requests_never_damage_a_file(tmp_path, capfd):
             written = {str(output), f"{output}.data"}
         if outcome.returncode == 0 and "--json" in args:
             written.add(str(Path(args[args.index("--json") + 1]).relative_to(folder)))
-        changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name) and name not in written)
+        changed = sorted(
+            name for name in before.keys() | after.keys() if before.get(name) != after.get(name) and name not in written
+        )
         if changed:
             failures.append(f"{case}: exit {outcome.returncode} changed {changed}")
         for name in written - {str(models["m"].relative_to(folder))}:  # restore the scene for the next case

@@ -124,7 +124,9 @@ def run_model(path: Path) -> np.ndarray:
 def test_an_external_data_file_of_the_input_as_output_is_refused(tmp_path, capfd):
     model = external_model(tmp_path / "m", "weights.onnx")
     before, expected = snapshot(tmp_path), run_model(model)
-    done = run_surgery(capfd, "widen", model, "-o", model.parent / "weights.onnx", "--layer", "layer0/MatMul=8", "--force")
+    done = run_surgery(
+        capfd, "widen", model, "-o", model.parent / "weights.onnx", "--layer", "layer0/MatMul=8", "--force"
+    )
     assert_one_line_error(done, says=("never modified",))
     assert snapshot(tmp_path) == before
     np.testing.assert_array_equal(run_model(model), expected)
@@ -143,8 +145,17 @@ def test_an_output_whose_data_file_is_the_inputs_data_is_refused(tmp_path, capfd
 def test_share_external_data_onto_the_inputs_data_is_refused(tmp_path, capfd):
     model = external_model(tmp_path / "m", "shared.onnx")
     before = snapshot(tmp_path)
-    done = run_surgery(capfd, "widen", model, "-o", model.parent / "shared.onnx", "--layer", "layer0/MatMul=8",
-                       "--share-external-data", "--force")
+    done = run_surgery(
+        capfd,
+        "widen",
+        model,
+        "-o",
+        model.parent / "shared.onnx",
+        "--layer",
+        "layer0/MatMul=8",
+        "--share-external-data",
+        "--force",
+    )
     assert_one_line_error(done, says=("never modified",))
     assert snapshot(tmp_path) == before
 
@@ -167,18 +178,26 @@ def test_a_directory_output_is_named_as_such(command, name, mlp, tmp_path, capfd
     folder.mkdir()
     source = Path(__file__).parents[1] / "models" / "mlp.keras" if command == "export" else mlp
     extra = WIDEN if command == "widen" else ()
-    assert_one_line_error(run_surgery(capfd, command, source, "-o", folder, *extra, "--force"), says=("is a directory",))
+    assert_one_line_error(
+        run_surgery(capfd, command, source, "-o", folder, *extra, "--force"), says=("is a directory",)
+    )
     assert folder.is_dir() and not any(folder.iterdir())
 
 
-@pytest.mark.parametrize(("command", "name", "wanted"), [
-    ("widen", "out.keras", ".onnx"), ("export", "out.keras", ".onnx"), ("to-keras", "out.onnx", ".keras"),
-    ("verify", "report.txt", ".json"),
-])
+@pytest.mark.parametrize(
+    ("command", "name", "wanted"),
+    [
+        ("widen", "out.keras", ".onnx"),
+        ("export", "out.keras", ".onnx"),
+        ("to-keras", "out.onnx", ".keras"),
+        ("verify", "report.txt", ".json"),
+    ],
+)
 def test_a_suffix_that_does_not_say_what_is_written_is_refused(command, name, wanted, mlp, tmp_path, capfd):
     source = Path(__file__).parents[1] / "models" / "mlp.keras" if command == "export" else mlp
     args = {"widen": ("-o", tmp_path / name, *WIDEN), "verify": (mlp, "--json", tmp_path / name)}.get(
-        command, ("-o", tmp_path / name))
+        command, ("-o", tmp_path / name)
+    )
     assert_one_line_error(run_surgery(capfd, command, source, *args), says=(wanted,))
     assert not (tmp_path / name).exists()
 
@@ -199,15 +218,20 @@ def token_model(vocab: int = 5, width: int = 4, hidden: int = 6) -> onnx.ModelPr
     """input_ids [batch, sequence] (int64) → Gather on an embedding [vocab, width] → MatMul → Relu → MatMul."""
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
-        [helper.make_node("Gather", ["embed.weight", "input_ids"], ["e"], name="/embed/Gather"),
-         helper.make_node("MatMul", ["e", "fc1.weight"], ["h"], name="/fc1/MatMul"),
-         helper.make_node("Relu", ["h"], ["r"], name="/act/Relu"),
-         helper.make_node("MatMul", ["r", "fc2.weight"], ["logits"], name="/fc2/MatMul")],
-        "main_graph", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [
+            helper.make_node("Gather", ["embed.weight", "input_ids"], ["e"], name="/embed/Gather"),
+            helper.make_node("MatMul", ["e", "fc1.weight"], ["h"], name="/fc1/MatMul"),
+            helper.make_node("Relu", ["h"], ["r"], name="/act/Relu"),
+            helper.make_node("MatMul", ["r", "fc2.weight"], ["logits"], name="/fc2/MatMul"),
+        ],
+        "main_graph",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", 3])],
-        [forms.tensor("embed.weight", rng.normal(size=(vocab, width)).astype(np.float32)),
-         forms.tensor("fc1.weight", rng.normal(size=(width, hidden)).astype(np.float32)),
-         forms.tensor("fc2.weight", rng.normal(size=(hidden, 3)).astype(np.float32))],
+        [
+            forms.tensor("embed.weight", rng.normal(size=(vocab, width)).astype(np.float32)),
+            forms.tensor("fc1.weight", rng.normal(size=(width, hidden)).astype(np.float32)),
+            forms.tensor("fc2.weight", rng.normal(size=(hidden, 3)).astype(np.float32)),
+        ],
     )
     return forms.finish(graph)
 
@@ -231,7 +255,9 @@ def test_a_zero_dimension_is_a_usage_error(dim, tokens, capfd):
 def test_inputs_with_no_rows_are_a_usage_error(tokens, tmp_path, capfd):
     empty = tmp_path / "empty.npz"
     np.savez(empty, input_ids=np.zeros((0, 4), dtype=np.int64))
-    assert_one_line_error(run_surgery(capfd, "verify", tokens, tokens, "--inputs", empty), says=("compared no output element",))
+    assert_one_line_error(
+        run_surgery(capfd, "verify", tokens, tokens, "--inputs", empty), says=("compared no output element",)
+    )
 
 
 def test_an_unknown_dimension_lists_the_models_dimensions(tokens, capfd):
@@ -300,8 +326,20 @@ def test_widen_verifies_symbolic_sequences_and_token_ids(tokens, tmp_path, capfd
     done = run_surgery(capfd, "widen", tokens, "-o", out, "--layer", "/fc1/MatMul=3")
     assert done.returncode == 0, done.stderr
     assert "verified: outputs bitwise equal (16 samples in batches of 8, batch=8, sequence=8" in done.stdout
-    done = run_surgery(capfd, "widen", tokens, "-o", out, "--layer", "/fc1/MatMul=3", "--force",
-                       "--dim", "sequence=3", "--samples", "4")
+    done = run_surgery(
+        capfd,
+        "widen",
+        tokens,
+        "-o",
+        out,
+        "--layer",
+        "/fc1/MatMul=3",
+        "--force",
+        "--dim",
+        "sequence=3",
+        "--samples",
+        "4",
+    )
     assert "(4 samples in batches of 4, batch=4, sequence=3" in done.stdout
     arrays = tmp_path / "ids.npz"
     np.savez(arrays, input_ids=np.array([[0, 4, 2]], dtype=np.int64))
@@ -309,8 +347,10 @@ def test_widen_verifies_symbolic_sequences_and_token_ids(tokens, tmp_path, capfd
     assert done.returncode == 0 and "1 samples" in done.stdout
     bad = tmp_path / "bad.npz"
     np.savez(bad, input_ids=np.array([[0, 4, 2]], dtype=np.int64), extra=np.zeros(1))
-    assert_one_line_error(run_surgery(capfd, "widen", tokens, "-o", out, "--layer", "/fc1/MatMul=3", "--force",
-                                      "--inputs", bad), says=("extra",))
+    assert_one_line_error(
+        run_surgery(capfd, "widen", tokens, "-o", out, "--layer", "/fc1/MatMul=3", "--force", "--inputs", bad),
+        says=("extra",),
+    )
 
 
 def test_widen_verified_is_the_commands_library_call(tokens, tmp_path):

@@ -93,7 +93,11 @@ def update(stats: OutputComparison, reference: np.ndarray, candidate: np.ndarray
 
 
 def _update_differing(
-    stats: OutputComparison, reference: np.ndarray, candidate: np.ndarray, differ: np.ndarray, tolerance: Tolerance | None
+    stats: OutputComparison,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    differ: np.ndarray,
+    tolerance: Tolerance | None,
 ) -> bool:
     is_float = reference.dtype.kind == "f"
     if is_float:
@@ -189,8 +193,14 @@ def compare_arrays(
 class Tally:
     """Running comparison statistics over batches, with the first failing batch and progress."""
 
-    def __init__(self, names: list[str], tolerance: Tolerance | None, total: int,
-                 progress: Callable[[int, int], None] | None, widened: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        names: list[str],
+        tolerance: Tolerance | None,
+        total: int,
+        progress: Callable[[int, int], None] | None,
+        widened: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.names, self.tolerance, self.total, self.progress = names, tolerance, total, progress
         #: The candidate's widen metadata: a widened output is compared on its original units.
         self.widened = widened or {}
@@ -198,7 +208,9 @@ class Tally:
         self.first_failing: dict[str, np.ndarray] | None = None
         self.done = 0
 
-    def add(self, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray], produced: dict[str, np.ndarray]) -> None:
+    def add(
+        self, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray], produced: dict[str, np.ndarray]
+    ) -> None:
         failed = False
         for name in self.names:
             candidate = produced[name]

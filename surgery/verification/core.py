@@ -92,7 +92,9 @@ def verify(
     if locate and uses_keras:
         raise SurgeryError("locate compares intermediate tensors and needs ONNX models on both sides, not Keras")
     if deployed and uses_keras:
-        raise SurgeryError("deployed reruns both models in onnxruntime at level 'all' and needs ONNX models on both sides, not Keras")
+        raise SurgeryError(
+            "deployed reruns both models in onnxruntime at level 'all' and needs ONNX models on both sides, not Keras"
+        )
     match_keras(reference_side, candidate_side)
 
     tolerance: Tolerance | None = None
@@ -151,11 +153,13 @@ def verify(
     ]
     comparisons += [
         OutputComparison(name, present_in="candidate", dropped=name in dropped)
-        for name in candidate_outputs if name not in reference_outputs
+        for name in candidate_outputs
+        if name not in reference_outputs
     ]
     if not any(comparison.elements for comparison in comparisons if comparison.comparable):
         raise SurgeryError(
-            f"the run compared no output element ({total} samples; a dimension or the inputs are empty): nothing is proven",
+            f"the run compared no output element ({total} samples; a dimension or the inputs are empty): "
+            "nothing is proven",
             param="inputs" if inputs is not None else "dims",
         )
     equivalent = all(comparison.passed or comparison.dropped for comparison in comparisons)
@@ -207,8 +211,9 @@ def verify(
     )
 
 
-def _check_arguments(*, samples: int, batch: int, atol: float | None, rtol: float | None, provider: str,
-                     optimization: str) -> None:
+def _check_arguments(
+    *, samples: int, batch: int, atol: float | None, rtol: float | None, provider: str, optimization: str
+) -> None:
     """Each of verify's scalar arguments, checked once: counts >= 1, tolerances finite and >= 0."""
     for name, count in (("samples", samples), ("batch", batch)):
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
@@ -216,14 +221,20 @@ def _check_arguments(*, samples: int, batch: int, atol: float | None, rtol: floa
     for name, value in (("atol", atol), ("rtol", rtol)):
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value) \
-                or value < 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float, np.floating))
+            or not math.isfinite(value)
+            or value < 0
+        ):
             raise SurgeryError(f"{{param}} must be a finite non-negative number, got {value!r}", param=name)
     check_choice(provider, PROVIDERS, "provider")
     check_choice(optimization, OPTIMIZATION_LEVELS, "optimization")
 
 
-def _check_same_inputs(reference: list[InputSpec], candidate: list[InputSpec], reference_label: str, candidate_label: str) -> None:
+def _check_same_inputs(
+    reference: list[InputSpec], candidate: list[InputSpec], reference_label: str, candidate_label: str
+) -> None:
     by_name = {spec.name: spec for spec in candidate}
     missing = [spec.name for spec in reference if spec.name not in by_name]
     extra = sorted(set(by_name) - {spec.name for spec in reference})
@@ -237,14 +248,18 @@ def _check_same_inputs(reference: list[InputSpec], candidate: list[InputSpec], r
     for spec in reference:
         other = by_name[spec.name]
         if spec.dtype != other.dtype:
-            raise SurgeryError(f"input {spec.name!r} is {spec.dtype} in {reference_label} but {other.dtype} in {candidate_label}")
+            raise SurgeryError(
+                f"input {spec.name!r} is {spec.dtype} in {reference_label} but {other.dtype} in {candidate_label}"
+            )
         fixed = [
-            axis for axis, (a, b) in enumerate(zip(spec.shape, other.shape))
+            axis
+            for axis, (a, b) in enumerate(zip(spec.shape, other.shape))
             if isinstance(a, int) and isinstance(b, int) and a >= 0 and b >= 0 and a != b
         ]
         if len(spec.shape) != len(other.shape) or fixed:
             raise SurgeryError(
-                f"input {spec.name!r} has shape {declared(spec.shape)} in {reference_label} but {declared(other.shape)} in {candidate_label}"
+                f"input {spec.name!r} has shape {declared(spec.shape)} in {reference_label} "
+                f"but {declared(other.shape)} in {candidate_label}"
             )
 
 
@@ -295,5 +310,3 @@ def _compare_one_at_a_time(
         del run_candidate
         candidate.release()
     return tally.stats, tally.first_failing
-
-

@@ -70,7 +70,9 @@ def check_dims(specs: list[InputSpec], dims: Mapping[str, int]) -> dict[str, int
     for name, value in dims.items():
         if name not in known:
             listed = ", ".join(known) if known else "none"
-            raise SurgeryError(f"{{param}}: the models have no symbolic dimension {name!r} (theirs: {listed})", param="dims")
+            raise SurgeryError(
+                f"{{param}}: the models have no symbolic dimension {name!r} (theirs: {listed})", param="dims"
+            )
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise SurgeryError(f"{{param}}: {name} must be an integer of at least 1, got {value!r}", param="dims")
     return {name: int(value) for name, value in dims.items()}
@@ -131,11 +133,15 @@ def used_dims(specs: list[InputSpec], rows: int, dims: Mapping[str, int]) -> dic
 def rows_per_run(specs: list[InputSpec], batch: int, dims: Mapping[str, int]) -> int:
     """Samples per run: `batch` unless the graph fixes the leading dimension."""
     fixed = {spec.shape[0] for spec in specs if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] >= 0}
-    named = {dims[spec.shape[0]] for spec in specs if spec.shape and isinstance(spec.shape[0], str) and spec.shape[0] in dims}
+    named = {
+        dims[spec.shape[0]] for spec in specs if spec.shape and isinstance(spec.shape[0], str) and spec.shape[0] in dims
+    }
     leading = fixed | {int(value) for value in named}
     if len(leading) > 1:
-        raise SurgeryError(f"inputs disagree on the leading dimension ({sorted(leading)}); give the arrays with {{param}}",
-                           param="inputs")
+        raise SurgeryError(
+            f"inputs disagree on the leading dimension ({sorted(leading)}); give the arrays with {{param}}",
+            param="inputs",
+        )
     return leading.pop() if leading else batch
 
 
@@ -152,7 +158,9 @@ def _draw(rng: np.random.Generator, dtype: np.dtype, count: int, high: int | Non
     return rng.integers(INTEGER_INPUT_RANGE[0], high, count).astype(dtype)
 
 
-def random_feeds(specs: list[InputSpec], dims: Mapping[str, int], samples: int, rows: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+def random_feeds(
+    specs: list[InputSpec], dims: Mapping[str, int], samples: int, rows: int, seed: int
+) -> Iterator[dict[str, np.ndarray]]:
     """Seeded random batches of `rows` samples (the last one may be smaller), `samples` in all.
 
     Drawing random numbers costs about as much as running a small model, so the values come
@@ -168,7 +176,8 @@ def random_feeds(specs: list[InputSpec], dims: Mapping[str, int], samples: int, 
         if per_run * spec.dtype.itemsize > MAX_RUN_BYTES:
             raise SurgeryError(
                 f"{{param}}: one run's input {spec.name!r} of shape {list(resolve_shape(spec, rows, dims))} would need "
-                f"{per_run * spec.dtype.itemsize / 2**30:.3g} GiB; give smaller dimensions", param="dims",
+                f"{per_run * spec.dtype.itemsize / 2**30:.3g} GiB; give smaller dimensions",
+                param="dims",
             )
         needed = per_run * runs
         pool_size = needed if needed <= RANDOM_POOL_VALUES + per_run else RANDOM_POOL_VALUES + per_run
@@ -204,9 +213,14 @@ def check_user_inputs(specs: list[InputSpec], inputs: Mapping[str, np.ndarray], 
     given = set(inputs)
     missing, extra = sorted(expected - given), sorted(given - expected)
     if missing:
-        raise SurgeryError(f"inputs file lacks model input(s) {', '.join(missing)} (the model expects {', '.join(sorted(expected))})")
+        raise SurgeryError(
+            f"inputs file lacks model input(s) {', '.join(missing)} (the model expects {', '.join(sorted(expected))})"
+        )
     if extra:
-        raise SurgeryError(f"inputs file has array(s) {', '.join(extra)} that are not model inputs (the model expects {', '.join(sorted(expected))})")
+        raise SurgeryError(
+            f"inputs file has array(s) {', '.join(extra)} that are not model inputs "
+            f"(the model expects {', '.join(sorted(expected))})"
+        )
     bound: dict[str, int] = dict(dims)
     for spec in specs:
         array = np.asarray(inputs[spec.name])
@@ -215,10 +229,14 @@ def check_user_inputs(specs: list[InputSpec], inputs: Mapping[str, np.ndarray], 
             raise SurgeryError(f"input {spec.name!r} has shape {list(array.shape)}, the model expects {wanted}")
         for axis, (size, dim) in enumerate(zip(array.shape, spec.shape)):
             if isinstance(dim, int) and dim >= 0 and size != dim:
-                raise SurgeryError(f"input {spec.name!r} has shape {list(array.shape)}, the model expects {wanted} (axis {axis})")
+                raise SurgeryError(
+                    f"input {spec.name!r} has shape {list(array.shape)}, the model expects {wanted} (axis {axis})"
+                )
             if isinstance(dim, str):
                 if bound.setdefault(dim, size) != size:
-                    raise SurgeryError(f"input {spec.name!r} has {dim}={size} at axis {axis}, but {dim}={bound[dim]} elsewhere")
+                    raise SurgeryError(
+                        f"input {spec.name!r} has {dim}={size} at axis {axis}, but {dim}={bound[dim]} elsewhere"
+                    )
         if array.dtype != spec.dtype:
             raise SurgeryError(f"input {spec.name!r} is {array.dtype}, the model expects {spec.dtype}")
     leading = {np.asarray(inputs[spec.name]).shape[0] for spec in specs if spec.shape}
@@ -231,7 +249,9 @@ def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise SurgeryError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}", param="inputs")
     if not zipfile.is_zipfile(path):
-        raise SurgeryError(f"{path}: not an .npz file (an archive of named arrays, as numpy.savez writes)", param="inputs")
+        raise SurgeryError(
+            f"{path}: not an .npz file (an archive of named arrays, as numpy.savez writes)", param="inputs"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
@@ -244,7 +264,9 @@ def sliceable(specs: list[InputSpec]) -> bool:
     return bool(specs) and all(spec.shape and not isinstance(spec.shape[0], int) for spec in specs)
 
 
-def user_feeds(specs: list[InputSpec], inputs: Mapping[str, np.ndarray], rows: int, batch: int) -> Iterator[dict[str, np.ndarray]]:
+def user_feeds(
+    specs: list[InputSpec], inputs: Mapping[str, np.ndarray], rows: int, batch: int
+) -> Iterator[dict[str, np.ndarray]]:
     """The user's arrays, in slices of `batch` along axis 0 when every input's axis 0 is free."""
     arrays = {spec.name: np.asarray(inputs[spec.name]) for spec in specs}
     if not sliceable(specs):
@@ -252,5 +274,3 @@ def user_feeds(specs: list[InputSpec], inputs: Mapping[str, np.ndarray], rows: i
         return
     for start in range(0, rows, batch):
         yield {name: array[start : start + batch] for name, array in arrays.items()}
-
-

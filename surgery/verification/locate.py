@@ -28,15 +28,21 @@ def _shape_computations(proto: onnx.ModelProto, widened: dict) -> set[str]:
             constants.update(node.output)
         elif node.op_type in ("Shape", "Size") and node.input and node.input[0] in widened:
             derived.update(node.output)
-        elif node.input and any(i in derived for i in node.input) and all(
-            not i or i in derived or i in constants for i in node.input
+        elif (
+            node.input
+            and any(i in derived for i in node.input)
+            and all(not i or i in derived or i in constants for i in node.input)
         ):
             derived.update(node.output)
     return derived
 
 
 def first_difference(
-    reference: OnnxSide, candidate: OnnxSide, feeds: dict[str, np.ndarray], optimization: str, tolerance: Tolerance | None
+    reference: OnnxSide,
+    candidate: OnnxSide,
+    feeds: dict[str, np.ndarray],
+    optimization: str,
+    tolerance: Tolerance | None,
 ) -> Located:
     """Run both with every intermediate tensor exposed; the first candidate node that differs.
 
@@ -68,4 +74,3 @@ def first_difference(
             if update(stats, reference_values[name], aligned, tolerance):
                 return Located(node.name or None, node.op_type, name, stats, compared, skipped, unmatched)
     return Located(None, None, None, None, compared, skipped, unmatched)
-

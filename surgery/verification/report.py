@@ -155,7 +155,9 @@ class Report:
         for row in rows:
             lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
         if self.deployed is not None:
-            parts = [f"{o['name']}: max ULP {o['max_ulp']}, {o['mismatches']} differing" for o in self.deployed["outputs"]]
+            parts = [
+                f"{o['name']}: max ULP {o['max_ulp']}, {o['mismatches']} differing" for o in self.deployed["outputs"]
+            ]
             lines.append(f"deployed (optimization {self.deployed['optimization']}): " + "; ".join(parts))
         if self.located is not None:
             lines.append(_located_line(self.located))
@@ -177,7 +179,9 @@ def _summary_row(output: OutputComparison) -> tuple[str, ...]:
         return (output.name, where, "", "-" if output.dropped else "no", "", "", "", "")
     if not output.comparable:
         shape = f"{output.shape} vs {output.candidate_shape}"
-        dtype = output.dtype if output.dtype == output.candidate_dtype else f"{output.dtype} vs {output.candidate_dtype}"
+        dtype = (
+            output.dtype if output.dtype == output.candidate_dtype else f"{output.dtype} vs {output.candidate_dtype}"
+        )
         return (output.name, shape, dtype, "no", "incomparable", "", "", "")
     fraction = output.mismatches / output.elements if output.elements else 0.0
     nan = f", {output.nan_mismatches} NaN" if output.nan_mismatches else ""
@@ -201,14 +205,16 @@ def _located_line(located: Located) -> str:
     if located.node is None:
         return f"located: no intermediate tensor differs ({counts})"
     diff = located.comparison
-    detail = "incomparable" if diff is None or not diff.comparable else (
-        f"{diff.mismatches} differing, max |diff| {diff.max_abs_diff:.3g}, max ULP {diff.max_ulp}"
+    detail = (
+        "incomparable"
+        if diff is None or not diff.comparable
+        else (f"{diff.mismatches} differing, max |diff| {diff.max_abs_diff:.3g}, max ULP {diff.max_ulp}")
     )
-    return f"located: first differing node {located.node!r} ({located.op}), output {located.output!r}: {detail} ({counts})"
+    return (
+        f"located: first differing node {located.node!r} ({located.op}), output {located.output!r}: {detail} ({counts})"
+    )
 
 
 def _json_float(value: float) -> float | str:
     """JSON has no inf/NaN: those are written as the strings "inf" and "nan"."""
     return value if math.isfinite(value) else str(value)
-
-

@@ -103,19 +103,24 @@ def external_folder(model: ir.Model) -> str | None:
         if isinstance(value.const_value, ir.ExternalTensor)
     }
     if len(folders) > 1:
-        raise SurgeryError(f"model keeps external data in several folders ({', '.join(sorted(folders))}); save it first")
+        raise SurgeryError(
+            f"model keeps external data in several folders ({', '.join(sorted(folders))}); save it first"
+        )
     return folders.pop() if folders else None
 
 
-def create_session(model: str | bytes, options: "ort.SessionOptions", provider: str, label: str) -> "ort.InferenceSession":
+def create_session(
+    model: str | bytes, options: "ort.SessionOptions", provider: str, label: str
+) -> "ort.InferenceSession":
     """A session on `provider` exactly (never a silent CPU fallback); failures are one-line SurgeryErrors."""
     import onnxruntime as ort
 
     check_choice(provider, PROVIDERS, "provider")
     wanted = PROVIDERS[provider]
     if wanted not in ort.get_available_providers():
-        raise SurgeryError(f"{wanted} is not available in this onnxruntime build (install onnxruntime-gpu)",
-                           param="provider")
+        raise SurgeryError(
+            f"{wanted} is not available in this onnxruntime build (install onnxruntime-gpu)", param="provider"
+        )
     providers = [wanted] if provider == "cpu" else [wanted, PROVIDERS["cpu"]]
     if provider != "cpu":
         # Starting a GPU provider without its libraries makes onnxruntime's default logger print
@@ -163,5 +168,7 @@ def session(
             options.add_session_config_entry(EXTERNAL_FOLDER_KEY, folder)
         model = ir.serde.serialize_model(model)
     if not isinstance(model, onnx.ModelProto):
-        raise SurgeryError(f"expected an ONNX model, an onnx_ir model or a path, got {type(model).__name__}", param="model")
+        raise SurgeryError(
+            f"expected an ONNX model, an onnx_ir model or a path, got {type(model).__name__}", param="model"
+        )
     return create_session(model.SerializeToString(), options, provider, label or "model")

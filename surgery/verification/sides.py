@@ -49,11 +49,14 @@ class OnnxSide:
             proto = ir.serde.serialize_model(source)
             self.model_bytes = proto.SerializeToString()
             self.footprint = len(self.model_bytes) + sum(
-                value.const_value.nbytes for value in source.graph.initializers.values()
+                value.const_value.nbytes
+                for value in source.graph.initializers.values()
                 if isinstance(value.const_value, ir.ExternalTensor)
             )
         else:
-            raise SurgeryError(f"{label}: expected an ONNX model, an onnx_ir model or a path, got {type(source).__name__}")
+            raise SurgeryError(
+                f"{label}: expected an ONNX model, an onnx_ir model or a path, got {type(source).__name__}"
+            )
         #: Integer inputs that index a constant table: their values are drawn below its length.
         self.index_bounds = index_bounds(proto.graph)
         #: The widen metadata: grown tensors (outputs too) are compared on their original units.
@@ -86,7 +89,9 @@ class OnnxSide:
         specs = []
         for node_arg in self.session(self.optimization).get_inputs():
             if node_arg.type not in ORT_TYPES:
-                raise SurgeryError(f"{self.label}: input {node_arg.name!r} has type {node_arg.type}, which verify cannot generate")
+                raise SurgeryError(
+                    f"{self.label}: input {node_arg.name!r} has type {node_arg.type}, which verify cannot generate"
+                )
             dtype = np.dtype(ORT_TYPES[node_arg.type])
             high = self.index_bounds.get(node_arg.name) if dtype.kind in "iu" else None
             specs.append(InputSpec(node_arg.name, tuple(node_arg.shape), dtype, high))
@@ -106,7 +111,9 @@ class OnnxSide:
             return load_proto(self.path)
         return onnx.ModelProto.FromString(self.model_bytes)
 
-    def exposed_runner(self, optimization: str) -> tuple[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], onnx.ModelProto]:
+    def exposed_runner(
+        self, optimization: str
+    ) -> tuple[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], onnx.ModelProto]:
         """A runner over a copy of the graph whose every node output is also a graph output.
 
         A model read from a path is rewritten without its external data: the copy is handed to
@@ -221,5 +228,3 @@ def match_keras(reference: OnnxSide | KerasSide, candidate: OnnxSide | KerasSide
             keras_side.dropped = [name for name in onnx_outputs if name not in own]
         elif len(onnx_outputs) == len(keras_side.output_name_list):
             keras_side.output_name_list = onnx_outputs
-
-
