@@ -35,8 +35,7 @@ class _Group(click.Group):
         except click.exceptions.Exit as done:
             sys.exit(done.exit_code)
         except click.Abort:
-            click.echo("surgery: interrupted", err=True)
-            sys.exit(130)
+            _interrupted()
         except click.UsageError as error:
             if debug:
                 raise
@@ -49,8 +48,7 @@ class _Group(click.Group):
             click.echo(f"surgery: {_one_line(error.render(flag_for(error.param)))}", err=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
-            click.echo("surgery: interrupted", err=True)
-            sys.exit(130)
+            _interrupted()
         except OSError as error:  # the file system said no (disk full, permission denied, ...): the user can act on it
             if debug:
                 raise
@@ -63,6 +61,16 @@ class _Group(click.Group):
             first = (str(error).strip().splitlines() or [""])[0]
             click.echo(f"surgery: internal error: {type(error).__name__}: {first} (rerun with --debug)", err=True)
             sys.exit(3)
+
+
+def _interrupted() -> None:
+    """Ctrl-C: remove the temporary files of a write it cut short (even between their creation
+    and the writer's own cleanup), say so in one line, exit 130."""
+    from surgery.external import remove_temporary_files
+
+    remove_temporary_files()
+    click.echo("surgery: interrupted", err=True)
+    sys.exit(130)
 
 
 #: Library parameters whose flag is not `--` + the name with dashes (see `flag_for`).

@@ -34,7 +34,6 @@ import math
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -350,17 +349,42 @@ def external_files(model: ir.Model) -> list[Path]:
     return [Path(p) for p in seen]
 
 
+#: Temporary files created and not yet renamed or removed (see `remove_temporary_files`).
+_PENDING: set[Path] = set()
+
+
 def temporary_file(folder: Path, name: str) -> tuple[int, Path]:
     """A new hidden file ``.NAME.XXXX.tmp`` in `folder`, open for writing, to be renamed to `name`.
 
     It gets the permissions an ordinary new file would (0666 less the umask), not mkstemp's 0600,
-    so that outputs are not private to the writer.
+    so that outputs are not private to the writer. Its path is recorded before the file exists,
+    so that `remove_temporary_files` finds it even when Ctrl-C lands before the caller's cleanup.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     umask = os.umask(0o022)
     os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    return fd, Path(tmp)
+    for _ in range(100):
+        path = folder / f".{name}.{os.urandom(6).hex()}.tmp"
+        _PENDING.add(path)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666 & ~umask)
+        except FileExistsError:
+            _PENDING.discard(path)
+            continue
+        return fd, path
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder / f".{name}.*.tmp"))
+
+
+def settle_temporary_file(path: Path) -> None:
+    """`path` was renamed into place or removed: no longer `remove_temporary_files`' business."""
+    _PENDING.discard(path)
+
+
+def remove_temporary_files() -> None:
+    """Remove every temporary file still pending (an interrupted write): the CLI's Ctrl-C path."""
+    for path in list(_PENDING):
+        with contextlib.suppress(OSError):
+            path.unlink()
+        _PENDING.discard(path)
 
 
 def _shared_location(tensor: ir.ExternalTensor, folder: Path) -> str:
@@ -504,8 +528,10 @@ def _staged(model: ir.Model, path: Path, force: bool, share_external_data: bool)
         os.replace(model_tmp, path)
     finally:
         data_tmp.unlink(missing_ok=True)
+        settle_temporary_file(data_tmp)
         if model_tmp is not None:
             model_tmp.unlink(missing_ok=True)
+            settle_temporary_file(model_tmp)
 
 
 @contextlib.contextmanager
@@ -558,6 +584,8 @@ __all__ = [
     "needs_external_data",
     "open_checked_source",
     "staged_model",
+    "remove_temporary_files",
+    "settle_temporary_file",
     "temporary_file",
     "write_model",
 ]

@@ -19,7 +19,7 @@ import onnx
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError, first_line
-from surgery.external import needs_external_data, staged_model, temporary_file
+from surgery.external import needs_external_data, settle_temporary_file, staged_model, temporary_file
 from surgery.validation import validate
 
 
@@ -214,12 +214,13 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
     path = check_output(path, force=force)
     folder = path.parent if str(path.parent) else Path(".")
     fd, tmp_path = temporary_file(folder, path.name)
-    os.close(fd)
     try:
+        os.close(fd)
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+        settle_temporary_file(tmp_path)
 
 
 @contextlib.contextmanager

@@ -222,4 +222,4 @@ def test_sigint_during_the_write_leaves_nothing_or_a_whole_model(tmp_path):
         assert sorted(p.name for p in out_dir.iterdir()) == ([written.name] if written.exists() else [])
         outcomes.append(run.returncode)
         written.unlink(missing_ok=True)
-    assert 130 in outcomes, f"no run was interrupted ({outcomes}); the test did not test"
+    assert {130, -signal.SIGINT} & set(outcomes), f"no run was interrupted ({outcomes}); the test did not test"

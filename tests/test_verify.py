@@ -15,6 +15,7 @@ from surgery.errors import SurgeryError
 from surgery.graph import as_ir
 from surgery.testing import assert_equivalent
 from surgery.verification import compare_arrays, verify
+from surgery.verification.feeds import SYMBOLIC_DEFAULT, index_bounds
 
 f32 = np.float32
 
@@ -169,12 +170,30 @@ def test_an_output_present_in_one_model_only_makes_it_not_equivalent():
     assert "only in reference" in report.summary()
 
 
-def test_symbolic_dims_need_values():
+def test_symbolic_dims_take_a_default_or_the_given_value():
     relu = elementwise([helper.make_node("Relu", ["x"], ["y"], name="relu")], inputs=(("x", ["batch", "seq", 4]),))
-    with pytest.raises(SurgeryError, match="symbolic dimension 'seq' at axis 1: give --dim seq=N"):
-        verify(relu, relu)
+    report = verify(relu, relu, samples=10, batch=4)
+    assert report.equivalent and report.outputs[0].elements == 10 * SYMBOLIC_DEFAULT * 4
+    assert report.dims == {"batch": 4, "seq": SYMBOLIC_DEFAULT}
     report = verify(relu, relu, dims={"seq": 3}, samples=10, batch=4)
     assert report.equivalent and report.outputs[0].elements == 10 * 3 * 4
+    with pytest.raises(SurgeryError, match=r"no symbolic dimension 'sq' \(theirs: batch, seq\)"):
+        verify(relu, relu, dims={"sq": 3})
+
+
+def test_token_ids_stay_below_the_embedding_table():
+    """An int64 input indexing a 3-row table through a Cast: ids beyond 2 would make Gather fail."""
+    table = np.arange(12, dtype=f32).reshape(3, 4)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["ids"], ["ids32"], name="cast", to=TensorProto.INT32),
+         helper.make_node("Gather", ["table", "ids32"], ["y"], name="gather")],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 4])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    model = forms.finish(graph)
+    assert index_bounds(model.graph) == {"ids": 3}
+    assert verify(model, model, samples=64, batch=16).equivalent
 
 
 def test_integer_and_bool_inputs_are_generated_in_range():
