@@ -27,7 +27,7 @@ import numpy as np
 
 from surgery.analysis import ChannelChange, RowShift
 from surgery.errors import NotEquivalentError
-from surgery.initializers import EXACT_STRATEGIES, check_strategy
+from surgery.initializers import EXACT_STRATEGIES
 from surgery.modelio import check_output, input_files, load_model, staged_save
 from surgery.rewrite import WidenResult, widen_in_place
 from surgery.verification import Report
@@ -43,7 +43,7 @@ def channel_note(change: ChannelChange) -> str:
     note = (
         (
             f"crosses an NCHWc block boundary ({', '.join(map(str, crossed))}): with onnxruntime's default "
-            "optimizations its outputs may differ by a few ULP (see align)"
+            "optimizations its outputs may differ by a few ULP (see the align option)"
         )
         if crossed
         else "same NCHWc blocking"
@@ -134,7 +134,6 @@ def widen_verified(
     """
     from surgery.verification import verify as verify_models
 
-    check_strategy(init, fan_in)
     source = Path(model)
     ir_model = load_model(source)
     target = check_output(output, inputs=input_files(source, ir_model), suffix=".onnx", force=force)
