@@ -25,6 +25,8 @@ _LAZY = {
     "export_keras": "surgery.export",
     "widen": "surgery.rewrite",
     "widen_verified": "surgery.widening",
+    "deepen": "surgery.deepening",
+    "find_blocks": "surgery.blocks",
     "verify": "surgery.verification",
     "Report": "surgery.verification",
     "to_keras": "surgery.onnx_to_keras",

@@ -129,8 +129,7 @@ def export(model: str, output: str, opset: int, batch: int | None, unsafe: bool,
 @click.option("--symmetry", "symmetry_layer", default=None, metavar="NAME", help="Report groups of identical units in layer NAME.")
 @debug_option
 def inspect(model: str, as_json: bool, symmetry_layer: str | None) -> None:
-    """List the layers whose units can be grown (Gemm, MatMul(+Add), Conv)."""
-    from surgery.layers import find_layers
+    """List the layers whose units can be grown (Gemm, MatMul(+Add), Conv) and the attention blocks."""
     from surgery.modelio import load_model
 
     ir_model = load_model(model)
@@ -146,35 +145,57 @@ def inspect(model: str, as_json: bool, symmetry_layer: str | None) -> None:
             for group in groups:
                 click.echo(f"{symmetry_layer}: units {', '.join(map(str, group))} are identical (same fan-in, bias and fan-out)")
         return
-    layers = find_layers(ir_model)
+    from surgery.inspection import inspect_document
+
+    document = inspect_document(ir_model)
     if as_json:
-        click.echo(json.dumps({"model": model, "layers": [layer.to_json() for layer in layers]}))
+        click.echo(json.dumps({"model": model, **document}))
         return
     from rich.console import Console
     from rich.table import Table
 
+    layers, console = document["layers"], Console(width=200)
     table = Table(title=f"{model}: {len(layers)} layers")
-    for column in ("name", "node", "op", "width", "activation", "consumers"):
+    for column in ("name", "node", "op", "width", "activation", "grows", "consumers"):
         table.add_column(column, justify="right" if column == "width" else "left")
     for layer in layers:
-        table.add_row(layer.name, layer.node, layer.op, str(layer.width), layer.activation or "-", ", ".join(layer.consumers))
-    Console(width=200).print(table)
+        table.add_row(layer["name"], layer["node"], layer["op"], str(layer["width"]), layer["activation"] or "-",
+                      "yes" if layer["widenable"] else "no", ", ".join(layer["consumers"]))
+    console.print(table)
+    for layer in layers:
+        if layer["blocked_by"]:
+            console.print(f"{layer['name']}: {layer['blocked_by']}", highlight=False, markup=False, soft_wrap=True)
+    if document["attention"]:
+        attention = Table(title="attention blocks (widen --heads NAME=K)")
+        for column in ("name", "heads", "kv_heads", "head_dim", "q", "k", "v", "o"):
+            attention.add_column(column)
+        for block in document["attention"]:
+            attention.add_row(*(str(block[c]) for c in ("name", "heads", "kv_heads", "head_dim", "q", "k", "v", "o")))
+        console.print(attention)
+    if document["blocks"]:
+        blocks = Table(title=f"{len(document['blocks'])} residual blocks (surgery deepen --after NAME)")
+        columns = ("name", "kind", "nodes", "parameters", "input", "output")
+        for column in columns:
+            blocks.add_column(column, justify="right" if column in ("nodes", "parameters") else "left")
+        for block in document["blocks"]:
+            blocks.add_row(*(str(block[c]) for c in columns))
+        console.print(blocks)
 
 
-def _parse_layers(specs: tuple[str, ...]) -> dict[str, int]:
-    """`--layer NAME=K` options → {NAME: K}. Only the syntax is checked here (and a NAME given
-    twice, which a dict would hide); what K may be is the library's rule (`surgery.widen`)."""
+def _parse_layers(specs: tuple[str, ...], flag: str = "--layer") -> dict[str, int]:
+    """`--layer NAME=K` (or `--heads`) options → {NAME: K}. Only the syntax is checked here (and a
+    NAME given twice, which a dict would hide); what K may be is the library's rule (`surgery.widen`)."""
     plan: dict[str, int] = {}
     for spec in specs:
         name, sep, count = spec.rpartition("=")
         if not sep or not name:
-            raise SurgeryError(f"--layer {spec!r}: expected NAME=K (e.g. dense_1=8)")
+            raise SurgeryError(f"{flag} {spec!r}: expected NAME=K (e.g. dense_1=8)")
         try:
             added = int(count)
         except ValueError:
-            raise SurgeryError(f"--layer {spec!r}: K must be an integer, got {count!r}") from None
+            raise SurgeryError(f"{flag} {spec!r}: K must be an integer, got {count!r}") from None
         if name in plan:
-            raise SurgeryError(f"--layer {name!r} is given twice")
+            raise SurgeryError(f"{flag} {name!r} is given twice")
         plan[name] = added
     return plan
 
@@ -218,7 +239,10 @@ def _read_verification_inputs(inputs_file: str | None, dim_values: tuple[str, ..
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write.")
-@click.option("--layer", "layers", multiple=True, required=True, metavar="NAME=K", help="Add K units to layer NAME (repeatable).")
+@click.option("--layer", "layers", multiple=True, metavar="NAME=K",
+              help="Add K units to layer NAME, or to every layer a glob matches (repeatable).")
+@click.option("--heads", "heads", multiple=True, metavar="NAME=K",
+              help="Add K key/value heads to attention block NAME or every block a glob matches (repeatable).")
 @click.option("--init", default="output-zero", show_default=True, type=click.Choice(STRATEGIES),
               help="How the new units start.")
 @click.option("--fan-in", type=click.Choice(FAN_IN_INITS), default=None,
@@ -233,20 +257,63 @@ def _read_verification_inputs(inputs_file: str | None, dim_values: tuple[str, ..
               help="Write only changed tensors; the output reads the input's unchanged external data in place (keep the input unchanged).")
 @verification_inputs
 @debug_option
-def widen(model: str, output: str, layers: tuple[str, ...], init: str, fan_in: str | None, seed: int,
-          no_verify: bool, allow_output_change: bool, align: int | None, force: bool, share_external_data: bool,
-          inputs_file: str | None, samples: int, dim_values: tuple[str, ...]) -> None:
-    """Add units to layers; the outputs stay bitwise equal (output-zero, all-zero)."""
+def widen(model: str, output: str, layers: tuple[str, ...], heads: tuple[str, ...], init: str, fan_in: str | None,
+          seed: int, no_verify: bool, allow_output_change: bool, align: int | None, force: bool,
+          share_external_data: bool, inputs_file: str | None, samples: int, dim_values: tuple[str, ...]) -> None:
+    """Add units to layers or heads to attention blocks; the outputs stay bitwise equal (output-zero, all-zero)."""
     from surgery.widening import widen_verified
 
-    plan = _parse_layers(layers)
+    plan, head_plan = _parse_layers(layers), _parse_layers(heads, "--heads")
+    if not plan and not head_plan:
+        raise SurgeryError("nothing to widen: give --layer NAME=K or --heads NAME=K")
     dims, inputs = _read_verification_inputs(inputs_file, dim_values)
-    outcome = widen_verified(model, output, plan, init=init, fan_in=fan_in, seed=seed,
+    outcome = widen_verified(model, output, plan, heads=head_plan, init=init, fan_in=fan_in, seed=seed,
                              allow_output_change=allow_output_change, align=align, verify=not no_verify,
                              force=force, share_external_data=share_external_data,
                              dims=dims, inputs=inputs, samples=samples)
     for line in outcome.lines:  # printed once the file is written: nothing claims a growth that failed
         click.echo(line)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write.")
+@click.option("--after", required=True, metavar="NAME", help="Residual block (or, with --kind identity, layer) to insert after.")
+@click.option("--count", type=int, default=1, show_default=True, help="How many new blocks, one after another.")
+@click.option("--init", type=click.Choice(["copy", "random"]), default="copy", show_default=True,
+              help="New parameters: the block's, or drawn; output projections start at zero either way.")
+@click.option("--kind", type=click.Choice(["block", "identity"]), default="block", show_default=True,
+              help="Copy a residual block, or insert an identity layer + ReLU after a ReLU layer.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every random draw.")
+@click.option("--no-verify", is_flag=True, help="Skip running both models with onnxruntime.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@debug_option
+def deepen(model: str, output: str, after: str, count: int, init: str, kind: str, seed: int, no_verify: bool,
+           force: bool) -> None:
+    """Insert new blocks that start as the identity; the outputs stay bitwise equal."""
+    from surgery.deepening import deepen_in_place
+    from surgery.modelio import check_output, input_files, load_model, staged_save
+
+    if count < 1:
+        raise SurgeryError(f"--count must be at least 1, got {count}")
+    ir_model = load_model(model)
+    check_output(output, inputs=input_files(model, ir_model), suffix=".onnx", force=force)
+    record = deepen_in_place(ir_model, after=after, count=count, init=init, seed=seed, kind=kind).record
+    what = "blocks" if kind == "block" else "identity layers"
+    click.echo(f"{after}: {count} new {what} after it: {', '.join(record['added'])} "
+               f"({record['nodes']} nodes, {record['parameters']} parameters each)")
+    if record["zeroed"]:
+        click.echo(f"output projections starting at zero: {', '.join(record['zeroed'])} (in each copy)")
+    with staged_save(ir_model, output, force=force) as staged:
+        if not no_verify:
+            from surgery.verification import verify
+
+            report = verify(model, staged)  # symbolic dimensions after the leading one take verify's default
+            if not report.equivalent:
+                diff = max((o.max_abs_diff for o in report.outputs), default=0.0)
+                raise NotEquivalentError(f"outputs are not bitwise equal after deepening (max |diff| {diff:.3g}); {output} not written")
+            click.echo(f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, optimizations off)")
+    click.echo(f"wrote {output}")
 
 
 @cli.command()

@@ -476,9 +476,18 @@ def _write_tensors(model: ir.Model, data_name: str, folder: Path, data_fd: int, 
     return slots, size
 
 
+def all_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of `proto`: initializers and tensor attributes, subgraphs and functions included.
+
+    The one use of onnx's private walk (`onnx.external_data_helper._get_all_tensors`), so that a
+    change of it in onnx is met in one place.
+    """
+    return onnx.external_data_helper._get_all_tensors(proto)
+
+
 def _rename_data_file(proto: onnx.ModelProto, staged: str, final: str) -> None:
     """Point every tensor of `proto` stored in the data file `staged` at `final` instead."""
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+    for tensor in all_tensors(proto):
         for entry in tensor.external_data:
             if entry.key == "location" and entry.value == staged:
                 entry.value = final
@@ -579,6 +588,7 @@ def write_model(model: ir.Model, path: str | os.PathLike, *, force: bool = False
 
 __all__ = [
     "ConcatenatedTensor",
+    "all_tensors",
     "concatenate",
     "external_files",
     "needs_external_data",

@@ -14,15 +14,6 @@ import onnx_ir as ir
 
 ModelLike: TypeAlias = "onnx.ModelProto | ir.Model"
 
-#: Elementwise activations that `inspect` reports as "the activation that follows" a layer.
-ACTIVATIONS = frozenset(
-    {
-        "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Tanh", "Sigmoid", "HardSigmoid",
-        "HardSwish", "Softplus", "Softsign", "Gelu", "Clip", "Mish", "Softmax", "LogSoftmax",
-    }
-)
-
-
 def as_ir(model: ModelLike) -> ir.Model:
     """A fresh `ir.Model` for `model`: a proto is deserialised, an `ir.Model` is returned as is."""
     if isinstance(model, onnx.ModelProto):

@@ -34,8 +34,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from surgery.analysis import RELU_LIKE, Edit, Group
+from surgery.analysis import Edit, Group
 from surgery.errors import SurgeryError
+from surgery.ops import init_family
 
 STRATEGIES = ("output-zero", "all-zero", "net2net", "all-random")
 #: The strategies whose widened model computes bitwise the same outputs (zero fan-out).
@@ -159,7 +160,7 @@ def new_unit_values(edit: Edit, shape: Sequence[int], dtype: np.dtype, final_sha
     """
     shape = tuple(int(d) for d in shape)
     if edit.role == "fan-in" and strategy in ("output-zero", "all-random"):
-        kind = fan_in or ("he" if edit.activation in RELU_LIKE else "glorot")
+        kind = fan_in or init_family(edit.activation)
         rng = _rng(seed, edit.role, key, str(edit.axis))
         return _random(rng, shape, dtype, kind, _fans(final_shape, edit.weight_axes))
     if edit.role == "fan-out" and strategy == "all-random":
@@ -170,6 +171,21 @@ def new_unit_values(edit: Edit, shape: Sequence[int], dtype: np.dtype, final_sha
     return np.zeros(shape, dtype=dtype)
 
 
+def draw_weight(shape: Sequence[int], dtype: np.dtype, *, kind: str, weight_axes: tuple[int, int] | None, seed: int,
+                key: str) -> np.ndarray:
+    """A whole weight drawn the way new units' fan-in is (`surgery deepen --init random`).
+
+    Args:
+        shape, dtype: the weight's.
+        kind: one of `FAN_IN_INITS`.
+        weight_axes: (input axis, unit axis) of the weight for its fans, None for a 1-D one.
+        seed, key: seed the draw (`key` names the weight, so each gets its own stream).
+    """
+    shape = tuple(int(d) for d in shape)
+    return _random(_rng(seed, "deepen", key), shape, np.dtype(dtype), kind, _fans(shape, weight_axes))
+
+
 __all__ = [
     "STRATEGIES", "EXACT_STRATEGIES", "FAN_IN_INITS", "check_strategy", "unit_sources", "extend", "new_unit_values",
+    "draw_weight",
 ]

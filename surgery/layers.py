@@ -10,7 +10,8 @@ A *layer* is a node whose output channels are parameters we can grow:
 - ``Conv`` with a constant weight: width is the number of output channels (``W.shape[0]``).
 
 Friendly names come from the ``surgery.layer_map`` metadata written by `surgery export`
-(Keras layer name → node names); for graphs from other exporters the node name is used.
+(Keras layer name → node names); for PyTorch exports from the module path (`surgery.naming`);
+otherwise the node name is used.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ from difflib import get_close_matches
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError
-from surgery.graph import ACTIVATIONS, ModelLike, as_ir, attribute, constant_shape, consumers
+from surgery.graph import ModelLike, as_ir, attribute, constant_shape, consumers
 from surgery.metadata import LAYER_MAP_KEY
-
-#: Ops that `inspect` looks through when reporting the activation that follows a layer: layout
-#: changes and per-channel normalisation (Dense → BatchNormalization → ReLU reports ReLU).
-_TRANSPARENT = frozenset({"Transpose", "Identity", "Cast", "Dropout", "BatchNormalization"})
+from surgery.naming import module_names
+from surgery.ops import activation_after
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,8 @@ class Layer:
         name: the friendly name: the Keras layer name for exported models, else `node`.
         op: ``"Gemm"``, ``"MatMul+Add"``, ``"MatMul"`` or ``"Conv"``.
         width: number of units (output features or output channels).
-        activation: op type of the elementwise activation that follows, if any.
+        activation: the activation that follows, if any (`surgery.ops.activation_after`): an op
+            type, or "Gelu", "Silu" or "SwiGLU" for the forms exporters write as several nodes.
         consumers: names of the nodes that read the layer's output.
     """
 
@@ -90,29 +90,6 @@ def bias_add(output: ir.Value, width: int) -> ir.Node | None:
     return add
 
 
-def _is_folded_batchnorm(node: ir.Node, value: ir.Value) -> bool:
-    """tf2onnx's folded BatchNormalization: a Mul or Add of `value` with a constant."""
-    if node.op_type not in ("Mul", "Add") or len(node.inputs) != 2:
-        return False
-    other = node.inputs[1] if node.inputs[0] is value else node.inputs[0]
-    return constant_shape(other) is not None
-
-
-def _activation(output: ir.Value) -> str | None:
-    value = output
-    for _ in range(4):  # a few transparent wrappers at most (Transposes, a folded Mul + Add)
-        users = consumers(value)
-        if len(users) != 1:
-            return None
-        node = users[0]
-        if node.op_type in ACTIVATIONS:
-            return node.op_type
-        if not (node.op_type in _TRANSPARENT or _is_folded_batchnorm(node, value)):
-            return None
-        value = node.outputs[0]
-    return None
-
-
 def _width(node: ir.Node) -> int | None:
     """Number of units `node` produces, or None when it is not a growable layer."""
     if node.op_type == "Gemm" and len(node.inputs) >= 2:
@@ -133,7 +110,7 @@ def _width(node: ir.Node) -> int | None:
 
 def layer_sites(model: ir.Model) -> list[LayerSite]:
     """Every growable layer of the main graph, in topological order."""
-    names = friendly_names(model)
+    names = module_names(model) | friendly_names(model)
     sites = []
     for node in model.graph:
         if node.domain not in ("", "ai.onnx"):
@@ -151,7 +128,7 @@ def layer_sites(model: ir.Model) -> list[LayerSite]:
             name=names.get(node.name or "", node.name or ""),
             op=op,
             width=width,
-            activation=_activation(output),
+            activation=activation_after(output),
             consumers=[user.name or user.op_type for user in consumers(output)],
         )
         sites.append(LayerSite(layer, node, bias_node, output))
@@ -163,9 +140,12 @@ def find_layers(model: ModelLike) -> list[Layer]:
     return [site.layer for site in layer_sites(as_ir(model))]
 
 
-def resolve_layer(model: ir.Model, name: str) -> LayerSite:
-    """The layer called `name` (node name or friendly name), or a SurgeryError suggesting names."""
-    sites = layer_sites(model)
+def resolve_layer(model: ir.Model, name: str, sites: list[LayerSite] | None = None) -> LayerSite:
+    """The layer called `name` (node name or friendly name), or a SurgeryError suggesting names.
+
+    `sites`: `layer_sites(model)` when the caller has it (resolving many names is then linear).
+    """
+    sites = layer_sites(model) if sites is None else sites
     for site in sites:
         if name in (site.layer.node, site.layer.name):
             return site

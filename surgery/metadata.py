@@ -6,6 +6,9 @@
   `inspect` for friendly names and by `to-keras`).
 - ``surgery.keras_inputs``: the ONNX input names, in the order of the Keras model's inputs (export).
 - ``surgery.widen_history``: one record per widened layer per `widen` call.
+- ``surgery.deepen_history``: one record per `deepen` call: the block or layer it followed, the
+  names of the new ones, their kind, init, seed, node and parameter counts, and the output
+  projections that start at zero.
 - ``surgery.widened_tensors``: the new positions of every tensor a widening grew (written by
   `widen`, read by `verify --locate`).
 """
@@ -19,6 +22,7 @@ LAYER_MAP_KEY = "surgery.layer_map"
 KERAS_INPUTS_KEY = "surgery.keras_inputs"
 WIDEN_HISTORY_KEY = "surgery.widen_history"
 WIDENED_TENSORS_KEY = "surgery.widened_tensors"
+DEEPEN_HISTORY_KEY = "surgery.deepen_history"
 
 #: Each entry and the JSON kind its readers expect (`surgery.validation` checks loaded files).
 JSON_KINDS: Mapping[str, type] = {
@@ -27,4 +31,5 @@ JSON_KINDS: Mapping[str, type] = {
     KERAS_INPUTS_KEY: list,
     WIDEN_HISTORY_KEY: list,
     WIDENED_TENSORS_KEY: dict,
+    DEEPEN_HISTORY_KEY: list,
 }

@@ -13,13 +13,16 @@ import contextlib
 import os
 import stat
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError, first_line
-from surgery.external import needs_external_data, settle_temporary_file, staged_model, temporary_file
+from surgery.external import all_tensors, needs_external_data, settle_temporary_file, staged_model, temporary_file
+from surgery.inline import MappedFile, Weight, attach_weights, split_weights, write_inline
+from surgery.shapes import check
 from surgery.validation import validate
 
 
@@ -39,7 +42,7 @@ def _check_external_locations(proto: onnx.ModelProto, path: Path) -> None:
     a location pointing at a FIFO, a device or another user's file is refused without touching it.
     """
     folder = path.resolve().parent
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+    for tensor in all_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -70,50 +73,88 @@ def _check_external_locations(proto: onnx.ModelProto, path: Path) -> None:
             )
 
 
-def _parse_and_check(path: Path) -> onnx.ModelProto:
-    _check_path(path)
+@dataclass
+class _Parsed:
+    """A checked model file: its graph, and the weights left in the mapped file (`surgery.inline`)."""
+
+    proto: onnx.ModelProto  # without the data of `weights`
+    weights: dict[str, Weight]
+    source: MappedFile | None
+
+
+def _parse(path: Path) -> _Parsed:
+    """Map the file and parse it without its large inline weights (parse it whole if that fails)."""
     try:
-        proto = onnx.load(path, load_external_data=False)
+        source = MappedFile(path)
+    except OSError as error:
+        raise SurgeryError(f"{path}: cannot read it ({error.strerror})") from None
+    split = split_weights(source.map)
+    try:
+        if split is not None:
+            return _Parsed(onnx.ModelProto.FromString(split[0]), split[1], source)
+        return _Parsed(onnx.load(path, load_external_data=False), {}, None)
     except Exception as error:  # protobuf raises DecodeError, RuntimeWarning-like and OSError variants
         raise SurgeryError(f"{path}: not an ONNX model ({first_line(error)})") from None
+
+
+def _parse_and_check(path: Path) -> _Parsed:
+    """Parse and validate `path`: structure, types and shapes, external locations, onnx's checker.
+
+    Everything runs on the graph without its weights: `validate` is told the length of each
+    left-out raw_data, and the checker sees weights as typed inputs (`surgery.shapes`).
+    """
+    _check_path(path)
+    parsed = _parse(path)
+    proto = parsed.proto
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise SurgeryError(f"{path}: not an ONNX model (no graph or IR version)")
-    validate(proto, path)
+    validate(proto, path, left_out={name: weight.length for name, weight in parsed.weights.items()})
     _check_external_locations(proto, path)
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(proto))
     try:
-        # onnx >= 1.21's checker also refuses external locations that leave the folder. Given a
-        # proto it resolves them against the current directory, so a model with external data
-        # is checked by path (the graph is small then: parsing it again is cheap).
-        onnx.checker.check_model(str(path) if external else proto)
+        check(proto)
     except Exception as error:
         raise SurgeryError(f"{path}: invalid ONNX model: {first_line(error)}") from None
-    return proto
+    return parsed
+
+
+def check_file(path: str | os.PathLike) -> onnx.ModelProto:
+    """Validate an ONNX file as `load_proto` does; returns its graph without the data of large
+    inline initializers (cheap on a model of any size: for checks, shapes and sizes)."""
+    return _parse_and_check(Path(path)).proto
 
 
 def load_proto(path: str | os.PathLike, *, load_external_data: bool = False) -> onnx.ModelProto:
     """Parse and validate an ONNX file. External data is checked, and loaded only when asked."""
     path = Path(path)
-    proto = _parse_and_check(path)
+    parsed = _parse_and_check(path)
+    proto = parsed.proto
+    if parsed.weights:
+        for tensor in proto.graph.initializer:
+            weight = parsed.weights.get(tensor.name)
+            if weight is not None and not tensor.HasField("raw_data"):
+                tensor.raw_data = parsed.source.map[weight.offset : weight.offset + weight.length]
     if load_external_data:
         onnx.load_external_data_for_model(proto, str(path.resolve().parent))
     return proto
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
-    """Load `path` as an `ir.Model`; external data stays on disk, memory-mapped on first use.
+    """Load `path` as an `ir.Model`; weights stay on disk, memory-mapped on first use.
 
-    The file is parsed once and validated (`load_proto`'s checks) before onnx-ir sees it; every
-    external tensor gets the model's absolute folder as its base, so onnx-ir's own containment
-    checks apply whenever data is mapped, whatever the current directory is later. Reading a
-    tensor's shape reads no data.
+    The file is parsed once, without the data of its large inline initializers, and validated
+    (`load_proto`'s checks) before onnx-ir sees it. Those initializers are `surgery.inline.InlineTensor`s
+    (views of the mapped file); every external tensor gets the model's absolute folder as its
+    base, so onnx-ir's own containment checks apply whenever data is mapped, whatever the current
+    directory is later. Reading a tensor's shape reads no data.
     """
     path = Path(path)
-    proto = _parse_and_check(path)
+    parsed = _parse_and_check(path)
     try:
-        model = ir.serde.deserialize_model(proto)
+        model = ir.serde.deserialize_model(parsed.proto)
     except Exception as error:
         raise SurgeryError(f"{path}: cannot be loaded: {first_line(error)}") from None
+    if parsed.source is not None:
+        attach_weights(model, parsed.weights, parsed.source)
     ir.external_data.set_base_dir(model.graph, str(path.resolve().parent))
     return model
 
@@ -251,7 +292,7 @@ def staged_save(
             yield staged
         return
     with atomic_output(path, force=force) as tmp:
-        ir.save(model, tmp)
+        write_inline(model, tmp)
         yield tmp
 
 

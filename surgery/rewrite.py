@@ -23,9 +23,12 @@ Rules, in the order they are applied:
    tensor computes the full array whenever it is asked for (fine for models that fit in memory).
 4. Parameters are written: an initializer or ``Constant`` whose every use gets the same new
    contents is replaced in place (same name); one that is shared with a node that must not
-   change (or needs other contents) is forked into a new initializer for the changed uses.
+   change (or needs other contents) is forked into a new initializer for the changed uses. A
+   Reshape target computed from a changed constant (a ``Concat``) and shared with Reshapes
+   that do not grow is computed by a copy of its nodes for the ones that do.
 5. Every tensor that grows gets its new shape (``value.shape``), so serialised ``value_info``
-   is updated rather than left stale; node and tensor names and the opset are kept.
+   is updated rather than left stale, and attributes that count channels (a depthwise Conv's
+   ``group``) get their new value; node and tensor names and the opset are kept.
 6. Metadata: ``surgery.widen_history`` gets one record per widened layer and
    ``surgery.widened_tensors`` the new positions of every grown tensor, composed with earlier
    widenings so they stay relative to the never-widened model.
@@ -33,6 +36,7 @@ Rules, in the order they are applied:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -43,13 +47,17 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from surgery.analysis import Edit, WidenPlan, analyse, infer_missing_shapes, mask_ranges
+from surgery.analysis import Edit, WidenPlan, analyse, infer_missing_shapes
+from surgery.layout import mask_ranges
 from surgery.errors import SurgeryError
 from surgery.external import ConcatenatedTensor, concatenate
+from surgery.heads import fork_shared_nodes, plan_heads
 from surgery.graph import ModelLike, as_ir, constant_array, constant_shape, like
 from surgery.initializers import check_strategy, extend, new_unit_values, unit_sources
-from surgery.layers import resolve_layer
+from surgery.layers import layer_sites, resolve_layer
 from surgery.metadata import WIDEN_HISTORY_KEY, WIDENED_TENSORS_KEY
+from surgery.naming import expand, layer_candidates
+from surgery.ops import SHAPE_CARRIERS
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,8 @@ def _composed_tensors(model: ir.Model, plan: WidenPlan) -> dict:
     try:
         entries = json.loads(raw) if raw else {}
     except json.JSONDecodeError:
-        raise SurgeryError(f"metadata {WIDENED_TENSORS_KEY!r} is not valid JSON; cannot compose a new widening with it") from None
+        raise SurgeryError(
+            f"metadata {WIDENED_TENSORS_KEY!r} is not valid JSON; cannot compose a new widening with it") from None
     for value, layout in plan.tensors:
         name = value.name or ""
         earlier = entries.get(name)
@@ -306,6 +315,78 @@ def _replace_contents(value: ir.Value, contents: Contents) -> None:
     value.shape = _shape(contents)
 
 
+def _shape_readers(node: ir.Node) -> set[ir.Node]:
+    """The nodes that `node`'s outputs, shape tensors, end in (through `SHAPE_CARRIERS`)."""
+    readers: set[ir.Node] = set()
+    stack = [out for out in node.outputs if out is not None]
+    while stack:
+        for use in stack.pop().uses():
+            if use.node.op_type in SHAPE_CARRIERS:
+                stack.extend(out for out in use.node.outputs if out is not None)
+            else:
+                readers.add(use.node)
+    return readers
+
+
+def _chain(target: ir.Node, readers: list[ir.Node]) -> list[ir.Node]:
+    """The nodes from `target` to the readers' shape inputs (target included), in graph order."""
+    on_path: dict[ir.Node, bool] = {}
+
+    def reaches(node: ir.Node | None) -> bool:
+        if node is None:
+            return False
+        if node not in on_path:
+            on_path[node] = node is target or (node.op_type in SHAPE_CARRIERS and any(
+                reaches(v.producer()) for v in node.inputs if v is not None))
+        return on_path[node]
+
+    for reader in readers:
+        reaches(reader.inputs[1].producer())
+    return [node for node in target.graph if on_path.get(node)]
+
+
+def _free_name(taken: set[str], base: str) -> str:
+    name, n = f"{base}_widened", 1
+    while name in taken:
+        n += 1
+        name = f"{base}_widened{n}"
+    taken.add(name)
+    return name
+
+
+def _unshare_shape_chains(graph: ir.Graph, arrays: list[tuple[list[Edit], Contents]]
+                          ) -> list[tuple[list[Edit], Contents]]:
+    """Rule 4 for shapes computed at run time: a literal edit of a constant that a Concat (or
+    another `SHAPE_CARRIERS` chain) turns into the target of Reshapes that do not all grow
+    (dynamo's one target shared by several blocks) is made on a copy of that chain, read only by
+    the Reshapes that grow; the others keep the original."""
+    result = []
+    taken = {n.name for n in graph if n.name} | {v.name for n in graph for v in n.outputs if v.name}
+    for edits, contents in arrays:
+        target = edits[0].node
+        readers = [e.reader for e in edits if e.reader is not None and e.reader is not target]
+        if edits[0].role != "literal" or not readers or _shape_readers(target) <= set(readers):
+            result.append((edits, contents))
+            continue
+        copies: dict[ir.Value, ir.Value] = {}
+        clones = []
+        for node in _chain(target, readers):
+            clone = ir.Node(node.domain, node.op_type, [copies.get(v, v) for v in node.inputs],
+                            [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()],
+                            num_outputs=len(node.outputs), version=node.version,
+                            name=_free_name(taken, node.name or "shape"))
+            for old, new in zip(node.outputs, clone.outputs):
+                new.name, new.shape, new.type = _free_name(taken, old.name or "shape"), old.shape, old.type
+                copies[old] = new
+            clones.append(clone)
+        graph.insert_before(min(readers, key=list(graph).index), clones)
+        for reader in readers:
+            reader.replace_input_with(1, copies[reader.inputs[1]])
+        moved = clones[0]
+        result.append(([dataclasses.replace(e, node=moved) for e in edits], contents))
+    return result
+
+
 def _write_shapes(plan: WidenPlan) -> None:
     for value, layout in plan.tensors:
         if value.shape is None or len(value.shape) != layout.rank:
@@ -316,7 +397,8 @@ def _write_shapes(plan: WidenPlan) -> None:
 
 
 def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "output-zero", fan_in: str | None = None,
-                   seed: int = 0, allow_output_change: bool = False, align: int | None = None) -> WidenResult:
+                   seed: int = 0, allow_output_change: bool = False, align: int | None = None,
+                   heads: Mapping[str, int] | None = None) -> WidenResult:
     """Widen `model` itself (no copy): see `widen` for the arguments.
 
     Shape inference fills in value shapes the graph lacks before the analysis (in place).
@@ -325,34 +407,50 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
     check_strategy(init, fan_in)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SurgeryError(f"{{param}} must be a non-negative integer, got {seed!r}", param="seed")
+    plan = expand(plan, layer_candidates((s.layer.node, s.layer.name) for s in layer_sites(model)), "layer")
     _precheck_size(model, plan)
     infer_missing_shapes(model)
-    widen_plan = analyse(model, plan, allow_output_change=allow_output_change, align=align)
+    if plan or not heads:
+        widen_plan = analyse(model, plan, allow_output_change=allow_output_change, align=align)
+    else:
+        widen_plan = WidenPlan((), (), ())
+    head_plan = plan_heads(model, heads, init=init) if heads else None
+    if head_plan is not None:
+        widen_plan = head_plan.joined(widen_plan)
     _check_memory(widen_plan, init)
     tensors = _composed_tensors(model, widen_plan)
     arrays = _new_arrays(widen_plan, init=init, fan_in=fan_in, seed=seed)
     records = _history(widen_plan, init, int(seed))
+    if head_plan is not None:
+        records += [{**record, "strategy": init, "seed": int(seed)} for record in head_plan.records]
     raw = model.metadata_props.get(WIDEN_HISTORY_KEY)
     try:
         history = json.loads(raw) if raw else []
     except json.JSONDecodeError:
         raise SurgeryError(f"metadata {WIDEN_HISTORY_KEY!r} is not valid JSON; cannot append to it") from None
     # Nothing above changed the model (beyond inferred shapes); from here on it is written.
+    arrays = _unshare_shape_chains(model.graph, arrays)
+    if head_plan is not None:
+        arrays = fork_shared_nodes(model.graph, head_plan, arrays)
     forked = _write_parameters(model.graph, arrays)
     _write_shapes(widen_plan)
+    for change in widen_plan.attributes:
+        change.node.attributes[change.name] = ir.AttrInt64(change.name, change.value)
     model.metadata_props[WIDEN_HISTORY_KEY] = json.dumps(history + records)
     model.metadata_props[WIDENED_TENSORS_KEY] = json.dumps(tensors)
     return WidenResult(widen_plan, tuple(records), tuple(forked))
 
 
-def widen(model: ModelLike, plan: Mapping[str, int], *, init: str = "output-zero", fan_in: str | None = None,
-          seed: int = 0, allow_output_change: bool = False, align: int | None = None) -> ModelLike:
+def widen(model: ModelLike, plan: Mapping[str, int] | None = None, *, init: str = "output-zero",
+          fan_in: str | None = None, seed: int = 0, allow_output_change: bool = False, align: int | None = None,
+          heads: Mapping[str, int] | None = None) -> ModelLike:
     """Add units to layers without changing what the model computes (for the preserving strategies).
 
     Args:
         model: an `onnx.ModelProto` or `ir.Model`; never modified.
-        plan: layer name (node name as `surgery inspect` shows it, or the Keras layer name of an
-            exported model) → number of new units K ≥ 1. Layers coupled to a requested one (by an
+        plan: layer name (node name as `surgery inspect` shows it, or its friendly name: the Keras
+            layer name or PyTorch module path) or glob pattern (``"h.*.mlp.c_fc"``: every match)
+            → number of new units K ≥ 1. Layers coupled to a requested one (by an
             Add, Mul, … join) grow with it by the same K.
         init: ``"output-zero"`` (default; random fan-in, zero fan-out: bitwise-equal outputs),
             ``"all-zero"``, ``"net2net"`` or ``"all-random"`` (see `surgery.initializers`).
@@ -362,6 +460,8 @@ def widen(model: ModelLike, plan: Mapping[str, int], *, init: str = "output-zero
         allow_output_change: let a widened tensor be a graph output (its shape changes).
         align: round every new width up to a multiple of `align` (e.g. 16 keeps onnxruntime's
             NCHWc Conv kernels for channel counts that were multiples of 16).
+        heads: attention block name (as `surgery.attention.find_blocks` lists it) or glob → K new
+            key/value heads (K heads without grouped-query attention); see `surgery.heads`.
 
     Returns:
         The widened model, of the same kind as `model`.
@@ -378,8 +478,8 @@ def widen(model: ModelLike, plan: Mapping[str, int], *, init: str = "output-zero
         working = as_ir(model)  # a fresh graph; its tensors are read-only views of the proto
     else:
         working = as_ir(model).clone()  # tensors are shared, never written: the rewrite replaces them
-    widen_in_place(working, plan, init=init, fan_in=fan_in, seed=seed,
-                   allow_output_change=allow_output_change, align=align)
+    widen_in_place(working, plan or {}, init=init, fan_in=fan_in, seed=seed,
+                   allow_output_change=allow_output_change, align=align, heads=heads)
     return like(working, model)
 
 

@@ -52,6 +52,7 @@ import onnx_ir as ir
 
 from surgery.errors import SurgeryError
 from surgery.metadata import JSON_KINDS
+from surgery.shapes import infer
 
 #: Opset versions per domain that the toolkit accepts (onnxruntime 1.31's supported range).
 SUPPORTED_OPSETS: Mapping[str, range] = {
@@ -98,10 +99,11 @@ def _typed_field(data_type: int) -> tuple[str, float]:
     return "int32_data", (bits / 8 if bits < 8 else 1.0)
 
 
-def tensor_problem(tensor: onnx.TensorProto, what: str) -> str | None:
+def tensor_problem(tensor: onnx.TensorProto, what: str, raw_length: int | None = None) -> str | None:
     """Why `tensor`'s declared data does not fit its shape and type, or None when it does.
 
-    `what` names the tensor in the message, e.g. ``"initializer 'fc1.weight'"``.
+    `what` names the tensor in the message, e.g. ``"initializer 'fc1.weight'"``. `raw_length`:
+    the length of a raw_data the loader left out of `tensor` (`surgery.inline`).
     """
     if tensor.data_type not in _T.DataType.values() or tensor.data_type == _T.UNDEFINED:
         return f"{what} has unknown data type {tensor.data_type}"
@@ -125,13 +127,15 @@ def tensor_problem(tensor: onnx.TensorProto, what: str) -> str | None:
             return f"{what} declares external data offset {entries['offset']!r}, not a number"
         return None
     filled = [field for field in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data") if len(getattr(tensor, field))]
-    if tensor.raw_data:
+    if raw_length is None:
+        raw_length = len(tensor.raw_data)  # one copy of the bytes, of a tensor the loader kept whole
+    if raw_length:
         if is_string:
             return f"{what} of type STRING keeps its data in raw_data, which STRING cannot use"
         if filled:
             return f"{what} keeps data in both raw_data and {filled[0]}"
-        if len(tensor.raw_data) != needed:
-            return f"{what} holds {len(tensor.raw_data)} bytes, but its shape {dims} and type {type_name} need {needed}"
+        if raw_length != needed:
+            return f"{what} holds {raw_length} bytes, but its shape {dims} and type {type_name} need {needed}"
         return None
     field, per_value = _typed_field(tensor.data_type)
     if len(filled) > 1 or (filled and filled[0] != field):
@@ -168,11 +172,13 @@ def _domain_problem(node: onnx.NodeProto, imported: set[str], functions: set[tup
 
 
 def _graph_problems(
-    graph: onnx.GraphProto, outer: frozenset[str], imported: set[str], functions: set[tuple[str, str]], where: str
+    graph: onnx.GraphProto, outer: frozenset[str], imported: set[str], functions: set[tuple[str, str]], where: str,
+    left_out: Mapping[str, int],
 ) -> Iterator[str]:
     """Problems of one graph and its subgraphs; `outer` holds the enclosing graphs' values.
 
     `where` prefixes each message: empty for the main graph, the path to a subgraph otherwise.
+    `left_out`: raw_data lengths of the graph's initializers that were loaded without their data.
     """
     defined: dict[str, str] = {}  # tensor name -> what defines it (for duplicate messages)
     for value in graph.input:
@@ -184,7 +190,7 @@ def _graph_problems(
         if tensor.name in initializer_names:
             yield f"{where}initializer {tensor.name!r} is defined twice"
         initializer_names.add(tensor.name)
-        problem = tensor_problem(tensor, f"initializer {tensor.name!r}")
+        problem = tensor_problem(tensor, f"initializer {tensor.name!r}", left_out.get(tensor.name))
         if problem:
             yield f"{where}{problem}"
         defined.setdefault(tensor.name, "an initializer")
@@ -217,15 +223,15 @@ def _graph_problems(
                 yield f"{where}{label} reads tensor {name!r} before node {graph.node[later].name or later!r} produces it (nodes are not in topological order)"
             else:
                 yield f"{where}{label} reads tensor {name!r}, which no graph input, initializer or earlier node defines"
-        visible = outer | frozenset(defined)
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.TENSOR:
                 problem = tensor_problem(attribute.t, f"attribute {attribute.name!r} of {label}")
                 if problem:
                     yield f"{where}{problem}"
             subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
-            for subgraph in subgraphs:
-                yield from _graph_problems(subgraph, visible, imported, functions, f"{where}subgraph {attribute.name!r} of {label}: ")
+            for subgraph in subgraphs:  # the values visible here: built only for nodes with subgraphs
+                yield from _graph_problems(subgraph, outer | frozenset(defined), imported, functions,
+                                           f"{where}subgraph {attribute.name!r} of {label}: ", {})
         for name in node.output:
             if not name:
                 continue
@@ -271,8 +277,11 @@ def _metadata_problems(proto: onnx.ModelProto) -> Iterator[str]:
             yield f"metadata {entry.key!r} holds a JSON {type(value).__name__}, expected a {expected.__name__}"
 
 
-def problems(proto: onnx.ModelProto) -> Iterator[str]:
-    """Every structural problem of `proto`, one line each, in the order the graph is read."""
+def problems(proto: onnx.ModelProto, left_out: Mapping[str, int] | None = None) -> Iterator[str]:
+    """Every structural problem of `proto`, one line each, in the order the graph is read.
+
+    `left_out`: the raw_data length of each main-graph initializer loaded without its data.
+    """
     bad_text = _non_utf8_string(proto, "model")
     if bad_text:
         yield bad_text
@@ -287,7 +296,7 @@ def problems(proto: onnx.ModelProto) -> Iterator[str]:
             problem = _domain_problem(node, function_imports, functions)
             if problem:
                 yield f"function {function.name!r}: {problem}"
-    yield from _graph_problems(proto.graph, frozenset(), imported, functions, "")
+    yield from _graph_problems(proto.graph, frozenset(), imported, functions, "", left_out or {})
 
 
 def _inference_problem(proto: onnx.ModelProto) -> str | None:
@@ -296,10 +305,11 @@ def _inference_problem(proto: onnx.ModelProto) -> str | None:
     A model whose weights disagree with its ops' shapes or types (a Gemm fed 7 features whose
     weight has 12 rows, a MatMul of float by int64) passes `onnx.checker`; left in, it surfaces
     as a Keras or NumPy error deep inside a pass. Only shapes and types are read, never tensor
-    data; ops without a schema (com.microsoft) are skipped by the inference.
+    data (`surgery.shapes` runs it on the weight-less view); ops without a schema (com.microsoft)
+    are skipped by the inference.
     """
     try:
-        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        infer(proto, strict=True)
     except Exception as error:  # InferenceError, and ValidationError for some malformed attributes
         text = " ".join(str(error).split())
         text = re.sub(r"\[(ShapeInferenceError|TypeInferenceError)\]\s*|Inference error\(s\):\s*", "", text)
@@ -311,13 +321,15 @@ def _inference_problem(proto: onnx.ModelProto) -> str | None:
     return None
 
 
-def validate(proto: onnx.ModelProto, path: str | os.PathLike | None = None) -> None:
-    """Raise `SurgeryError` naming `path` and the first problem `problems` finds.
+def validate(proto: onnx.ModelProto, path: str | os.PathLike | None = None,
+             left_out: Mapping[str, int] | None = None) -> None:
+    """Raise `SurgeryError` naming `path` and the first problem `problems` finds (see `problems`
+    for `left_out`).
 
     Example:
         >>> validate(onnx.load("broken.onnx"), "broken.onnx")
         SurgeryError: broken.onnx: node '/relu/Relu' (Relu) reads tensor 'nope', which no graph input, initializer or earlier node defines
     """
-    first = next(problems(proto), None) or _inference_problem(proto)
+    first = next(problems(proto, left_out), None) or _inference_problem(proto)
     if first is not None:
         raise SurgeryError(f"{os.fspath(path) if path is not None else 'model'}: {first}")

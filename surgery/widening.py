@@ -92,6 +92,11 @@ class WidenOutcome:
                 else ""
             )
             lines.append(f"{names[0]}: {group.old_width} -> {group.new_width} units{coupled}")
+        for record in (r for r in self.result.history if "block" in r):
+            kv = (f"key/value heads {record['old_kv_heads']} -> {record['new_kv_heads']}, "
+                  if record["old_kv_heads"] != record["old_heads"] else "")
+            lines.append(f"{record['block']}: {record['old_heads']} -> {record['new_heads']} heads "
+                         f"({kv}head_dim {record['head_dim']})")
         lines += self.notes
         if self.verdict is not None:
             lines.append(self.verdict)
@@ -104,6 +109,7 @@ def widen_verified(
     output: str | os.PathLike,
     plan: Mapping[str, int],
     *,
+    heads: Mapping[str, int] | None = None,
     init: str = "output-zero",
     fan_in: str | None = None,
     seed: int = 0,
@@ -118,7 +124,7 @@ def widen_verified(
 ) -> WidenOutcome:
     """Widen the model file `model` into `output`, verified before it is written (see the module docstring).
 
-    `plan`, `init`, `fan_in`, `seed`, `allow_output_change` and `align` are `surgery.widen`'s;
+    `plan`, `heads`, `init`, `fan_in`, `seed`, `allow_output_change` and `align` are `surgery.widen`'s;
     `force` and `share_external_data` are `surgery.save_model`'s; `dims`, `inputs` and
     `samples` are `surgery.verify`'s (a symbolic dimension nobody gives takes the default of
     `surgery.verification.feeds.SYMBOLIC_DEFAULT`). A widened graph output
@@ -138,7 +144,8 @@ def widen_verified(
     ir_model = load_model(source)
     target = check_output(output, inputs=input_files(source, ir_model), suffix=".onnx", force=force)
     result = widen_in_place(
-        ir_model, plan, init=init, fan_in=fan_in, seed=seed, allow_output_change=allow_output_change, align=align
+        ir_model, plan, init=init, fan_in=fan_in, seed=seed, allow_output_change=allow_output_change, align=align,
+        heads=heads,
     )
     notes = tuple(
         [channel_note(c) for c in result.plan.channel_changes] + [row_shift_note(s) for s in result.plan.row_shifts]

@@ -29,8 +29,9 @@ print("exit", code, "heavy", ",".join(heavy) or "-")
         ["inspect", "{model}", "--symmetry", "/fc1/Gemm"],
         ["widen", "{model}", "-o", "{out}", "--layer", "/fc1/Gemm=4"],
         ["verify", "{model}", "{model}", "--locate"],
+        ["deepen", "{model}", "-o", "{out}", "--after", "/fc1/Gemm", "--kind", "identity"],
     ],
-    ids=["inspect", "symmetry", "widen", "verify"],
+    ids=["inspect", "symmetry", "widen", "verify", "deepen"],
 )
 def test_onnx_only_commands_do_not_import_tensorflow(tmp_path, command):
     model = tmp_path / "mlp.onnx"

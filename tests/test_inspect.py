@@ -142,8 +142,10 @@ def test_cli_json_schema(tmp_path, cli):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["model"] == str(path)
-    assert [set(layer) for layer in report["layers"]] == [{"node", "name", "op", "width", "activation", "consumers"}] * 2
-    assert report["layers"][0]["name"] == "/fc1/Gemm"  # no Keras provenance: the node name
+    fields = {"node", "name", "op", "width", "activation", "consumers", "widenable", "blocked_by"}
+    assert [set(layer) for layer in report["layers"]] == [fields] * 2
+    assert report["attention"] == []  # an MLP has no attention block
+    assert report["layers"][0]["name"] == "fc1"  # no Keras provenance: the PyTorch module path
 
 
 def test_cli_table(tmp_path, cli):

@@ -24,7 +24,7 @@ def test_widen_writes_a_verified_model_deterministically(cli, cnn_file, tmp_path
     first, second = tmp_path / "a.onnx", tmp_path / "b.onnx"
     done = cli("widen", cnn_file, "-o", first, "--layer", "/conv1/Conv=3", "--seed", "5")
     assert done.returncode == 0, done.stderr
-    assert "/conv1/Conv: 4 -> 7 units" in done.stdout
+    assert "conv1: 4 -> 7 units" in done.stdout  # the module path names the layer
     assert "outputs bitwise equal" in done.stdout
     assert "conv '/conv1/Conv' output channels 4 -> 7: same NCHWc blocking" in done.stdout
     assert cli("widen", cnn_file, "-o", second, "--layer", "/conv1/Conv=3", "--seed", "5").returncode == 0

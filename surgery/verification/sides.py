@@ -12,6 +12,7 @@ import onnx
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError
+from surgery.external import all_tensors
 from surgery.verification.comparison import widened_tensors
 from surgery.verification.feeds import ORT_TYPES, InputSpec, index_bounds
 from surgery.verification.runtime import EXTERNAL_FOLDER_KEY, create_session, external_folder, runner, session_options
@@ -26,7 +27,7 @@ class OnnxSide:
     kind = "onnx"
 
     def __init__(self, source: Any, label: str, provider: str, optimization: str):
-        from surgery.modelio import load_proto
+        from surgery.modelio import check_file
 
         self.label = label
         self.provider = provider
@@ -38,7 +39,7 @@ class OnnxSide:
         self.footprint: int
         if isinstance(source, (str, os.PathLike)):
             self.path = Path(source)
-            proto = load_proto(self.path)  # one clear error for a bad file; external data stays on disk
+            proto = check_file(self.path)  # one clear error for a bad file; no weight is read
             self.footprint = self.path.stat().st_size + _external_bytes(proto)
         elif isinstance(source, onnx.ModelProto):
             proto = source
@@ -141,7 +142,7 @@ class OnnxSide:
 def _external_bytes(proto: onnx.ModelProto) -> int:
     """Bytes of external data a parsed model declares (the lengths in its external-data entries)."""
     external = 0
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+    for tensor in all_tensors(proto):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             entries = {entry.key: entry.value for entry in tensor.external_data}
             external += int(entries.get("length", 0) or 0)

@@ -1,0 +1,48 @@
+"""What `surgery inspect` reports: the layers, whether each can grow, and the attention blocks.
+
+- Layers (`surgery.layers.find_layers`), each with ``widenable`` and ``blocked_by``: the width
+  analysis (`surgery.analysis.analyse`) is run for one new unit of that layer alone; its refusal
+  is the one-line reason, else null. One analysis per layer: each walks only the layer's
+  forward region, so the cost grows with the number of layers times the region's size
+  (a fraction of a second for the test fixtures).
+- Attention blocks (`surgery.attention.find_blocks`): name, heads, key/value heads, head
+  dimension and the friendly names of the Q, K, V and output projections; the name is what
+  `widen --heads NAME=K` takes.
+- Residual blocks (`surgery.blocks.find_blocks`): the blocks `surgery deepen --after NAME` takes.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from surgery.analysis import analyse, infer_missing_shapes
+from surgery.attention import find_blocks as find_attention_blocks
+from surgery.blocks import find_blocks as find_residual_blocks
+from surgery.errors import SurgeryError
+from surgery.layers import find_layers
+
+
+def blocked_by(model: ir.Model, node: str) -> str | None:
+    """Why one new unit of layer `node` cannot be added (the analysis's one line), or None."""
+    try:
+        analyse(model, {node: 1})
+    except SurgeryError as error:
+        return str(error)
+    return None
+
+
+def inspect_document(model: ir.Model) -> dict:
+    """The ``layers``, ``attention`` and ``blocks`` entries of ``surgery inspect --json`` (the model is only read,
+    apart from value shapes that shape inference fills in)."""
+    # Residual blocks are found on the shapes the file declares, as `deepen` finds them.
+    blocks = [block.to_json() for block in find_residual_blocks(model)]
+    infer_missing_shapes(model)
+    layers = []
+    for layer in find_layers(model):
+        reason = blocked_by(model, layer.node)
+        layers.append({**layer.to_json(), "widenable": reason is None, "blocked_by": reason})
+    return {"layers": layers, "attention": [block.to_json() for block in find_attention_blocks(model)],
+            "blocks": blocks}
+
+
+__all__ = ["blocked_by", "inspect_document"]

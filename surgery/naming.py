@@ -1,0 +1,151 @@
+"""Friendly names for layers of foreign exports, and glob patterns over names.
+
+A layer is known by its node name and by a *friendly name*. Rules, first match wins:
+
+1. `surgery export` models: the Keras layer name from the ``surgery.layer_map`` metadata
+   (`surgery.layers.friendly_names`).
+2. PyTorch's classic exporter names nodes after the module path, ``/<module>/<sub>.<i>/<Op>``
+   (``/transformer/h.0/mlp/c_fc/Gemm``): the path without the op segment, joined with dots
+   (``transformer.h.0.mlp.c_fc``), the name the module has in PyTorch's ``state_dict``.
+3. Generic node names (the dynamo exporter's ``node_addmm_2``, ``node_linear_3``): the name of
+   the weight initializer the node reads, when it is a ``state_dict`` key
+   (``transformer.h.0.mlp.c_fc.weight`` → ``transformer.h.0.mlp.c_fc``). The classic exporter's
+   transposed copies (``onnx::MatMul_123``) are not such keys, hence rule 2 first.
+4. Otherwise the node name.
+
+When every path starts with the same module (a wrapper around the model, e.g. ``model.``), that
+first segment is dropped. A friendly name that two layers would share (a module that holds two layers) is not used: both
+keep their node names, so every name still picks one layer.
+
+Patterns: a requested name containing ``*``, ``?`` or ``[`` is a glob (`fnmatch`, case
+sensitive) matched against every candidate's names; it stands for every match.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from difflib import get_close_matches
+from fnmatch import fnmatchcase
+from typing import TypeVar
+
+import onnx_ir as ir
+
+from surgery.errors import SurgeryError
+
+#: Ops whose weight names a layer (`surgery.layers` decides which of their nodes are layers).
+_WEIGHTED_OPS = frozenset({"Gemm", "MatMul", "Conv"})
+
+#: Weight suffixes of PyTorch's state_dict keys, longest first.
+_PARAMETER_SUFFIXES = (".weight", ".weight_orig")
+
+_GLOB_CHARACTERS = frozenset("*?[")
+
+T = TypeVar("T")
+
+
+def module_path(node_name: str) -> str | None:
+    """``/a/b.0/c/Gemm`` → ``a.b.0.c``; None unless the name has that form (a leading ``/``, at
+    least one module segment before the op segment)."""
+    if not node_name.startswith("/"):
+        return None
+    segments = node_name.split("/")[1:-1]
+    if not segments or any(not s for s in segments):
+        return None
+    return ".".join(segments)
+
+
+def parameter_path(value: ir.Value | None) -> str | None:
+    """The module path of a weight named like a PyTorch ``state_dict`` key, else None."""
+    name = (value.name or "") if value is not None else ""
+    if "::" in name or "/" in name:
+        return None
+    for suffix in _PARAMETER_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _derived_name(node: ir.Node) -> str | None:
+    path = module_path(node.name or "")
+    if path is not None:
+        return path
+    for value in node.inputs[1:2]:  # the weight operand of Gemm, MatMul and Conv
+        path = parameter_path(value)
+        if path is not None:
+            return path
+    return None
+
+
+def module_names(model: ir.Model) -> dict[str, str]:
+    """Node name → friendly name from PyTorch's module paths (rules 2 and 3), for every node
+    that may be a layer; names two nodes would share are left out."""
+    derived = {
+        node.name: name
+        for node in model.graph
+        if node.op_type in _WEIGHTED_OPS and node.name and (name := _derived_name(node)) is not None
+    }
+    firsts = {name.split(".", 1)[0] for name in derived.values()}
+    if len(firsts) == 1 and all("." in name for name in derived.values()):  # a wrapper module around the model
+        derived = {node: name.split(".", 1)[1] for node, name in derived.items()}
+    counts = Counter(derived.values())
+    return {node: name for node, name in derived.items() if counts[name] == 1}
+
+
+def is_pattern(name: str) -> bool:
+    """Whether `name` is a glob pattern rather than a plain name."""
+    return any(c in _GLOB_CHARACTERS for c in name)
+
+
+def layer_candidates(layers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(node name, friendly name) pairs → the candidates `expand` takes: the friendly name first
+    where no other layer shares it, else the node name (which is unique)."""
+    pairs = list(layers)
+    counts = Counter(friendly for _, friendly in pairs)
+    return [(friendly, node) if counts[friendly] == 1 else (node, friendly) for node, friendly in pairs]
+
+
+def expand(requests: Mapping[str, T], candidates: Sequence[tuple[str, ...]], what: str) -> dict[str, T]:
+    """Replace each glob in `requests` (name or pattern → value) by the candidates it matches.
+
+    Args:
+        requests: requested names or patterns and their values, in order.
+        candidates: every candidate's names, the one to request it by first (e.g. friendly, node).
+        what: what a candidate is, for messages ("layer", "attention block").
+
+    Returns:
+        Name → value: a pattern is replaced by the first names of its matches (in candidate
+        order); a plain name is kept as given (resolving it reports an unknown name).
+
+    Raises:
+        SurgeryError: a pattern that matches nothing (naming close names), or a candidate that
+            two requests name.
+    """
+    result: dict[str, T] = {}
+    claimed: dict[str, str] = {}  # a candidate's first name -> the request that names it
+    for request, value in requests.items():
+        if not isinstance(request, str) or not is_pattern(request):
+            matches = [(c[0], request) for c in candidates if request in c] or [(request, request)]
+        else:
+            matches = [(c[0], c[0]) for c in candidates if any(fnmatchcase(n, request) for n in c)]
+            if not matches:
+                raise SurgeryError(f"no {what} matches {request!r}{_suggestion(request, candidates, what)}")
+        for key, name in matches:
+            if key in claimed:
+                raise SurgeryError(f"{what} {key!r} is requested twice (by {claimed[key]!r} and {request!r})")
+            claimed[key] = request
+            result[name] = value
+    return result
+
+
+def _suggestion(request: str, candidates: Iterable[tuple[str, ...]], what: str) -> str:
+    known = sorted({c[0] for c in candidates})
+    if not known:
+        return f"; the model has no {what}"
+    stem = request.split("*")[0].split("?")[0].split("[")[0]
+    close = get_close_matches(request, known, n=3, cutoff=0.4) or [k for k in known if k.startswith(stem)][:3]
+    shown = close or known[:5]
+    return f"; close names: {', '.join(shown)}"
+
+
+__all__ = ["module_path", "parameter_path", "module_names", "is_pattern", "layer_candidates", "expand"]
