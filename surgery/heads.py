@@ -105,8 +105,8 @@ def plan_heads(model: ir.Model, requests: Mapping[str, int], *, init: str) -> He
             head tracking cannot follow (one line naming it).
     """
     if init == "net2net":
-        raise SurgeryError("--init net2net does not apply to heads (a copied head would change the softmax's "
-                           "inputs); use output-zero")
+        raise SurgeryError("{param} net2net does not apply to heads (a copied head would change the softmax's "
+                           "inputs); use output-zero", param="init")
     edits: list[Edit] = []
     tensors: list[tuple[ir.Value, Layout]] = []
     records: list[dict] = []
