@@ -356,7 +356,7 @@ def test_widen_verifies_symbolic_sequences_and_token_ids(tokens, tmp_path, capfd
 def test_widen_verified_is_the_commands_library_call(tokens, tmp_path):
     outcome = surgery.widen_verified(tokens, tmp_path / "wide.onnx", {"/fc1/MatMul": 2}, dims={"sequence": 5})
     assert outcome.report.equivalent and outcome.report.dims == {"batch": 8, "sequence": 5}
-    assert outcome.lines[0] == "/fc1/MatMul: 6 -> 8 units" and outcome.lines[-1].startswith("wrote ")
+    assert outcome.lines[0] == "fc1: 6 -> 8 units" and outcome.lines[-1].startswith("wrote ")
     with pytest.raises(SurgeryError, match="already exists") as raised:
         surgery.widen_verified(tokens, tmp_path / "wide.onnx", {"/fc1/MatMul": 2})
     assert raised.value.param == "force"
