@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+import wrapt
+
 from surgery.errors import NotEquivalentError, SurgeryError
 from surgery.layers import Layer, find_layers
 from surgery.modelio import load_model, save_model
@@ -30,6 +32,7 @@ _LAZY = {
     "verify": "surgery.verification",
     "Report": "surgery.verification",
     "to_keras": "surgery.onnx_to_keras",
+    "carry_optimizer_state": "surgery.keras_growth",
 }
 
 __all__ = ["Layer", "NotEquivalentError", "SurgeryError", "find_layers", "load_model", "save_model", *_LAZY]
@@ -46,3 +49,10 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     """The public API, lazily imported names included (so that `dir(surgery)` and completion list them)."""
     return sorted(set(globals()) | set(__all__))
+
+
+@wrapt.when_imported("keras")
+def _register_keras_layers(_keras) -> None:
+    """Register to-keras's layers once Keras is imported, so a converted `.keras` file loads in safe
+    mode after `import surgery` (without importing TensorFlow for the ONNX-only commands)."""
+    import surgery.onnx_to_keras.layers  # noqa: F401

@@ -34,7 +34,9 @@ What `surgery inspect` lists under ``blocks`` and what `surgery deepen` copies. 
   Adds; dotted parameter names do the same (dynamo: ``transformer.h.0.attn.c_attn.weight``);
   Keras layer names from ``surgery.layer_map`` give their common prefix (``block0_up``,
   ``block0_down`` → ``block0``); otherwise ``block.<i>``, its position on the stream. A name
-  two blocks would share becomes ``block.<i>`` for both.
+  two blocks would share becomes ``block.<i>`` for both. A wrapper module around the whole model
+  is left out, as `surgery.naming` leaves it out of layer names (``model.transformer.h.0`` →
+  ``transformer.h.0``).
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ from dataclasses import asdict, dataclass
 
 import onnx_ir as ir
 
-from surgery.graph import attribute
+from surgery.graph import ModelLike, as_ir, attribute
 from surgery.layers import friendly_names
+from surgery.naming import module_path, parameter_path
 
 #: Elementwise activations that end a residual block when they read the sum (``relu(x + f(x))``).
 TAIL_ACTIVATIONS = frozenset(
@@ -105,7 +108,7 @@ class Residual:
 
 @dataclass(frozen=True)
 class BlockSite:
-    """A block with the graph objects it is made of (for `surgery.deepen`).
+    """A block with the graph objects it is made of (for `surgery.deepening`).
 
     Attributes:
         scope: the PyTorch node-name prefix the name came from (``/transformer/h.0/``), if any.
@@ -214,14 +217,19 @@ def _own(nodes: list[ir.Node], entry: ir.Value, last: ir.Node) -> list[ir.Node]:
 
 
 def _same_shape(a: ir.Value, b: ir.Value) -> bool:
+    """Same rank and the same static sizes; symbolic sizes are not compared (shape inference
+    names the same length differently on the two sides of an Add)."""
     if a.shape is None or b.shape is None:
         return True
-    return len(a.shape) == len(b.shape) and all(str(x) == str(y) for x, y in zip(a.shape.dims, b.shape.dims))
+    return len(a.shape) == len(b.shape) and all(
+        x == y for x, y in zip(a.shape.dims, b.shape.dims) if isinstance(x, int) and isinstance(y, int)
+    )
 
 
 def _has_layer(nodes: list[ir.Node], order: _Order) -> bool:
     return any(
-        node.op_type in _LAYER_OPS and any(v is not None and _is_constant_value(v, order.constant_only) for v in node.inputs)
+        node.op_type in _LAYER_OPS
+        and any(v is not None and _is_constant_value(v, order.constant_only) for v in node.inputs)
         for node in nodes
     )
 
@@ -296,9 +304,8 @@ def _stream_entry(skip: ir.Value) -> ir.Value:
     value = skip
     while (producer := value.producer()) is not None and len(producer.inputs) == 1 and producer.inputs[0] is not None:
         source = producer.inputs[0]
-        if producer.op_type == "Identity" or (
-            producer.op_type == "Cast" and (dtype := _dtype(source)) is not None and attribute(producer, "to", None) == dtype.value
-        ):
+        same_type = producer.op_type == "Cast" and (dtype := _dtype(source)) is not None
+        if producer.op_type == "Identity" or (same_type and attribute(producer, "to", None) == dtype.value):
             value = source
             continue
         break
@@ -373,6 +380,18 @@ def _name(nodes: tuple[ir.Node, ...], residual_adds: list[ir.Node], keras: dict[
     return None, None, None
 
 
+def _wrapper(model: ir.Model) -> str | None:
+    """``"model."`` when every layer's PyTorch module path starts with that one module (a wrapper
+    around the model), which `surgery.naming` leaves out of layer names too."""
+    paths = [
+        module_path(node.name or "") or parameter_path(node.inputs[1] if len(node.inputs) > 1 else None)
+        for node in model.graph if node.op_type in _LAYER_OPS
+    ]
+    paths = [path for path in paths if path]
+    firsts = {path.split(".", 1)[0] for path in paths}
+    return f"{firsts.pop()}." if len(firsts) == 1 and all("." in path for path in paths) else None
+
+
 def _parameters(nodes: tuple[ir.Node, ...]) -> int:
     """Elements of the distinct float constants `nodes` read (initializers and Constant nodes)."""
     seen: dict[int, int] = {}
@@ -405,7 +424,7 @@ def block_sites(model: ir.Model) -> list[BlockSite]:
         else:
             groups.append([sub])
             i += 1
-    keras = friendly_names(model)
+    keras, wrapper = friendly_names(model), _wrapper(model)
     drafts = []
     for position, group in enumerate(groups):
         entry, exit_ = group[0].entry, group[-1].output
@@ -413,6 +432,8 @@ def block_sites(model: ir.Model) -> list[BlockSite]:
         nodes = tuple(_own(_between(entry, last, order), entry, last)) if last is not None else ()
         adds = [node for sub in group for node in (sub.add, sub.tail) if node is not None]
         name, scope, prefix = _name(nodes, adds, keras, order)
+        if name is not None and wrapper is not None and name.startswith(wrapper) and name not in keras.values():
+            name = name[len(wrapper):]
         kind = "transformer" if any(sub.attention for sub in group) else "residual"
         drafts.append((name or f"block.{position}", kind, entry, exit_, nodes, group, scope, prefix))
     counts: dict[str, int] = {}
@@ -427,9 +448,15 @@ def block_sites(model: ir.Model) -> list[BlockSite]:
     return sites
 
 
-def find_blocks(model: ir.Model) -> list[Block]:
-    """The residual blocks of `model`, in stream order (what `surgery inspect` lists)."""
-    return [site.block for site in block_sites(model)]
+def find_blocks(model: ModelLike) -> list[Block]:
+    """The residual blocks of `model` (an `onnx.ModelProto` or `ir.Model`), in stream order
+    (what `surgery inspect` lists).
+
+    Example:
+        >>> [b.name for b in find_blocks(onnx.load("tests/fixtures/gpt2_sdpa.onnx"))]
+        ['model.transformer.h.0', 'model.transformer.h.1']
+    """
+    return [site.block for site in block_sites(as_ir(model))]
 
 
 __all__ = ["Block", "BlockSite", "Residual", "TAIL_ACTIVATIONS", "block_sites", "find_blocks", "residuals"]

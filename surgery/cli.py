@@ -278,7 +278,8 @@ def widen(model: str, output: str, layers: tuple[str, ...], heads: tuple[str, ..
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write.")
-@click.option("--after", required=True, metavar="NAME", help="Residual block (or, with --kind identity, layer) to insert after.")
+@click.option("--after", required=True, metavar="NAME",
+              help="Residual block (or, with --kind identity, layer) to insert after.")
 @click.option("--count", type=int, default=1, show_default=True, help="How many new blocks, one after another.")
 @click.option("--init", type=click.Choice(["copy", "random"]), default="copy", show_default=True,
               help="New parameters: the block's, or drawn; output projections start at zero either way.")
@@ -299,7 +300,7 @@ def deepen(model: str, output: str, after: str, count: int, init: str, kind: str
     ir_model = load_model(model)
     check_output(output, inputs=input_files(model, ir_model), suffix=".onnx", force=force)
     record = deepen_in_place(ir_model, after=after, count=count, init=init, seed=seed, kind=kind).record
-    what = "blocks" if kind == "block" else "identity layers"
+    what = ("block" if kind == "block" else "identity layer") + ("s" if count > 1 else "")
     click.echo(f"{after}: {count} new {what} after it: {', '.join(record['added'])} "
                f"({record['nodes']} nodes, {record['parameters']} parameters each)")
     if record["zeroed"]:
@@ -311,8 +312,11 @@ def deepen(model: str, output: str, after: str, count: int, init: str, kind: str
             report = verify(model, staged)  # symbolic dimensions after the leading one take verify's default
             if not report.equivalent:
                 diff = max((o.max_abs_diff for o in report.outputs), default=0.0)
-                raise NotEquivalentError(f"outputs are not bitwise equal after deepening (max |diff| {diff:.3g}); {output} not written")
-            click.echo(f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, optimizations off)")
+                raise NotEquivalentError(
+                    f"outputs are not bitwise equal after deepening (max |diff| {diff:.3g}); {output} not written"
+                )
+            click.echo(f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, "
+                       "optimizations off)")
     click.echo(f"wrote {output}")
 
 
@@ -389,13 +393,12 @@ def _print_report(document: dict) -> None:
 
     console = Console(width=200)
     mode = describe_mode(document["mode"], document["atol"], document["rtol"], document["atol_scaled"])
-    table = Table(
-        title=f"{document['reference']} vs {document['candidate']}",
-        caption=(
-            f"{mode}; provider {document['provider']}; optimization {document['optimization']}; "
-            f"{document['samples']} samples ({document['inputs']}, batch {document['batch']}, seed {document['seed']}"
-            + "".join(f", {name}={value}" for name, value in document["dims"].items()) + ")"
-        ),
+    table = Table(title=f"{document['reference']} vs {document['candidate']}")
+    # Printed as a line of its own: a table caption is wrapped to the table's width, mid-phrase.
+    dims = "".join(f", {name}={value}" for name, value in document["dims"].items())
+    caption = (
+        f"{mode}; provider {document['provider']}; optimization {document['optimization']}; "
+        f"{document['samples']} samples ({document['inputs']}, batch {document['batch']}, seed {document['seed']}{dims})"
     )
     for column in ("output", "shape", "dtype", "bitwise", "mismatches", "max |diff|", "max rel", "max ULP"):
         table.add_column(column, justify="left" if column in ("output", "shape", "dtype", "bitwise") else "right")
@@ -414,9 +417,10 @@ def _print_report(document: dict) -> None:
         ulp = "-" if output["max_ulp"] is None else str(output["max_ulp"])
         table.add_row(output["name"], shape, dtype, bitwise, mismatches, number(output["max_abs_diff"]), number(output["max_rel_diff"]), ulp)
     console.print(table)
+    console.print(caption, highlight=False, soft_wrap=True)
     if document["deployed"] is not None:
         parts = [f"{o['name']}: max ULP {o['max_ulp']}, {o['mismatches']} differing" for o in document["deployed"]["outputs"]]
-        console.print(f"deployed (optimization all): {'; '.join(parts)}", highlight=False)
+        console.print(f"deployed (optimization all): {'; '.join(parts)}", highlight=False, soft_wrap=True)
     located = document["located"]
     if located is not None:
         counts = (
@@ -424,11 +428,14 @@ def _print_report(document: dict) -> None:
             f"{located['tensors_only_in_candidate']} only in the candidate"
         )
         if located["node"] is None:
-            console.print(f"located: no intermediate tensor differs ({counts})", highlight=False)
+            console.print(f"located: no intermediate tensor differs ({counts})", highlight=False, soft_wrap=True)
         else:
             diff = located["diff"]
             detail = f"{diff['mismatches']} differing, max ULP {diff['max_ulp']}" if diff and diff["shape"] == diff["candidate_shape"] else "incomparable"
-            console.print(f"located: first differing node {located['node']!r} ({located['op']}), output {located['output']!r}: {detail} ({counts})", highlight=False)
+            console.print(
+                f"located: first differing node {located['node']!r} ({located['op']}), output {located['output']!r}: "
+                f"{detail} ({counts})", highlight=False, soft_wrap=True,
+            )
     console.print("[bold green]EQUIVALENT[/]" if document["equivalent"] else "[bold red]NOT EQUIVALENT[/]")
 
 
@@ -472,7 +479,10 @@ def to_keras(
         click.echo(f"faithfulness check skipped: {' and '.join(changed)} changed the function on purpose")
     else:
         difference = check_faithful(keras_model, ir_model, outputs=conversion.kept_outputs)
-        click.echo(f"faithfulness: max |keras - onnxruntime| / max(1, |output|) = {difference:.3g} (tolerance {FAITHFUL_TOLERANCE:g})")
+        click.echo(
+            f"faithfulness: max |keras - onnxruntime| / max(1, |output|) = {difference:.3g} (tolerance {FAITHFUL_TOLERANCE:g}; "
+            "random inputs, batch 3, other free dimensions 7)"
+        )
         if difference > FAITHFUL_TOLERANCE:
             raise SurgeryError(f"the Keras model differs from the ONNX model by {difference:.3g} (> {FAITHFUL_TOLERANCE:g}); nothing written")
     with atomic_output(output, force=force) as tmp:

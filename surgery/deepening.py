@@ -47,7 +47,12 @@ only zeros are added.
 
 Nodes are inserted right after the block (or ReLU) they follow, so the graph stays sorted; the
 input model's other nodes and tensors keep their names. ``surgery.deepen_history`` gets one
-record per call.
+record per call, and a copy of a widened block gets its tensors' entries in
+``surgery.widened_tensors``. A model from `surgery export` also gets the copied block's Keras layers in
+``surgery.keras_config`` and ``surgery.layer_map`` (``block0_up`` → ``block0.grown.0_up``), so
+that `to-keras` rebuilds the deeper model, and an identity layer becomes a copy of the Dense or
+Conv2D it follows with ``activation="relu"``; where that cannot be done (a layer called twice,
+another layer class) the Keras architecture is dropped and `to-keras` reads the graph instead.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ from surgery.errors import SurgeryError
 from surgery.graph import ModelLike, as_ir, attribute, consumers, constant_array, constant_shape, like
 from surgery.initializers import draw_weight
 from surgery.layers import LayerSite, layer_sites
-from surgery.metadata import DEEPEN_HISTORY_KEY
+from surgery.metadata import DEEPEN_HISTORY_KEY, KERAS_CONFIG_KEY, LAYER_MAP_KEY, WIDENED_TENSORS_KEY
 from surgery.ops import init_family
 
 INITS = ("copy", "random")
@@ -324,7 +329,7 @@ def plan_deepen(model: ir.Model, *, after: str, count: int = 1, init: str = "cop
         layers = layer_sites(model)
         site = next((s for s in layers if after in (s.layer.name, s.layer.node)), None)
         if site is None:
-            known = sorted({s.layer.name for s in layers})
+            known = sorted({s.layer.name for s in layers} | {s.layer.node for s in layers})
             close = get_close_matches(after, known, n=3)
             hint = f"did you mean {', '.join(close)}?" if close else f"layers are: {', '.join(known[:8])}"
             raise SurgeryError(f"no layer named {after!r}; {hint}")
@@ -344,7 +349,9 @@ def plan_deepen(model: ir.Model, *, after: str, count: int = 1, init: str = "cop
     name = site.block.name
     for node in site.nodes:
         if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
-            raise SurgeryError(f"block {name!r} holds {node.op_type} {node.name!r} with a subgraph; copying it is not supported")
+            raise SurgeryError(
+                f"block {name!r} holds {node.op_type} {node.name!r} with a subgraph; copying it is not supported"
+            )
     edits: dict[tuple[int, int], Edit] = {}
     projections = []
     for residual in site.residuals:
@@ -380,7 +387,7 @@ class _Renamer:
         self.scope = site.scope
         self.new_scope = None if site.scope is None else site.scope[:-1] + new[len(old):] + "/"
         self.prefix = None if site.prefix is None else site.prefix + "/"
-        self.path = re.compile(rf"(?<![\w.]){re.escape(old)}(?=[./]|$)")
+        self.path = re.compile(rf"(?<!\w){re.escape(old)}(?=[./]|$)")
 
     def text(self, text: str) -> str:
         """`text` with the block's module path replaced (node metadata such as dynamo's scopes)."""
@@ -437,8 +444,10 @@ def _copy_attributes(node: ir.Node, rename: _Renamer) -> list[ir.Attr]:
     return copies
 
 
-def _copy_block(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, rename: _Renamer) -> tuple[list[ir.Node], ir.Value]:
-    """One copy of the block reading `entry`: its nodes (not yet in the graph) and its output."""
+def _copy_block(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value,
+                rename: _Renamer) -> tuple[list[ir.Node], ir.Value, dict[str, str]]:
+    """One copy of the block reading `entry`: its nodes (not yet in the graph), its output, and
+    the names of the copied nodes and of their outputs, by the originals'."""
     site = plan.site
     mapping: dict[int, ir.Value] = {id(site.entry): entry}
     forks: dict[tuple[int, str], ir.Value] = {}
@@ -458,7 +467,8 @@ def _copy_block(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, rename: _Ren
             else:
                 inputs.append(value)  # read from outside the block: a mask, rotary tables, a graph input
         outputs = [
-            ir.Value(name=rename(old.name, "output"), type=old.type, shape=None if old.shape is None else ir.Shape(old.shape.dims))
+            ir.Value(name=rename(old.name, "output"), type=old.type,
+                     shape=None if old.shape is None else ir.Shape(old.shape.dims))
             for old in node.outputs
         ]
         metadata = {key: rename.text(text) for key, text in node.metadata_props.items()}
@@ -467,7 +477,12 @@ def _copy_block(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, rename: _Ren
                        doc_string=node.doc_string, metadata_props=metadata)
         mapping.update((id(old), new) for old, new in zip(node.outputs, copy.outputs))
         nodes.append(copy)
-    return _without_unread(nodes, mapping[id(site.exit)]), mapping[id(site.exit)]
+    kept = _without_unread(nodes, mapping[id(site.exit)])
+    names = {}
+    for old, new in zip(site.nodes, nodes):
+        if new in kept:
+            names.update((a.name, b.name) for a, b in zip([old, *old.outputs], [new, *new.outputs]) if a.name)
+    return kept, mapping[id(site.exit)], names
 
 
 def _without_unread(nodes: list[ir.Node], output: ir.Value) -> list[ir.Node]:
@@ -482,7 +497,14 @@ def _without_unread(nodes: list[ir.Node], output: ir.Value) -> list[ir.Node]:
     return kept[::-1]
 
 
-def _identity_layer(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, name: str, taken: set[str]) -> tuple[list[ir.Node], ir.Value]:
+def _identity_kernel(conv: ir.Node) -> list[int]:
+    """The kernel of an identity Conv after `conv`: its size when every side is odd, else 1×1."""
+    kernel = [int(k) for k in constant_shape(conv.inputs[1])[2:]]
+    return [1] * len(kernel) if any(k % 2 == 0 for k in kernel) else kernel
+
+
+def _identity_layer(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, name: str,
+                    taken: set[str]) -> tuple[list[ir.Node], ir.Value]:
     """Net2DeeperNet: a layer of the same op with an identity weight and a zero bias, then a Relu."""
     site = plan.layer
     node, width = site.node, site.layer.width
@@ -497,9 +519,7 @@ def _identity_layer(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, name: st
         return out
 
     if node.op_type == "Conv":
-        kernel = list(constant_shape(node.inputs[1])[2:])
-        if any(k % 2 == 0 for k in kernel):
-            kernel = [1] * len(kernel)
+        kernel = _identity_kernel(node)
         weight = np.zeros([width, width, *kernel], dtype=dtype)
         weight[(np.arange(width), np.arange(width), *(k // 2 for k in kernel))] = 1
         pads = [k // 2 for k in kernel] * 2
@@ -525,6 +545,128 @@ def _rewire(graph: ir.Graph, old: ir.Value, new: ir.Value, readers: list[tuple[i
         old.name, new.name = new.name, old.name
 
 
+def _keras_references(document, renamed: dict[str, str]):
+    """`document` (a Keras layer's inbound nodes) with every ``keras_history`` layer renamed."""
+    if isinstance(document, dict):
+        copy = {key: _keras_references(value, renamed) for key, value in document.items()}
+        history = copy.get("keras_history")
+        if isinstance(history, list) and history and history[0] in renamed:
+            copy["keras_history"] = [renamed[history[0]], *history[1:]]
+        return copy
+    if isinstance(document, list):
+        return [_keras_references(item, renamed) for item in document]
+    return document
+
+
+def _copy_keras_layers(model: ir.Model, plan: DeepenPlan, copies: list[dict[str, str]]) -> None:
+    """A model from `surgery export` gets the block's Keras layers copied into
+    ``surgery.keras_config`` and ``surgery.layer_map`` (``block0_ffn_up`` → ``block0.grown.0_ffn_up``),
+    so that `to-keras` rebuilds the deeper model. When the block's layers cannot be told apart
+    (a layer called twice, a stream tensor no layer made) the architecture is dropped instead,
+    and `to-keras` rebuilds from the graph."""
+    raw_config, raw_map = model.metadata_props.get(KERAS_CONFIG_KEY), model.metadata_props.get(LAYER_MAP_KEY)
+    if not raw_config or not raw_map:
+        return
+    try:
+        config, layer_map = json.loads(raw_config), json.loads(raw_map)
+        layers = config["config"]["layers"]
+        by_node = {node: layer for layer, nodes in layer_map.items() for node in nodes}
+        site = plan.site
+        block = {by_node[n.name] for n in site.nodes if n.name in by_node}
+        members = [entry for entry in layers if entry["name"] in block]
+        producer = site.entry.producer()
+        source = by_node.get(producer.name) if producer is not None else site.entry.name
+        sink = by_node.get(site.exit.producer().name)
+        if (source is None or source in block or sink not in block
+                or any(len(entry.get("inbound_nodes", ())) != 1 for entry in members)):
+            raise KeyError("block layers")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        model.metadata_props.pop(KERAS_CONFIG_KEY, None)
+        return
+    taken = {entry["name"] for entry in layers}
+    readers = [entry for entry in layers if entry["name"] not in block]
+    position = next(i for i, entry in enumerate(layers) if entry["name"] == sink) + 1
+    last = sink
+    for new, nodes in zip(plan.names, copies):
+        prefix = site.block.name
+        renamed = {
+            layer: unique(new + layer[len(prefix):] if layer.startswith(prefix) else f"{new}_{layer}", taken)
+            for layer in sorted(block)
+        }
+        for entry in members:
+            copy = _keras_references(entry, {**renamed, source: last})
+            copy["name"] = copy["config"]["name"] = renamed[entry["name"]]
+            layers.insert(position, copy)
+            position += 1
+            layer_map[copy["name"]] = [nodes[node] for node in layer_map[entry["name"]] if node in nodes]
+        last = renamed[sink]
+    for entry in readers:  # every reader of the block's output reads the last copy's
+        entry["inbound_nodes"] = _keras_references(entry.get("inbound_nodes", []), {sink: last})
+    outputs = config["config"].get("output_layers")
+    if outputs and isinstance(outputs[0], str):
+        outputs = [outputs]
+    config["config"]["output_layers"] = [[last if o[0] == sink else o[0], *o[1:]] for o in outputs or []]
+    model.metadata_props[KERAS_CONFIG_KEY] = json.dumps(config)
+    model.metadata_props[LAYER_MAP_KEY] = json.dumps(dict(sorted(layer_map.items())))
+
+
+def _identity_keras_layers(model: ir.Model, plan: DeepenPlan, layers: list[dict[str, str]]) -> None:
+    """A model from `surgery export` gets each identity layer as a Keras layer: a copy of the
+    Dense or Conv2D it follows (same units or filters, ``activation="relu"``, a bias; a Conv2D with
+    the new kernel size, 'same' padding, stride 1), reading the layer that holds the ReLU, and read
+    by that layer's former readers. Any other layer drops the Keras architecture instead."""
+    raw_config, raw_map = model.metadata_props.get(KERAS_CONFIG_KEY), model.metadata_props.get(LAYER_MAP_KEY)
+    if not raw_config or not raw_map:
+        return
+    try:
+        config, layer_map = json.loads(raw_config), json.loads(raw_map)
+        entries = config["config"]["layers"]
+        by_node = {node: layer for layer, nodes in layer_map.items() for node in nodes}
+        relu = by_node[plan.relu.name]
+        # tf2onnx's fused Conv nodes (``Conv__34``) lose their scope; the ReLU keeps it
+        source = next(e for e in entries if e["config"]["name"] == by_node.get(plan.layer.node.name, relu))
+        sequential = config["class_name"] == "Sequential"  # layers in order, no inbound nodes
+        if source["class_name"] not in ("Dense", "Conv2D") or (not sequential and len(source["inbound_nodes"]) != 1):
+            raise KeyError(source["class_name"])
+        tensor = None if sequential else source["inbound_nodes"][0]["args"][0]
+    except (KeyError, TypeError, ValueError, IndexError, StopIteration):
+        model.metadata_props.pop(KERAS_CONFIG_KEY, None)  # `to-keras` rebuilds from the graph instead
+        return
+    width = plan.layer.layer.width
+    readers = [entry for entry in entries if entry["config"]["name"] != relu]
+    position = next(i for i, entry in enumerate(entries) if entry["config"]["name"] == relu) + 1
+    last, taken = relu, {entry["config"]["name"] for entry in entries}
+    for nodes in layers:
+        name = unique(nodes[""], taken)
+        layer = json.loads(json.dumps(source))
+        layer["config"]["name"] = name
+        layer["config"].update(activation="relu", use_bias=True)
+        if source["class_name"] == "Conv2D":
+            layer["config"].update(kernel_size=_identity_kernel(plan.layer.node), padding="same", strides=[1, 1],
+                                   dilation_rate=[1, 1], groups=1)
+        else:
+            layer["config"]["units"] = width
+        if not sequential:
+            shape = list(tensor["config"]["shape"])
+            shape[-1] = width  # Keras is channels-last
+            layer["name"] = name
+            layer["inbound_nodes"] = [{"args": [{**tensor, "config": {**tensor["config"], "shape": shape,
+                                                                    "keras_history": [last, 0, 0]}}], "kwargs": {}}]
+        entries.insert(position, layer)
+        position += 1
+        layer_map[name] = [node for op, node in nodes.items() if op]
+        last = name
+    if not sequential:
+        for entry in readers:  # the ReLU's former readers read the last identity layer
+            entry["inbound_nodes"] = _keras_references(entry.get("inbound_nodes", []), {relu: last})
+        outputs = config["config"].get("output_layers")
+        if outputs and isinstance(outputs[0], str):
+            outputs = [outputs]
+        config["config"]["output_layers"] = [[last if o[0] == relu else o[0], *o[1:]] for o in outputs or []]
+    model.metadata_props[KERAS_CONFIG_KEY] = json.dumps(config)
+    model.metadata_props[LAYER_MAP_KEY] = json.dumps(dict(sorted(layer_map.items())))
+
+
 def _parameters(values: list[ir.Value]) -> int:
     return sum(v.const_value.size for v in values if v.const_value.dtype.is_floating_point())
 
@@ -541,21 +683,38 @@ def deepen_in_place(model: ir.Model, *, after: str, count: int = 1, init: str = 
         raise SurgeryError(f"metadata {DEEPEN_HISTORY_KEY!r} is not valid JSON; cannot append to it") from None
     if not isinstance(history, list):
         raise SurgeryError(f"metadata {DEEPEN_HISTORY_KEY!r} is not a JSON list; cannot append to it")
+    raw = model.metadata_props.get(WIDENED_TENSORS_KEY)
+    try:
+        widened = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        raise SurgeryError(
+            f"metadata {WIDENED_TENSORS_KEY!r} is not valid JSON; cannot add the copies' tensors"
+        ) from None
     # Nothing above changed the model; from here on it is written.
     graph = model.graph
     taken = _all_names(model)
     before = set(graph.initializers)
     anchor = plan.site.exit if plan.kind == "block" else plan.relu.outputs[0]
     readers = [(use.node, use.idx) for use in anchor.uses()]
-    current, inserted = anchor, []
+    current, inserted, copies = anchor, [], []
     for name in plan.names:
         if plan.kind == "block":
-            nodes, current = _copy_block(graph, plan, current, _Renamer(plan.site, name, taken))
+            nodes, current, names = _copy_block(graph, plan, current, _Renamer(plan.site, name, taken))
+            copies.append(names)
         else:
             nodes, current = _identity_layer(graph, plan, current, name, taken)
+            copies.append({"": name, **{node.op_type: node.name for node in nodes}})
         inserted += nodes
     graph.insert_after(anchor.producer(), inserted)
     _rewire(graph, anchor, current, readers)
+    if plan.kind == "block":
+        _copy_keras_layers(model, plan, copies)
+        if widened:  # a copy of a widened block has the same new positions (`verify --locate` reads them)
+            for names in copies:
+                widened.update({names[t]: widened[t] for t in list(widened) if t in names})
+            model.metadata_props[WIDENED_TENSORS_KEY] = json.dumps(dict(sorted(widened.items())))
+    else:
+        _identity_keras_layers(model, plan, copies)
     added = [graph.initializers[n] for n in graph.initializers if n not in before]
     record = {
         "after": plan.after,

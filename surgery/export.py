@@ -145,7 +145,7 @@ def export_keras(
     else:
         function = tf.function(lambda *xs: model(list(xs), training=False))
     proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
-    _rename_outputs(proto, len(model.outputs))
+    _rename_outputs(proto, len(model.outputs), list(getattr(model, "output_names", None) or []))
     meta = {
         KERAS_CONFIG_KEY: model.to_json(),
         LAYER_MAP_KEY: json.dumps(layer_map(proto, model), sort_keys=True),
@@ -160,10 +160,15 @@ def export_keras(
     return proto
 
 
-def _rename_outputs(proto: onnx.ModelProto, count: int) -> None:
-    """tf2onnx calls outputs 'Identity:0'; give them stable names 'output' / 'output_<i>'."""
+def _rename_outputs(proto: onnx.ModelProto, count: int, keras_names: list[str]) -> None:
+    """tf2onnx calls outputs 'Identity:0'; name them after a functional model's outputs (so a model
+    from `to-keras` keeps the ONNX output names it reproduces), or 'output' / 'output_<i>' (a
+    Sequential model, or names that are not distinct or clash with a tensor of the graph)."""
+    taken = {name for node in proto.graph.node for name in (*node.input, *node.output)}
+    taken |= {i.name for i in proto.graph.input}
+    own = len(keras_names) == len(set(keras_names)) == count and not taken & set(keras_names)
     for index, output in enumerate(proto.graph.output[:count]):
-        new = "output" if count == 1 else f"output_{index}"
+        new = keras_names[index] if own else "output" if count == 1 else f"output_{index}"
         old = output.name
         for node in proto.graph.node:
             node.output[:] = [new if o == old else o for o in node.output]
@@ -173,6 +178,8 @@ def _rename_outputs(proto: onnx.ModelProto, count: int) -> None:
 
 def self_check(model: "keras.Model", proto: onnx.ModelProto, *, batch: int = 4, seed: int = 0) -> float:
     """The Keras-vs-ONNX rule (`surgery.verification.keras_difference`) on one batch of random inputs.
+
+    The batch has `batch` rows, or the ONNX model's fixed batch size when it has one.
 
     Returns max |keras − onnxruntime| / max(1, max |keras output|) over the outputs; raises
     SurgeryError when it exceeds KERAS_TOLERANCE. onnxruntime runs through the toolkit's one
@@ -185,6 +192,9 @@ def self_check(model: "keras.Model", proto: onnx.ModelProto, *, batch: int = 4, 
     keras_inputs = []
     for tensor, onnx_input in zip(model.inputs, proto.graph.input):
         shape = [batch if d is None else d for d in tensor.shape]
+        leading = onnx_input.type.tensor_type.shape.dim[:1]
+        if leading and leading[0].HasField("dim_value"):  # exported with --batch N: run N rows
+            shape[0] = leading[0].dim_value
         x = rng.random(shape, dtype=np.float32) if "float" in str(tensor.dtype) else rng.integers(0, 2, shape)
         x = x.astype(np.dtype(str(tensor.dtype)))
         feeds[onnx_input.name] = x

@@ -76,3 +76,28 @@ def attribute(node: ir.Node, name: str, default):
     """An attribute's Python value, or `default` when the node does not set it."""
     attr = node.attributes.get(name)
     return default if attr is None else attr.value
+
+
+def reachable(seeds: list[ir.Value], stops: frozenset[ir.Node] | set[ir.Node] = frozenset()) -> list[ir.Node]:
+    """Nodes reachable from the `seeds` through uses (not past the `stops`, which are included),
+    in topological order: reverse depth-first postorder, seeds and uses taken in order."""
+    visited: set[ir.Node] = set()
+    postorder: list[ir.Node] = []
+    for seed in seeds:
+        stack = [(use.node, False) for use in reversed(list(seed.uses()))]
+        while stack:
+            node, done = stack.pop()
+            if done:
+                postorder.append(node)
+                continue
+            if node in visited:
+                continue
+            visited.add(node)
+            stack.append((node, True))
+            if node in stops:
+                continue
+            for output in reversed(node.outputs):
+                for use in reversed(list(output.uses())):
+                    if use.node not in visited:
+                        stack.append((use.node, False))
+    return postorder[::-1]

@@ -6,7 +6,8 @@ Rules, case by case:
    names); K ≥ 1 is the number of new **key/value heads**. With multi-head attention that is K
    new heads; with grouped-query attention each new key/value head brings heads/kv_heads query
    heads, so the new query heads form a new group at the end (query head h reads key/value head
-   h // n_rep, before and after). Each new head has the existing head dimension.
+   h // n_rep, before and after). Each new head has the existing head dimension. A block that
+   looks like attention but that the head tracking cannot follow is refused with its reason.
 2. New positions go at the end of each head range: after Q's columns, after K's and after V's
    (three ranges of a fused QKV projection, at the end of its Split's parts).
 3. New Q/K/V columns get random fan-in (the width strategies' draw, `surgery.initializers`);
@@ -18,9 +19,12 @@ Rules, case by case:
 4. Every constant that encodes the head count or the fused width is rewritten: Split sizes,
    reshape and expand targets holding H, H·dh or the fused width; ``-1`` entries and sizes read
    at run time are left alone, as are scale constants (1/√dh, dh^-1/4) and rotary tables (they act
-   on the head dimension, which does not change). A constant shared with nodes outside the
-   growth is forked by the rewrite; a ``Concat`` that builds a reshape target for several blocks
-   (the dynamo exporter's) is copied for the block that grows.
+   on the head dimension, which does not change). Where tf2onnx reads the head count from the
+   shape of a copy of a Keras einsum kernel (``[1, 1, H, dh, D]``, read only by ``Shape``), that copy
+   grows along H with zeros; the output kernel ``[1, 1, D, H, dh]``, reshaped to 2-D at run time,
+   gets zero entries for the new heads. A constant shared with nodes outside the
+   growth is forked by the rewrite; a ``Concat`` chain that builds a reshape target for several
+   blocks (the dynamo exporter's) is copied for the blocks that grow.
 5. ``surgery.widened_tensors`` records every tensor that grows (heads or units axis), so
    `verify --locate` compares old heads across the growth; ``surgery.widen_history`` one record
    per block.
@@ -38,7 +42,7 @@ import numpy as np
 import onnx_ir as ir
 
 from surgery.analysis import Edit, Layout, WidenPlan
-from surgery.attention import Block, find_blocks, trace_heads
+from surgery.attention import Block, survey, trace_heads
 from surgery.errors import SurgeryError
 from surgery.graph import constant_array, constant_shape
 from surgery.naming import expand
@@ -52,14 +56,11 @@ class HeadPlan:
         edits: parameter changes, as the width analysis writes them (`surgery.analysis.Edit`).
         tensors: every tensor that grows, with its new positions.
         records: one ``surgery.widen_history`` record per block (strategy and seed added later).
-        shared: nodes whose edited constant input must be applied to a copy of the node, with the
-            consumers (node, input index) that read the copy.
     """
 
     edits: tuple[Edit, ...]
     tensors: tuple[tuple[ir.Value, Layout], ...]
     records: tuple[dict, ...]
-    shared: tuple[tuple[ir.Node, tuple[tuple[ir.Node, int], ...]], ...] = ()
 
     def joined(self, plan: WidenPlan) -> WidenPlan:
         """`plan` (the layers' widening) with these changes added; refuses overlapping edits."""
@@ -81,7 +82,7 @@ def _layout(original: np.ndarray, axis: int, rank: int) -> Layout:
 
 def resolve_blocks(model: ir.Model, requests: Mapping[str, int]) -> list[tuple[Block, int]]:
     """The blocks `requests` (name or glob → K) name, each with its K; one-line errors otherwise."""
-    blocks = find_blocks(model)
+    blocks, refused = survey(model)
     by_name = {block.name: block for block in blocks}
     resolved = []
     for name, added in expand(requests, [(b.name,) for b in blocks], "attention block").items():
@@ -89,9 +90,12 @@ def resolve_blocks(model: ir.Model, requests: Mapping[str, int]) -> list[tuple[B
             raise SurgeryError(f"{name}: the number of new heads must be an integer, got {added!r}")
         if added <= 0:
             raise SurgeryError(f"{name}: the number of new heads must be at least 1, got {added}")
+        if name in refused:
+            raise SurgeryError(f"{name}: {refused[name]}")
         if name not in by_name:
             close = get_close_matches(name, sorted(by_name), n=3) or sorted(by_name)[:5]
-            hint = f"; did you mean {', '.join(close)}?" if close else "; the model has no attention block this can grow"
+            hint = (f"; did you mean {', '.join(close)}?" if close
+                    else "; the model has no attention block this can grow")
             raise SurgeryError(f"no attention block named {name!r}{hint}")
         resolved.append((by_name[name], int(added)))
     return resolved
@@ -110,8 +114,7 @@ def plan_heads(model: ir.Model, requests: Mapping[str, int], *, init: str) -> He
     edits: list[Edit] = []
     tensors: list[tuple[ir.Value, Layout]] = []
     records: list[dict] = []
-    literals: dict[tuple[int, int], tuple[ir.Node, int, dict[int, int]]] = {}
-    grown: set[ir.Value] = set()
+    literals: dict[tuple[int, int], tuple[ir.Node, int, dict[int, int], list[ir.Node]]] = {}
     for block, added in resolve_blocks(model, requests):
         candidate = {"sites": block.sites, "parts": block.parts, "head_dim": block.head_dim,
                      "n_rep": block.heads // block.kv_heads}
@@ -120,25 +123,28 @@ def plan_heads(model: ir.Model, requests: Mapping[str, int], *, init: str) -> He
             _add_edit(record, edits, literals)
         tensors.extend((value, _layout(track.original, track.axis, track.rank))
                        for value, track in trace.tracks.items() if not track.merged)
-        grown.update(trace.tracks)
         records.append({
             "block": block.name, "added_kv_heads": added, "old_heads": block.heads,
             "new_heads": block.heads + added * candidate["n_rep"], "old_kv_heads": block.kv_heads,
             "new_kv_heads": block.kv_heads + added, "head_dim": block.head_dim,
         })
-    for node, index, positions in literals.values():
+    for node, index, positions, readers in literals.values():
         literal = np.array(constant_array(node.inputs[index]), copy=True)
         for position, new in positions.items():
             literal.reshape(-1)[position] = new
-        edits.append(Edit(node, index, "literal", literal=literal))
-    return HeadPlan(tuple(edits), tuple(tensors), tuple(records), _shared_shape_nodes(edits, grown))
+        # One edit per reading Reshape/Expand: the rewrite copies a shape chain that is also read
+        # by reshapes that do not grow (dynamo shares one among blocks).
+        edits.extend(Edit(node, index, "literal", literal=literal, reader=reader) for reader in readers)
+    return HeadPlan(tuple(edits), tuple(tensors), tuple(records))
 
 
 def _add_edit(record: tuple, edits: list[Edit], literals: dict) -> None:
     kind, node, index = record[0], record[1], record[2]
     if kind == "literal":
-        position, new = record[3], record[4]
-        _, _, positions = literals.setdefault((id(node), index), (node, index, {}))
+        position, new, reader = record[3], record[4], record[5]
+        _, _, positions, readers = literals.setdefault((id(node), index), (node, index, {}, []))
+        if reader not in readers:
+            readers.append(reader)
         if positions.get(position, new) != new:
             raise SurgeryError(f"{node.op_type} node {node.name!r} builds a shape for several blocks that would need "
                                "different head counts; add the same number of heads to each")
@@ -149,7 +155,7 @@ def _add_edit(record: tuple, edits: list[Edit], literals: dict) -> None:
         axis, original, axes = record[3], record[4], record[5]
         rank = len(constant_shape(node.inputs[index]) or ())
         edits.append(Edit(node, index, kind, axis, _layout(original, axis, rank), weight_axes=axes))
-    else:  # bias, neutral
+    else:  # bias, neutral, grow (a constant only read by Shape: zero-filled)
         axis, original = record[3], record[4]
         rank = len(constant_shape(node.inputs[index]) or ())
         neutral = record[5] if kind == "neutral" else 0.0
@@ -157,42 +163,4 @@ def _add_edit(record: tuple, edits: list[Edit], literals: dict) -> None:
         edits.append(Edit(node, index, role, axis, _layout(original, axis, rank), neutral=neutral))
 
 
-def _shared_shape_nodes(edits: list[Edit], grown: set[ir.Value]) -> tuple:
-    """``Concat`` nodes building a reshape target whose edited output is also read by reshapes
-    the growth does not reach (dynamo shares one per shape among blocks): the growing readers
-    get a copy of the node (with the edit), the others keep it."""
-    shared = []
-    for edit in edits:
-        node = edit.node
-        if edit.role != "literal" or node.op_type != "Concat":
-            continue
-        readers = [(use.node, use.idx) for use in node.outputs[0].uses()]
-        growing = tuple((reader, index) for reader, index in readers
-                        if reader.op_type in ("Reshape", "Expand") and reader.inputs[0] in grown)
-        if growing and len(growing) != len(readers):
-            shared.append((node, growing))
-    return tuple(shared)
-
-
-def fork_shared_nodes(graph: ir.Graph, plan: HeadPlan, arrays: list) -> list:
-    """Copy each shared shape node for its growing readers and retarget its edits (rule 4).
-
-    Called by the rewrite right before parameters are written; returns `arrays` with the edits
-    of copied nodes pointing at the copies.
-    """
-    copies: dict[int, ir.Node] = {}
-    for node, readers in plan.shared:
-        copy = ir.Node(node.domain, node.op_type, list(node.inputs), attributes=list(node.attributes.values()),
-                       name=f"{node.name}_heads", num_outputs=1)
-        copy.outputs[0].name = f"{node.outputs[0].name}_heads"
-        copy.outputs[0].shape, copy.outputs[0].type = node.outputs[0].shape, node.outputs[0].type
-        graph.insert_after(node, copy)
-        for reader, index in readers:
-            reader.replace_input_with(index, copy.outputs[0])
-        copies[id(node)] = copy
-    if not copies:
-        return arrays
-    return [([replace(e, node=copies.get(id(e.node), e.node)) for e in edits], contents) for edits, contents in arrays]
-
-
-__all__ = ["HeadPlan", "plan_heads", "resolve_blocks", "fork_shared_nodes"]
+__all__ = ["HeadPlan", "plan_heads", "resolve_blocks"]

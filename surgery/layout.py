@@ -100,6 +100,17 @@ class Layout:
             group[self.group == old] = new
         return Layout(self.axis, self.rank, self.original, group, self.unit, self.base, self.stride)._frozen()
 
+    def part(self, start: int, stop: int) -> Layout:
+        """The positions of one part of a Split of this axis: the old positions ``start`` …
+        ``stop - 1`` and the new positions that follow them (a new position belongs to the part
+        of the last old position before it, or to the first part), renumbered from ``start``."""
+        old = np.maximum.accumulate(np.where(self.original >= 0, self.original, -1))
+        owner = np.where(old >= 0, old, 0)
+        mask = (owner >= start) & (owner < stop)
+        original = np.where(self.original[mask] >= 0, self.original[mask] - start, -1)
+        return Layout(self.axis, self.rank, original, self.group[mask], self.unit[mask], self.base[mask] - start,
+                      self.stride[mask])._frozen()
+
     def ranges(self) -> list[list[int]]:
         """Half-open [start, stop) runs of new positions."""
         return mask_ranges(self.new_mask)

@@ -11,7 +11,10 @@ A layer is known by its node name and by a *friendly name*. Rules, first match w
    the weight initializer the node reads, when it is a ``state_dict`` key
    (``transformer.h.0.mlp.c_fc.weight`` → ``transformer.h.0.mlp.c_fc``). The classic exporter's
    transposed copies (``onnx::MatMul_123``) are not such keys, hence rule 2 first.
-4. Otherwise the node name.
+4. tf2onnx's own node names (``Gemm__915``, which change on every conversion): ``<layer>.<sublayer>``
+   from the Keras path of the node its output reaches through reshapes
+   (``keras_transformer_1/block0_mha_1/query_1/Add`` → ``block0_mha.query``).
+5. Otherwise the node name.
 
 When every path starts with the same module (a wrapper around the model, e.g. ``model.``), that
 first segment is dropped. A friendly name that two layers would share (a module that holds two layers) is not used: both
@@ -40,6 +43,9 @@ _WEIGHTED_OPS = frozenset({"Gemm", "MatMul", "Conv"})
 _PARAMETER_SUFFIXES = (".weight", ".weight_orig")
 
 _GLOB_CHARACTERS = frozenset("*?[")
+
+#: Ops that only move a layer's output around, between tf2onnx's einsum Gemm and its Keras-named node.
+_LAYOUT_OPS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity"})
 
 T = TypeVar("T")
 
@@ -78,8 +84,8 @@ def _derived_name(node: ir.Node) -> str | None:
 
 
 def module_names(model: ir.Model) -> dict[str, str]:
-    """Node name → friendly name from PyTorch's module paths (rules 2 and 3), for every node
-    that may be a layer; names two nodes would share are left out."""
+    """Node name → friendly name from PyTorch's module paths and tf2onnx's Keras paths (rules 2
+    to 4), for every node that may be a layer; names two nodes would share are left out."""
     derived = {
         node.name: name
         for node in model.graph
@@ -88,8 +94,32 @@ def module_names(model: ir.Model) -> dict[str, str]:
     firsts = {name.split(".", 1)[0] for name in derived.values()}
     if len(firsts) == 1 and all("." in name for name in derived.values()):  # a wrapper module around the model
         derived = {node: name.split(".", 1)[1] for node, name in derived.items()}
+    derived |= {
+        node.name: name
+        for node in model.graph
+        if node.op_type in _WEIGHTED_OPS and node.name and node.name not in derived and "/" not in node.name
+        and (name := _keras_sublayer(node)) is not None
+    }
     counts = Counter(derived.values())
     return {node: name for node, name in derived.items() if counts[name] == 1}
+
+
+def _keras_sublayer(node: ir.Node) -> str | None:
+    """Rule 4: ``<layer>.<sublayer>`` for a node tf2onnx made and named (``Gemm__915``), from the
+    first node of a Keras path (``<model>_1/<layer>_1/<sublayer>_1/<Op>``) its output reaches
+    through reshapes: MultiHeadAttention's query, key, value and attention_output projections."""
+    value = node.outputs[0]
+    for _ in range(6):
+        users = [use.node for use in value.uses()]
+        if len(users) != 1:
+            return None
+        segments = (users[0].name or "").split("/")
+        if len(segments) >= 4 and all(segments):
+            return ".".join(segment.removesuffix("_1") for segment in segments[1:3])
+        if users[0].op_type not in _LAYOUT_OPS:
+            return None
+        value = users[0].outputs[0]
+    return None
 
 
 def is_pattern(name: str) -> bool:

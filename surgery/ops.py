@@ -116,7 +116,7 @@ CATALOGUE: dict[str, OpInfo] = {
 }
 
 #: Activations that several exporter nodes spell out (recognised by `activation_after`).
-COMPOSITE_ACTIVATIONS = {"Gelu": "he", "Silu": "he", "SwiGLU": "he"}
+COMPOSITE_ACTIVATIONS = {"Gelu": "he", "Silu": "he", "SwiGLU": "he", "Relu6": "he"}
 
 #: Ops `activation_after` looks through: layout changes (a Keras Dense on 3-D input is
 #: Reshape → MatMul → Reshape → Add) and per-channel normalisation
@@ -128,16 +128,6 @@ SHAPE_CARRIERS = frozenset({"Cast", "Identity", "Squeeze", "Unsqueeze", "Concat"
 
 #: How many nodes `activation_after` looks through before giving up.
 _LOOK_AHEAD = 6
-
-
-def info(op_type: str) -> OpInfo | None:
-    """The catalogue entry of `op_type`, or None for an op the toolkit does not know."""
-    return CATALOGUE.get(op_type)
-
-
-def ops_of_kind(kind: str) -> frozenset[str]:
-    """Every op type of one kind."""
-    return frozenset(op for op, entry in CATALOGUE.items() if entry.kind == kind)
 
 
 def init_family(activation: str | None) -> str:
@@ -231,7 +221,8 @@ def _composite(value: ir.Value) -> str | None:
 
 def activation_after(value: ir.Value) -> str | None:
     """The activation a layer's output `value` feeds, as an op type ("Relu", "Tanh"...) or the
-    name of a composite one ("Gelu", "Silu", "SwiGLU"; see `_composite`), else None.
+    name of a composite one ("Gelu", "Silu", "SwiGLU"; see `_composite`; "Relu6" for a Clip from
+    0), else None.
 
     Looks through `TRANSPARENT` ops and a Mul or Add by constants (a bias Add, tf2onnx's folded
     BatchNormalization), at most a few nodes deep; any other node, or a fork into several
@@ -246,6 +237,8 @@ def activation_after(value: ir.Value) -> str | None:
             return None
         node = users[0]
         entry = CATALOGUE.get(node.op_type)
+        if node.op_type == "Clip" and len(node.inputs) > 1 and _scalar(node.inputs[1]) == 0.0:
+            return "Relu6"  # Clip(0, max): ReLU with a cap (MobileNet's ReLU6)
         if entry is not None and entry.family is not None:
             return node.op_type
         others = [v for v in node.inputs if v is not value and v is not None]
@@ -266,6 +259,6 @@ def default_softmax_axis(node: ir.Node, opset: int) -> int:
 
 
 __all__ = [
-    "OpInfo", "CATALOGUE", "COMPOSITE_ACTIVATIONS", "TRANSPARENT", "SHAPE_CARRIERS", "info", "ops_of_kind", "init_family",
+    "OpInfo", "CATALOGUE", "COMPOSITE_ACTIVATIONS", "TRANSPARENT", "SHAPE_CARRIERS", "init_family",
     "keras_activation", "activation_after", "pow_exponent", "default_softmax_axis",
 ]

@@ -39,7 +39,8 @@ class _Builder:
         module = scope[1:].replace("/", ".")
         self.param(f"{module}.weight", (units, fan_in))
         self.param(f"{module}.bias", (units,), 0.1)
-        return self.node("Gemm", [x, f"{module}.weight", f"{module}.bias"], f"{scope}/Gemm", alpha=1.0, beta=1.0, transB=1)
+        inputs = [x, f"{module}.weight", f"{module}.bias"]
+        return self.node("Gemm", inputs, f"{scope}/Gemm", alpha=1.0, beta=1.0, transB=1)
 
     def linear3d(self, scope: str, x: str, fan_in: int, units: int, bias: bool = True) -> str:
         """`nn.Linear` on a 3-D input: MatMul with `onnx::MatMul_<n>`, then Add with the bias first."""
@@ -47,7 +48,8 @@ class _Builder:
         weight = self.param(f"onnx::MatMul_{100 + self.matmuls}", (fan_in, units))
         out = self.node("MatMul", [x, weight], f"{scope}/MatMul")
         if bias:
-            out = self.node("Add", [self.param(f"{scope[1:].replace('/', '.')}.bias", (units,), 0.1), out], f"{scope}/Add")
+            bias = self.param(f"{scope[1:].replace('/', '.')}.bias", (units,), 0.1)
+            out = self.node("Add", [bias, out], f"{scope}/Add")
         return out
 
     def layer_norm(self, scope: str, x: str, width: int) -> str:
@@ -74,15 +76,17 @@ def residual_mlp(blocks: int = 2, width: int = 6, hidden: int = 10, post_norm: b
         if post_norm:
             x = b.layer_norm(f"/blocks.{i}/norm", x, width)
     if not head:
-        return finish(helper.make_graph(b.nodes, "main_graph", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
-                                        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", width])], b.inits))
+        inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])]
+        outputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", width])]
+        return finish(helper.make_graph(b.nodes, "main_graph", inputs, outputs, b.inits))
     b.nodes.append(linear("head", x, "output"))
     b.param("head.weight", (3, width))
     b.param("head.bias", (3,), 0.1)
     return finish(main_graph(b.nodes, b.inits, ["batch", 4], ["batch", 3]))
 
 
-def residual_cnn(blocks: int = 2, channels: int = 4, tail: str = "Relu", batchnorm: bool = False, seed: int = 1) -> onnx.ModelProto:
+def residual_cnn(blocks: int = 2, channels: int = 4, tail: str = "Relu", batchnorm: bool = False,
+                 seed: int = 1) -> onnx.ModelProto:
     """A ResNet: Conv stem + ReLU, basic blocks ``tail(x + conv2(relu(conv1(x))))`` (3×3, pad 1),
     GlobalAveragePool, Flatten, a Gemm head. With `batchnorm` each conv2 is followed by an
     (unfolded) BatchNormalization, as an export in training-mode folding off writes it."""
@@ -102,8 +106,8 @@ def residual_cnn(blocks: int = 2, channels: int = 4, tail: str = "Relu", batchno
         if batchnorm:
             stats = [b.param(f"layer1.{i}.bn2.{name}", (channels,), 0.2) for name in ("weight", "bias", "running_mean")]
             b.inits.append(tensor(f"layer1.{i}.bn2.running_var", b.rng.uniform(0.5, 1.5, channels).astype(F32)))
-            h = b.node("BatchNormalization", [h, *stats, f"layer1.{i}.bn2.running_var"], f"{scope}/bn2/BatchNormalization",
-                       epsilon=1e-5)
+            h = b.node("BatchNormalization", [h, *stats, f"layer1.{i}.bn2.running_var"],
+                       f"{scope}/bn2/BatchNormalization", epsilon=1e-5)
         x = b.node(tail, [b.node("Add", [h, x], f"{scope}/Add")], f"{scope}/{tail.lower()}_1/{tail}")
     pooled = b.node("GlobalAveragePool", [x], "/avgpool/GlobalAveragePool")
     flat = b.node("Flatten", [pooled], "/Flatten", axis=1)
@@ -139,8 +143,10 @@ def transformer(blocks: int = 2, width: int = 8, hidden: int = 16, seed: int = 2
         v = b.linear3d(f"{scope}/self_attn/v_proj", h, width, width, bias=False)
         kt = b.node("Transpose", [k], f"{scope}/self_attn/Transpose", perm=[0, 2, 1])
         scores = b.node("MatMul", [q, kt], f"{scope}/self_attn/MatMul")
-        scale = b.node("Constant", [], f"{scope}/self_attn/Constant", value=helper.make_tensor("value", TensorProto.FLOAT, [], [width ** -0.5]))
-        scores = b.node("Add", [b.node("Mul", [scores, scale], f"{scope}/self_attn/Mul"), table], f"{scope}/self_attn/Add")
+        scale = b.node("Constant", [], f"{scope}/self_attn/Constant",
+                       value=helper.make_tensor("value", TensorProto.FLOAT, [], [width ** -0.5]))
+        scaled = b.node("Mul", [scores, scale], f"{scope}/self_attn/Mul")
+        scores = b.node("Add", [scaled, table], f"{scope}/self_attn/Add")
         weights = b.node("Softmax", [scores], f"{scope}/self_attn/Softmax", axis=-1)
         attended = b.node("MatMul", [weights, v], f"{scope}/self_attn/MatMul_1")
         merged = b.node("Reshape", [attended, "merge_shape"], f"{scope}/self_attn/Reshape")

@@ -15,7 +15,7 @@ from forms import finish, tensor
 from surgery.analysis import RULES, analyse, infer_missing_shapes, rule_for
 from surgery.errors import SurgeryError
 from surgery.graph import as_ir
-from surgery.ops import CATALOGUE, activation_after, init_family
+from surgery.ops import CATALOGUE, activation_after, init_family, keras_activation
 from surgery.rewrite import widen
 from surgery.testing import assert_equivalent
 
@@ -122,6 +122,7 @@ def _mobile_block(multiplier: int = 1, channels: int = 4, size: int = 6, seed: i
 def test_a_conv_feeding_a_depthwise_conv_grows_through_it(multiplier):
     model = _mobile_block(multiplier)
     plan = _plan(model, {"/expand/Conv": 3})
+    assert plan.groups[0].members[0].activation == "Relu6" and init_family("Relu6") == "he"
     (change,) = plan.attributes
     assert (change.node.name, change.name, change.value) == ("/dw/Conv", "group", 7)
     edits = _edits(plan)
@@ -196,27 +197,39 @@ def test_activation_after_reads_composite_forms():
     down = next(n for n in swiglu.graph if n.name == "/down/MatMul")
     assert activation_after(down.outputs[0]) is None
     assert init_family("Tanh") == "glorot" and init_family(None) == "glorot" and init_family("Relu") == "he"
+    assert keras_activation("Relu", fused=True) == "relu" and keras_activation("Mish") == "mish"
+    assert keras_activation("Mish", fused=True) is None and keras_activation("Erf") is None
 
 
-def test_split_along_another_axis_keeps_positions_and_along_the_widened_one_blocks():
-    def model(axis: int) -> onnx.ModelProto:
-        nodes = [
-            forms.linear("fc1", "input", "h"),
-            helper.make_node("Split", ["h", "sizes"], ["a", "b"], name="/split/Split", axis=axis),
-            helper.make_node("Concat", ["a", "b"], ["c"], name="/cat/Concat", axis=axis),
-            forms.linear("fc2", "c", "output"),
-        ]
-        rng = np.random.default_rng(0)
-        sizes = [2, 2] if axis == 1 else [1, 1]
-        inits = [tensor("sizes", np.array(sizes, np.int64)),
-                 tensor("fc1.weight", rng.normal(size=(4, 3)).astype(F32)), tensor("fc1.bias", np.zeros(4, F32)),
-                 tensor("fc2.weight", rng.normal(size=(2, 4)).astype(F32)), tensor("fc2.bias", np.zeros(2, F32))]
-        return finish(forms.main_graph(nodes, inits, [2, 3], [2, 2]))
+def _split_graph(axis: int, opset: int = 17) -> onnx.ModelProto:
+    """fc1 (4 units) → Split into two parts → Concat back → fc2."""
+    sizes = [2, 2] if axis == 1 else [1, 1]
+    split = helper.make_node("Split", ["h", "sizes"], ["a", "b"], name="/split/Split", axis=axis)
+    if opset >= 18:
+        split = helper.make_node("Split", ["h"], ["a", "b"], name="/split/Split", axis=axis, num_outputs=2)
+    nodes = [forms.linear("fc1", "input", "h"), split,
+             helper.make_node("Concat", ["a", "b"], ["c"], name="/cat/Concat", axis=axis),
+             forms.linear("fc2", "c", "output")]
+    rng = np.random.default_rng(0)
+    inits = [tensor("fc1.weight", rng.normal(size=(4, 3)).astype(F32)), tensor("fc1.bias", np.zeros(4, F32)),
+             tensor("fc2.weight", rng.normal(size=(2, 4)).astype(F32)), tensor("fc2.bias", np.zeros(2, F32))]
+    if opset < 18:
+        inits.append(tensor("sizes", np.array(sizes, np.int64)))
+    graph = forms.main_graph(nodes, inits, [2, 3], [2, 2])
+    return finish(graph, opset=opset) if opset < 18 else forms._finish_ir9(graph, opset)
 
-    with pytest.raises(SurgeryError, match="Split node '/split/Split' splits the widened axis"):
-        _plan(model(1), {"/fc1/Gemm": 1})
-    plan = _plan(model(0), {"/fc1/Gemm": 1})
+
+def test_split_across_the_axis_keeps_positions_and_along_it_updates_its_sizes():
+    plan = _plan(_split_graph(0), {"/fc1/Gemm": 1})
     assert ("/fc2/Gemm", 1, "fan-out", [[4, 5]]) in _edits(plan)
+    model = _split_graph(1)
+    plan = _plan(model, {"/fc1/Gemm": 1})
+    literals = [(e.node.name, e.literal.tolist()) for e in plan.edits if e.role == "literal"]
+    assert literals == [("/split/Split", [2, 3])]  # the new unit follows the last old one: second part
+    assert {v.name: layout.ranges() for v, layout in plan.tensors} == {"h": [[4, 5]], "b": [[2, 3]], "c": [[4, 5]]}
+    assert_equivalent(model, widen(model, {"/fc1/Gemm": 1}))
+    with pytest.raises(SurgeryError, match="Split node '/split/Split' splits the widened axis into parts of sizes"):
+        _plan(_split_graph(1, opset=18), {"/fc1/Gemm": 1})
 
 
 def test_unknown_ops_and_domains_are_refused_by_name():
@@ -253,3 +266,36 @@ def test_swiglu_up_gets_live_new_units_by_default():
     gate, up, down = weights["onnx::MatMul_70"], weights["onnx::MatMul_71"], weights["onnx::MatMul_72"]
     assert np.all(gate[:, 12:] != 0) and np.all(up[:, 12:] != 0) and not down[12:].any()
     assert np.abs(up[:, 12:]).max() <= np.sqrt(6 / 8)  # He-uniform with fan-in 8
+
+
+def test_a_join_found_after_a_concat_read_the_other_branch_settles():
+    """fc_a and fc_b meet first in a Concat (fc_b not growing: fine), then in an Add that makes
+    fc_b grow too: the Concat is worked out again with both branches grown."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        forms.linear("a", "input", "ha"), forms.linear("b", "input", "hb"),
+        helper.make_node("Concat", ["ha", "hb"], ["cat"], name="/cat/Concat", axis=1),
+        forms.linear("c", "cat", "yc"),
+        helper.make_node("Add", ["ha", "hb"], ["sum"], name="/sum/Add"),
+        forms.linear("d", "sum", "yd"),
+        helper.make_node("Add", ["yc", "yd"], ["output"], name="/out/Add"),
+    ]
+    inits = [tensor("a.weight", rng.normal(size=(4, 3)).astype(F32)), tensor("a.bias", rng.normal(size=4).astype(F32)),
+             tensor("b.weight", rng.normal(size=(4, 3)).astype(F32)), tensor("b.bias", rng.normal(size=4).astype(F32)),
+             tensor("c.weight", rng.normal(size=(2, 8)).astype(F32)), tensor("c.bias", np.zeros(2, F32)),
+             tensor("d.weight", rng.normal(size=(2, 4)).astype(F32)), tensor("d.bias", np.zeros(2, F32))]
+    model = finish(forms.main_graph(nodes, inits, ["batch", 3], ["batch", 2]))
+    (group,) = _plan(model, {"/a/Gemm": 2}).groups
+    assert [m.node.name for m in group.members] == ["/a/Gemm", "/b/Gemm"]
+    assert ("/c/Gemm", 1, "fan-out", [[4, 6], [10, 12]]) in _edits(_plan(model, {"/a/Gemm": 2}))
+    assert_equivalent(model, widen(model, {"/a/Gemm": 2}))
+
+
+def test_symmetry_of_a_depthwise_conv_compares_its_own_filters():
+    from surgery.symmetry import symmetric_groups
+
+    model = _mobile_block()
+    assert symmetric_groups(model, "/dw/Conv") == []
+    wide = widen(model, {"/dw/Conv": 3}, init="all-zero")
+    assert symmetric_groups(wide, "/dw/Conv") == [[4, 5, 6]]
+    assert symmetric_groups(wide, "/expand/Conv") == [[4, 5, 6]]

@@ -104,7 +104,8 @@ def test_inspect_lists_blocks(capfd, tmp_path):
     done = run_surgery(capfd, "inspect", path, "--json")
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
-    assert [(b["name"], b["kind"]) for b in document["blocks"]] == [("layers.0", "transformer"), ("layers.1", "transformer")]
+    listed = [(b["name"], b["kind"]) for b in document["blocks"]]
+    assert listed == [("layers.0", "transformer"), ("layers.1", "transformer")]
     assert set(document["blocks"][0]) == {"name", "kind", "input", "output", "nodes", "parameters"}
     table = run_surgery(capfd, "inspect", path)
     assert "2 residual blocks" in table.stdout and "layers.1" in table.stdout

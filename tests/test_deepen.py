@@ -60,7 +60,8 @@ def test_deepen_after_each_block_is_bitwise_equal(name, init):
         names = [b.name for b in after]
         assert names == [*names[: index + 1], f"{block.name}.grown.0", f"{block.name}.grown.1", *names[index + 3:]]
         assert names[: index + 1] + names[index + 3:] == [b.name for b in before]
-        assert [(b.kind, b.nodes, b.parameters) for b in after[index + 1: index + 3]] == [(block.kind, block.nodes, block.parameters)] * 2
+        grown = [(b.kind, b.nodes, b.parameters) for b in after[index + 1: index + 3]]
+        assert grown == [(block.kind, block.nodes, block.parameters)] * 2
         assert float_parameters(deeper) == float_parameters(model) + 2 * block.parameters
         node_names = [n.name for n in deeper.graph.node]
         assert len(set(node_names)) == len(node_names)
@@ -89,7 +90,8 @@ def test_random_init_draws_weights_zeroes_biases_and_keeps_norms():
     old, new = initializers(model), initializers(first)
     grown = {name: array for name, array in new.items() if name not in old}
     norms = {name: array for name, array in grown.items() if "layernorm" in name}
-    assert len(norms) == 4 and all(np.array_equal(a, old[n.replace("layers.1.grown.0", "layers.1")]) for n, a in norms.items())
+    assert len(norms) == 4
+    assert all(np.array_equal(a, old[n.replace("layers.1.grown.0", "layers.1")]) for n, a in norms.items())
     weights = {name: array for name, array in grown.items() if "MatMul" in name}
     drawn = {name for name, array in weights.items() if array.any()}
     assert len(drawn) == 4, "q, k, v and up are drawn; o and down start at zero"
@@ -145,27 +147,29 @@ def test_deepening_twice_composes():
     assert [b.name for b in find_blocks(as_ir(thrice))] == [
         "blocks.0", "blocks.0.grown.1", "blocks.0.grown.0", "blocks.0.grown.0.grown.0", "blocks.1"
     ]
-    assert [r["added"] for r in history(thrice)] == [["blocks.0.grown.0"], ["blocks.0.grown.1"], ["blocks.0.grown.0.grown.0"]]
+    added = [r["added"] for r in history(thrice)]
+    assert added == [["blocks.0.grown.0"], ["blocks.0.grown.1"], ["blocks.0.grown.0.grown.0"]]
     assert_equivalent(model, thrice)
 
 
 @pytest.mark.parametrize(
-    ("build", "layer", "op"),
+    ("build", "node", "layer", "op"),
     [
-        (lambda: forms.pytorch_mlp(), "fc1", "Gemm"),
-        (lambda: forms.pytorch_cnn(), "conv1", "Conv"),
-        (lambda: forms.sklearn_mlp(), "MatMul", "MatMul"),
-        (lambda: graphs.residual_mlp(), "blocks.0.fc1", "Gemm"),
+        (lambda: forms.pytorch_mlp(), "/fc1/Gemm", "fc1", "Gemm"),
+        (lambda: forms.pytorch_cnn(), "/conv1/Conv", "conv1", "Conv"),
+        (lambda: forms.sklearn_mlp(), "MatMul", "MatMul", "MatMul"),
+        (lambda: graphs.residual_mlp(), "/blocks.0/fc1/Gemm", "blocks.0.fc1", "Gemm"),
     ],
 )
-def test_identity_layers_after_a_relu_are_exact(build, layer, op):
+def test_identity_layers_after_a_relu_are_exact(build, node, layer, op):
     model = build()
-    deeper = deepen(model, after=layer, kind="identity", count=2)
+    deeper = deepen(model, after=node, kind="identity", count=2)
     onnx.checker.check_model(deeper, full_check=True)
     assert_equivalent(model, deeper)
     new = [n for n in deeper.graph.node if n.name.startswith(f"{layer}.grown.")]
     assert [n.op_type for n in new].count(op) == 2 and [n.op_type for n in new].count("Relu") == 2
-    weights = [a for name, a in initializers(deeper).items() if name.startswith(f"{layer}.grown.") and name.endswith("weight")]
+    weights = [a for name, a in initializers(deeper).items()
+               if name.startswith(f"{layer}.grown.") and name.endswith("weight")]
     for weight in weights:
         if op == "Conv":
             assert weight.shape[2:] == (3, 3) and weight[:, :, 1, 1].tolist() == np.eye(weight.shape[0]).tolist()
@@ -174,12 +178,14 @@ def test_identity_layers_after_a_relu_are_exact(build, layer, op):
             assert np.array_equal(weight, np.eye(weight.shape[0]))
     record, = history(deeper)
     assert record["kind"] == "identity" and record["added"] == [f"{layer}.grown.0", f"{layer}.grown.1"]
+    assert record["after"] == node
 
 
 @pytest.mark.parametrize(
     ("build", "arguments", "says"),
     [
-        (lambda: graphs.residual_mlp(), dict(after="blocks.9"), "no block named 'blocks.9'; did you mean blocks.1, blocks.0"),
+        (lambda: graphs.residual_mlp(), dict(after="blocks.9"),
+         "no block named 'blocks.9'; did you mean blocks.1, blocks.0"),
         (lambda: graphs.residual_mlp(), dict(after="/blocks.0/fc1/Gemm"), "is a layer, not a residual block"),
         (lambda: forms.pytorch_mlp(), dict(after="x"), "the model has no residual blocks"),
         (lambda: graphs.residual_mlp(), dict(after="blocks.0", count=0), "count must be an integer of at least 1"),
@@ -191,8 +197,10 @@ def test_identity_layers_after_a_relu_are_exact(build, layer, op):
          "LeakyRelu is not the identity on the values it outputs"),
         (lambda: graphs.residual_cnn(tail="Sigmoid"), dict(after="layer1.1"), "Sigmoid is not the identity"),
         (lambda: forms.pytorch_mlp(), dict(after="/fc2/Gemm", kind="identity"), "is not followed directly by a Relu"),
-        (lambda: forms.pytorch_mlp(), dict(after="fc9", kind="identity"), "no layer named 'fc9'; did you mean"),
-        (lambda: forms.pytorch_mlp(), dict(after="/fc1/Gemm", kind="identity", init="random"), "does not apply to kind='identity'"),
+        (lambda: forms.pytorch_mlp(), dict(after="/fc9/Gemm", kind="identity"),
+         "no layer named '/fc9/Gemm'; did you mean"),
+        (lambda: forms.pytorch_mlp(), dict(after="/fc1/Gemm", kind="identity", init="random"),
+         "does not apply to kind='identity'"),
         (lambda: forms.pytorch_mlp(), dict(after="/fc1/Gemm", kind="wide"), "unknown kind 'wide'"),
     ],
 )
@@ -220,5 +228,30 @@ def test_a_branch_without_output_projection_is_refused():
     model = forms.finish(forms.main_graph(nodes, [forms.tensor("w", rng.normal(size=(4, 4)).astype(np.float32))],
                                           [4, 4], [4, 4]))
     (block,) = find_blocks(as_ir(model))
-    with pytest.raises(SurgeryError, match=r"ends in '/attn/MatMul_1' \(MatMul\), not a Gemm, MatMul or Conv with a constant weight"):
+    says = r"ends in '/attn/MatMul_1' \(MatMul\), not a Gemm, MatMul or Conv with a constant weight"
+    with pytest.raises(SurgeryError, match=says):
         deepen(model, after=block.name)
+
+
+def test_public_api_names_the_function_after_the_module_is_imported():
+    import surgery
+    import surgery.deepening  # noqa: F401 - importing the module must not shadow the function
+
+    assert callable(surgery.deepen) and surgery.deepen is surgery.deepening.deepen
+    assert surgery.find_blocks(graphs.residual_mlp())[0].name == "blocks.0"
+
+
+def test_cli_keeps_an_existing_output_and_skips_verification_on_request(capfd, tmp_path):
+    from conftest import assert_one_line_error, run_surgery
+
+    source, out = tmp_path / "mlp.onnx", tmp_path / "deeper.onnx"
+    onnx.save(graphs.residual_mlp(), source)
+    out.write_bytes(b"keep me")
+    refused = run_surgery(capfd, "deepen", source, "-o", out, "--after", "blocks.0")
+    assert_one_line_error(refused, says=("already exists (use --force to overwrite)",))
+    assert out.read_bytes() == b"keep me"
+    done = run_surgery(capfd, "deepen", source, "-o", out, "--after", "blocks.0", "--no-verify", "--force")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("blocks.0: 1 new block after it: blocks.0.grown.0")
+    assert not any(line.startswith("verified") for line in done.stdout.splitlines())
+    assert_equivalent(source, out)

@@ -21,16 +21,17 @@ from surgery.rewrite import widen
 from surgery.testing import assert_equivalent
 
 FIXTURES = ROOT / "tests" / "fixtures"
-PRE_NORM = ["gpt2_sdpa", "gpt2_eager", "gpt2_dynamo", "llama", "llama_gqa", "keras_transformer", "resnet", "mobilenetv2"]
+PRE_NORM = ["gpt2_sdpa", "gpt2_eager", "gpt2_dynamo", "llama", "llama_gqa", "keras_transformer", "resnet",
+            "mobilenetv2"]
 #: What inspect calls the blocks (module paths for PyTorch, Keras layer prefixes for tf2onnx).
 BLOCKS = {
-    "gpt2_sdpa": ["model.transformer.h.0", "model.transformer.h.1"],
-    "gpt2_eager": ["model.transformer.h.0", "model.transformer.h.1"],
-    "gpt2_dynamo": ["model.transformer.h.0", "model.transformer.h.1"],
-    "llama": ["model.model.layers.0", "model.model.layers.1"],
-    "llama_gqa": ["model.model.layers.0", "model.model.layers.1"],
+    "gpt2_sdpa": ["transformer.h.0", "transformer.h.1"],
+    "gpt2_eager": ["transformer.h.0", "transformer.h.1"],
+    "gpt2_dynamo": ["transformer.h.0", "transformer.h.1"],
+    "llama": ["model.layers.0", "model.layers.1"],
+    "llama_gqa": ["model.layers.0", "model.layers.1"],
     "keras_transformer": ["block0", "block1"],
-    "bert": ["model.encoder.layer.0", "model.encoder.layer.1"],
+    "bert": ["encoder.layer.0", "encoder.layer.1"],
     "resnet": ["layer1.0", "layer3.0"],
 }
 
@@ -56,6 +57,10 @@ def check(model: onnx.ModelProto, deeper: onnx.ModelProto) -> None:
     onnx.checker.check_model(deeper, full_check=True)
     names = [n.name for n in deeper.graph.node]
     assert len(set(names)) == len(names), "node names stay unique"
+    original = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                             for o in n.output}
+    grown = [n for n in deeper.graph.node if ".grown." in n.name and n.name not in {m.name for m in model.graph.node}]
+    assert grown and not {i for n in grown for i in n.input} & original, "the copies own every constant they read"
     assert_equivalent(model, deeper, dims=dims_of(model), samples=4, batch=2)
 
 
@@ -64,7 +69,8 @@ def test_blocks_are_named_by_module_path(name):
     blocks = find_blocks(as_ir(load(name)))
     assert [b.name for b in blocks] == BLOCKS[name]
     assert {b.kind for b in blocks} == ({"residual"} if name == "resnet" else {"transformer"})
-    assert len({(b.nodes, b.parameters) for b in blocks}) == 1 or name == "resnet", "a model's transformer blocks are alike"
+    alike = len({(b.nodes, b.parameters) for b in blocks}) == 1
+    assert alike or name == "resnet", "a model's transformer blocks are alike"
 
 
 @pytest.mark.parametrize("name", PRE_NORM)
@@ -86,10 +92,10 @@ def test_deepen_after_every_block_is_bitwise_equal(name):
 
 def test_gpt2_from_two_to_four_blocks_with_random_init():
     model = load("gpt2_sdpa")
-    deeper = deepen(model, after="model.transformer.h.1", count=2, init="random", seed=1)
+    deeper = deepen(model, after="transformer.h.1", count=2, init="random", seed=1)
     check(model, deeper)
     assert [b.name for b in find_blocks(as_ir(deeper))] == [
-        "model.transformer.h.0", "model.transformer.h.1", "model.transformer.h.1.grown.0", "model.transformer.h.1.grown.1"
+        "transformer.h.0", "transformer.h.1", "transformer.h.1.grown.0", "transformer.h.1.grown.1"
     ]
 
 
@@ -103,19 +109,28 @@ def test_bert_post_norm_blocks_are_refused_with_the_reason():
 @pytest.mark.parametrize(
     ("name", "block", "layer"),
     [
-        ("llama", "model.model.layers.0", "/model/model/layers.0/mlp/gate_proj/MatMul"),
+        ("gpt2_sdpa", "transformer.h.0", "transformer.h.0.mlp.c_fc"),
+        ("llama", "model.layers.0", "/model/model/layers.0/mlp/gate_proj/MatMul"),
         ("keras_transformer", "block1", "block1_ffn_up"),
         ("resnet", "layer1.0", "/layer1/layer1.0/conv1/Conv"),
     ],
 )
 def test_widening_and_deepening_compose_in_both_orders(name, block, layer):
     model = load(name)
-    widened_then_deepened = deepen(widen(model, {layer: 4}), after=block)
+    widened = widen(model, {layer: 4})
+    widened_then_deepened = deepen(widened, after=block)
     check(model, widened_then_deepened)
+    tensors = widened_tensors(widened_then_deepened)
+    before = widened_tensors(widened)
+    assert len(tensors) == 2 * len(before), "the copy's widened tensors are recorded as the original's"
     deepened = deepen(model, after=block)
     deepened_then_widened = widen(deepened, {layer: 4})
     check(model, deepened_then_widened)
     check(model, widen(deepened, {grown_twin(model, deepened, layer, block): 4}))
+
+
+def widened_tensors(model: onnx.ModelProto) -> dict:
+    return json.loads(next(p.value for p in model.metadata_props if p.key == "surgery.widened_tensors"))
 
 
 def grown_twin(model: onnx.ModelProto, deepened: onnx.ModelProto, layer: str, block: str) -> str:
@@ -129,10 +144,10 @@ def grown_twin(model: onnx.ModelProto, deepened: onnx.ModelProto, layer: str, bl
 def test_cli_deepens_gpt2_deterministically(capfd, tmp_path):
     source = FIXTURES / "gpt2_sdpa.onnx"
     first, second, third = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "c.onnx"
-    arguments = ["--after", "model.transformer.h.1", "--count", "2", "--init", "random"]
+    arguments = ["--after", "transformer.h.1", "--count", "2", "--init", "random"]
     done = run_surgery(capfd, "deepen", source, "-o", first, *arguments, "--seed", "4")
     assert done.returncode == 0, done.stderr
-    assert "model.transformer.h.1.grown.0, model.transformer.h.1.grown.1" in done.stdout
+    assert "transformer.h.1.grown.0, transformer.h.1.grown.1" in done.stdout
     assert "verified: outputs bitwise equal" in done.stdout
     assert run_surgery(capfd, "deepen", source, "-o", second, *arguments, "--seed", "4").returncode == 0
     assert run_surgery(capfd, "deepen", source, "-o", third, *arguments, "--seed", "5").returncode == 0
@@ -141,7 +156,7 @@ def test_cli_deepens_gpt2_deterministically(capfd, tmp_path):
     assert len(listed) == 4
     history = json.loads(next(p.value for p in onnx.load(first).metadata_props if p.key == "surgery.deepen_history"))
     assert history == [{
-        "after": "model.transformer.h.1", "kind": "block", "added": ["model.transformer.h.1.grown.0", "model.transformer.h.1.grown.1"],
+        "after": "transformer.h.1", "kind": "block", "added": ["transformer.h.1.grown.0", "transformer.h.1.grown.1"],
         "count": 2, "init": "random", "seed": 4, "nodes": listed[2]["nodes"], "parameters": listed[2]["parameters"],
         "zeroed": ["/model/transformer/h.1/attn/c_proj/Gemm", "/model/transformer/h.1/mlp/c_proj/Gemm"],
     }]
@@ -150,9 +165,9 @@ def test_cli_deepens_gpt2_deterministically(capfd, tmp_path):
 @pytest.mark.parametrize(
     ("arguments", "says"),
     [
-        (["--after", "model.transformer.h.7"], "no block named 'model.transformer.h.7'; did you mean"),
+        (["--after", "transformer.h.7"], "no block named 'transformer.h.7'; did you mean"),
         (["--after", "/model/transformer/h.0/mlp/c_fc/Gemm"], "is a layer, not a residual block"),
-        (["--after", "model.transformer.h.0", "--count", "0"], "--count must be at least 1"),
+        (["--after", "transformer.h.0", "--count", "0"], "--count must be at least 1"),
     ],
 )
 def test_cli_refusals_are_one_line_errors(capfd, tmp_path, arguments, says):
@@ -164,6 +179,6 @@ def test_cli_refusals_are_one_line_errors(capfd, tmp_path, arguments, says):
 
 def test_cli_refuses_bert_and_writes_nothing(capfd, tmp_path):
     out = tmp_path / "out.onnx"
-    done = run_surgery(capfd, "deepen", FIXTURES / "bert.onnx", "-o", out, "--after", "model.encoder.layer.0")
+    done = run_surgery(capfd, "deepen", FIXTURES / "bert.onnx", "-o", out, "--after", "encoder.layer.0")
     assert_one_line_error(done, says=("post-norm",))
     assert list(tmp_path.iterdir()) == []

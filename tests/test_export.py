@@ -62,12 +62,13 @@ def test_export_cli_self_check_and_metadata(residual_concat, tmp_path, cli):
 def test_export_fixed_batch_writes_gemm(residual_concat, tmp_path, cli):
     _, path = residual_concat
     out = tmp_path / "fixed.onnx"
-    result = cli("export", path, "-o", out, "--batch", "4", "--opset", "13")
+    # 3, not the self-check's default batch of 4: the check must run the batch the file fixes.
+    result = cli("export", path, "-o", out, "--batch", "3", "--opset", "13")
     assert result.returncode == 0, result.stderr
     proto = onnx.load(out)
     assert proto.opset_import[0].version == 13
     assert any(node.op_type == "Gemm" for node in proto.graph.node)
-    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3
 
 
 @pytest.mark.parametrize("name", ["mlp", "transfer"])

@@ -94,7 +94,8 @@ def test_glob_grows_every_block_in_one_run(name):
     grown = surgery.widen(original, heads={"*": 2}, seed=1)
     assert surgery.verify(original, grown, dims=SEQUENCE).equivalent
     heads, kv_heads, _ = TRANSFORMERS[name]
-    assert {(b["heads"], b["kv_heads"]) for b in blocks(grown).values()} == {(heads + 2 * heads // kv_heads, kv_heads + 2)}
+    expected = (heads + 2 * heads // kv_heads, kv_heads + 2)
+    assert {(b["heads"], b["kv_heads"]) for b in blocks(grown).values()} == {expected}
     assert len(metadata(grown, WIDEN_HISTORY_KEY)) == 2
 
 
@@ -103,7 +104,8 @@ def test_heads_and_layers_grow_together():
     grown = surgery.widen(original, {"model.layers.*.mlp.gate_proj": 8}, heads={"model.layers.1.self_attn": 1})
     assert surgery.verify(original, grown, dims=SEQUENCE).equivalent
     history = metadata(grown, WIDEN_HISTORY_KEY)
-    assert {r.get("layer") for r in history if "layer" in r} >= {"model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"}
+    grown_layers = {r["layer"] for r in history if "layer" in r}
+    assert grown_layers >= {"model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"}
     assert [r["block"] for r in history if "block" in r] == ["model.layers.1.self_attn"]
 
 
@@ -139,18 +141,72 @@ def test_net2net_does_not_apply_to_heads():
         surgery.widen(fixture("bert"), heads={"*": 1}, init="net2net")
 
 
-def test_keras_multi_head_attention_is_not_listed_and_refused_clearly():
-    """tf2onnx writes Keras's MultiHeadAttention einsums with weights reshaped at run time: the
-    blocks are not recognised, so they are not listed, and --heads says so."""
-    model = onnx.load(FIXTURES / "keras_transformer.onnx")
-    assert find_blocks(as_ir(model)) == []
-    with pytest.raises(SurgeryError, match="no attention block"):
-        surgery.widen(model, heads={"block0_mha": 1})
+#: The Keras fixture's symbolic sequence length (tf2onnx names its dims ``unk__N``), for the verifier.
+KERAS_SEQUENCE = {fixture("keras_transformer").graph.input[0].type.tensor_type.shape.dim[1].dim_param: 7}
+
+
+def test_keras_multi_head_attention_blocks_are_found():
+    """tf2onnx's einsum form of Keras's MultiHeadAttention: Gemm projections, head counts read
+    from the kernels' 5-D copies, heads merged into the batch axis for the products."""
+    found = blocks(fixture("keras_transformer"))
+    assert sorted(found) == ["block0_mha", "block1_mha"]
+    for name, block in found.items():
+        assert (block["heads"], block["kv_heads"], block["head_dim"]) == (4, 4, 16)
+        assert [block[p] for p in "qkvo"] == [f"{name}.{s}" for s in ("query", "key", "value", "attention_output")]
+
+
+@pytest.mark.parametrize("target", ["block0_mha", "block1_mha"])
+def test_keras_one_more_head_is_bitwise_equal(target):
+    original = fixture("keras_transformer")
+    grown = surgery.widen(original, heads={target: 1}, seed=5)
+    onnx.checker.check_model(grown)
+    report = surgery.verify(original, grown, dims=KERAS_SEQUENCE)
+    assert report.equivalent, [o.max_abs_diff for o in report.outputs]
+    after = blocks(grown)
+    assert (after[target]["heads"], after[target]["head_dim"]) == (5, 16)
+    assert next(b["heads"] for name, b in after.items() if name != target) == 4
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in grown.graph.initializer}
+    kernels = [w for w in weights.values() if w.shape == (1, 1, 64, 5, 16)]  # attention_output's [., ., D, H, dh]
+    assert len(kernels) == 1 and np.all(kernels[0][:, :, :, 4] == 0) and np.any(kernels[0][:, :, :, :4] != 0)
+    columns = [w for w in weights.values() if w.shape == (80, 64)]  # query, key, value Gemm weights (transB)
+    assert len(columns) == 3 and all(np.all(w[64:] != 0) for w in columns)
+
+
+def test_keras_heads_of_every_block_grow_in_one_run_and_the_new_heads_are_live():
+    original = fixture("keras_transformer")
+    grown = surgery.widen(original, heads={"*": 2}, seed=1)
+    assert surgery.verify(original, grown, dims=KERAS_SEQUENCE).equivalent
+    assert {b["heads"] for b in blocks(grown).values()} == {6}
+    assert surgery.verify(original, grown, dims=KERAS_SEQUENCE, locate=True).equivalent
+    # With random output rows the new heads change the outputs: they are wired in.
+    noisy = surgery.widen(original, heads={"*": 2}, seed=1, init="all-random")
+    assert not surgery.verify(original, noisy, dims=KERAS_SEQUENCE).equivalent
+
+
+def test_keras_same_seed_same_bytes():
+    original = fixture("keras_transformer")
+    first = surgery.widen(original, heads={"block0_mha": 1}, seed=7).SerializeToString()
+    assert surgery.widen(original, heads={"block0_mha": 1}, seed=7).SerializeToString() == first
+    assert surgery.widen(original, heads={"block0_mha": 1}, seed=8).SerializeToString() != first
+
+
+def test_keras_head_count_constant_read_as_data_is_refused():
+    """The 5-D kernel copy whose shape gives a projection's head count may only be read by Shape
+    (it grows with zeros): one that is also read as data is refused with its name."""
+    model = onnx.ModelProto()
+    model.CopyFrom(fixture("keras_transformer"))
+    copy = next(t.name for t in model.graph.initializer if list(t.dims) == [1, 1, 4, 16, 64])
+    model.graph.node.append(onnx.helper.make_node("Identity", [copy], ["kernel_copy"]))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("kernel_copy", onnx.TensorProto.FLOAT, None))
+    says = f"reads the head count from the shape of '{copy}', which is also used as data"
+    with pytest.raises(SurgeryError, match=says):
+        surgery.widen(model, heads={"*": 1})
 
 
 def test_cli_heads_glob_writes_the_grown_model(capfd, tmp_path):
     out = tmp_path / "wide.onnx"
-    done = run_surgery(capfd, "widen", FIXTURES / "bert.onnx", "-o", out, "--heads", "encoder.layer.*.attention=1", "--no-verify")
+    done = run_surgery(capfd, "widen", FIXTURES / "bert.onnx", "-o", out, "--heads", "encoder.layer.*.attention=1",
+                       "--no-verify")
     assert done.returncode == 0, done.stderr
     assert "encoder.layer.0.attention: 4 -> 5 heads (head_dim 16)" in done.stdout
     assert "encoder.layer.1.attention: 4 -> 5 heads" in done.stdout
@@ -177,3 +233,69 @@ def test_cli_refusals_are_one_line(capfd, tmp_path, args, says):
     result = run_surgery(capfd, "widen", FIXTURES / "gpt2_sdpa.onnx", "-o", out, *args)
     assert_one_line_error(result, says=(says,))
     assert not out.exists()
+
+
+def _attention_graph(q_target: str) -> onnx.ModelProto:
+    """One attention block in the classic exporter's MatMul form (D=8, 2 heads of 4); the query's
+    head-splitting Reshape reads its target from `q_target`'s node."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), f"onnx::MatMul_{i}")
+               for i in range(4)]
+    split = numpy_helper.from_array(np.array([0, 0, 2, 4], np.int64), "split_shape")
+    merge = numpy_helper.from_array(np.array([0, 0, 8], np.int64), "merge_shape")
+    node = helper.make_node
+    nodes = [
+        node("MatMul", ["x", "onnx::MatMul_0"], ["q"], name="/attn/q_proj/MatMul"),
+        node("MatMul", ["x", "onnx::MatMul_1"], ["k"], name="/attn/k_proj/MatMul"),
+        node("MatMul", ["x", "onnx::MatMul_2"], ["v"], name="/attn/v_proj/MatMul"),
+        node(q_target, ["split_shape"], ["q_shape"], name="/attn/QShape"),
+        node("Reshape", ["q", "q_shape"], ["q4"], name="/attn/Reshape"),
+        node("Reshape", ["k", "split_shape"], ["k4"], name="/attn/Reshape_1"),
+        node("Reshape", ["v", "split_shape"], ["v4"], name="/attn/Reshape_2"),
+        node("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3], name="/attn/Transpose"),
+        node("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1], name="/attn/Transpose_1"),
+        node("Transpose", ["v4"], ["vt"], perm=[0, 2, 1, 3], name="/attn/Transpose_2"),
+        node("MatMul", ["qt", "kt"], ["scores"], name="/attn/MatMul"),
+        node("Softmax", ["scores"], ["p"], axis=-1, name="/attn/Softmax"),
+        node("MatMul", ["p", "vt"], ["context"], name="/attn/MatMul_1"),
+        node("Transpose", ["context"], ["ct"], perm=[0, 2, 1, 3], name="/attn/Transpose_3"),
+        node("Reshape", ["ct", "merge_shape"], ["merged"], name="/attn/Reshape_3"),
+        node("MatMul", ["merged", "onnx::MatMul_3"], ["y"], name="/attn/o_proj/MatMul"),
+    ]
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 5, 8]) for name in ("x", "y")]
+    graph = helper.make_graph(nodes, "attention", io[:1], io[1:], [*weights, split, merge])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_constant_head_count_targets_are_rewritten():
+    """`[0, 0, H, dh]` and `[0, 0, H·dh]` targets: H and H·dh get the new values; the shared
+    split target is forked for the query, key and value reshapes alike."""
+    original = _attention_graph("Identity")
+    assert [b["heads"] for b in blocks(original).values()] == [2]
+    grown = surgery.widen(original, heads={"attn": 1})
+    assert surgery.verify(original, grown).equivalent
+    targets = {t.name: onnx.numpy_helper.to_array(t).tolist() for t in grown.graph.initializer if "shape" in t.name}
+    assert targets == {"split_shape": [0, 0, 3, 4], "merge_shape": [0, 0, 12]}
+    assert blocks(grown)["attn"]["heads"] == 3
+
+
+def test_a_block_the_tracking_cannot_follow_is_refused_with_the_reason():
+    model = _attention_graph("Abs")  # a target computed by an op the head tracking does not read
+    assert blocks(model) == {}
+    with pytest.raises(SurgeryError, match=r"attn: cannot add heads: Reshape node '/attn/Reshape' has a target shape"):
+        surgery.widen(model, heads={"attn": 1})
+
+
+def test_heads_grow_again_and_the_metadata_composes():
+    """A second growth of a grown model stays bitwise equal to the original; the fused QKV
+    output's new ranges stay relative to the never-grown model (three ranges per growth merged)."""
+    original = fixture("gpt2_dynamo")
+    once = surgery.widen(original, heads={"*": 1}, seed=1)
+    twice = surgery.widen(once, heads={"transformer.h.0.attn": 2}, seed=2)
+    assert surgery.verify(original, twice, dims=SEQUENCE).equivalent
+    assert [(b["heads"], b["kv_heads"]) for b in blocks(twice).values()] == [(7, 7), (5, 5)]
+    fused = [entry["new"] for entry in metadata(twice, WIDENED_TENSORS_KEY).values() if entry["original"] == 192]
+    assert [[64, 112], [176, 224], [288, 336]] in fused  # block 0: 3 new heads of 16 after Q, K and V
+    assert [[64, 80], [144, 160], [224, 240]] in fused  # block 1: 1 new head

@@ -79,14 +79,22 @@ def test_inspect_reports_the_feed_forward_activation(name, models):
 @pytest.mark.parametrize("name", TRANSFORMERS)
 def test_the_residual_stream_is_refused_with_the_reason(name, models):
     """The down-projection writes the residual stream: every block, the embeddings and the
-    norms would have to grow with it."""
-    with pytest.raises(SurgeryError, match=r"^cannot widen: \w+ node '[^']+' "):
+    norms would have to grow with it. The refusal names where it stops: the token embedding
+    (BERT: the post-norm LayerNormalization of the previous sub-layer)."""
+    stop = "LayerNormalization" if name == "bert.onnx" else "Gather"
+    with pytest.raises(SurgeryError, match=rf"^cannot widen: Add node '[^']+' joins the widened tensor with "
+                                           rf"'[^']+' from {stop} node '[^']+', which cannot grow with it$"):
         widen(models[name], {_family(name, "ffn_down")[0]: 2})
 
 
-@pytest.mark.parametrize("name", ["gpt2_sdpa.onnx", "gpt2_dynamo.onnx"])
-def test_gpt2_fused_qkv_is_refused_at_its_split(name, models):
-    with pytest.raises(SurgeryError, match="Split node '[^']+' splits the widened axis"):
+@pytest.mark.parametrize(("name", "where"), [
+    ("gpt2_sdpa.onnx", "Reshape node '/model/transformer/h.0/attn/Reshape_1' splits or rearranges the widened axis"),
+    ("gpt2_dynamo.onnx", "Split node 'node_Split_228' splits the widened axis into parts of sizes"),
+])
+def test_gpt2_fused_qkv_is_refused_at_the_head_split(name, where, models):
+    """New units of the fused projection go to V (the last Split part) and would change its
+    head count: refused at V's head Reshape, or at dynamo's equal-parts Split."""
+    with pytest.raises(SurgeryError, match=where):
         widen(models[name], {_family(name, "attn_qkv")[0]: 2})
 
 

@@ -104,16 +104,33 @@ class ConcatRule(Rule):
 
 
 class SplitRule(Rule):
-    """Split along another axis than the widened one: every output keeps the positions. Along
-    the widened axis it would cut through the new units: refused."""
+    """Split along another axis than the widened one: every output keeps the positions.
+
+    Along the widened axis with constant sizes (input 1): each part keeps its old positions and
+    the new ones that follow them (`Layout.part`; new units appended to a layer's output go to
+    the last part), and the sizes constant is updated; a part that gets no new position does
+    not change. Equal parts (no sizes, or ``num_outputs``) and sizes in an attribute are
+    refused: the new units would move positions between parts.
+    """
 
     def forward(self, node, widened, step):
         if set(widened) != {0}:
             raise block(node, "reads the widened tensor as its split sizes")
         layout = widened[0]
-        if attribute(node, "axis", 0) % layout.rank == layout.axis:
-            raise block(node, "splits the widened axis; its parts would not know where the new units go")
-        return {i: layout for i, out in enumerate(node.outputs) if out is not None}
+        if attribute(node, "axis", 0) % layout.rank != layout.axis:
+            return {i: layout for i, out in enumerate(node.outputs) if out is not None}
+        sizes = constant_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        if sizes is None:
+            raise block(node, "splits the widened axis into parts of sizes the analysis cannot update")
+        outputs, starts = {}, np.concatenate([[0], np.cumsum(sizes)])
+        new_sizes = np.asarray(sizes).copy()
+        for i, (start, stop) in enumerate(zip(starts[:-1], starts[1:])):
+            part = layout.part(int(start), int(stop))
+            if part.size != part.original_size:
+                outputs[i] = part
+                new_sizes.reshape(-1)[i] = part.size
+        step.edits.append(Edit(node, 1, "literal", literal=new_sizes))
+        return outputs
 
 
 class FlattenRule(Rule):
@@ -170,6 +187,14 @@ class ReshapeRule(Rule):
                 or not isinstance(read, Layout) or read.axis != index or read.size != layout.size:
             raise block(node, "reads the widened tensor's size as its target shape")
         return {0: layout.moved(len(entries) - 1, len(entries))}  # the last axis stays whole
+
+    def backward(self, node, axis):
+        """A last axis kept whole (same static size) grows with the input's last axis."""
+        dims_in, dims_out = static_dims(node.inputs[0]), static_dims(node.outputs[0])
+        if not dims_in or not dims_out or axis != len(dims_out) - 1 or dims_in[-1] is None \
+                or dims_in[-1] != dims_out[-1]:
+            return None
+        return [(node.inputs[0], len(dims_in) - 1)]
 
     def _reshape(self, node: ir.Node, layout: Layout, step: Step) -> dict:
         in_dims = static_dims(node.inputs[0])
@@ -269,6 +294,28 @@ def picked_indices(node: ir.Node) -> np.ndarray | None:
     return np.arange(length[0])[slice(starts[0], ends[0], steps[0] if steps else 1)]
 
 
+def _concatenated(node: ir.Node) -> list[tuple] | None:
+    parts = [shape_entries(node, i) for i in range(len(node.inputs))]
+    return None if any(part is None for part in parts) else [entry for part in parts for entry in part]
+
+
+def _read_from_shape(node: ir.Node) -> list[tuple] | None:
+    rank = rank_of(node.inputs[0])
+    return None if rank is None else [("dim", (node.inputs[0], i)) for i in shape_dims(node, rank)]
+
+
+def _picked(node: ir.Node) -> list[tuple] | None:
+    inner, picked = shape_entries(node, 0), picked_indices(node)
+    return None if inner is None or picked is None else [inner[int(k)] for k in np.asarray(picked).reshape(-1)]
+
+
+#: How each op that computes a shape tensor (`SHAPE_CARRIERS` and Shape) maps its entries.
+_ENTRIES = {
+    **dict.fromkeys(SHAPE_CARRIERS, lambda node: shape_entries(node, 0)),
+    "Concat": _concatenated, "Gather": _picked, "Slice": _picked, "Shape": _read_from_shape,
+}
+
+
 def shape_entries(node: ir.Node, index: int) -> list[tuple] | None:
     """The target shape fed to `node.inputs[index]`, entry by entry: ("const", v, (node, input,
     position)) for entries taken from a constant (where an edit would go), ("dim", (tensor, i))
@@ -278,27 +325,5 @@ def shape_entries(node: ir.Node, index: int) -> list[tuple] | None:
     if array is not None:
         return [("const", int(v), (node, index, k)) for k, v in enumerate(np.asarray(array).reshape(-1))]
     producer = value.producer()
-    if producer is None:
-        return None
-    op = producer.op_type
-    if op in SHAPE_CARRIERS and op not in ("Concat", "Gather", "Slice"):
-        return shape_entries(producer, 0)
-    if op == "Concat":
-        entries: list[tuple] = []
-        for i in range(len(producer.inputs)):
-            part = shape_entries(producer, i)
-            if part is None:
-                return None
-            entries.extend(part)
-        return entries
-    if op == "Shape":
-        source = producer.inputs[0]
-        rank = rank_of(source)
-        return None if rank is None else [("dim", (source, i)) for i in shape_dims(producer, rank)]
-    if op in ("Gather", "Slice"):
-        inner = shape_entries(producer, 0)
-        picked = picked_indices(producer)
-        if inner is None or picked is None:
-            return None
-        return [inner[int(k)] for k in np.asarray(picked).reshape(-1)]
-    return None
+    reader = _ENTRIES.get(producer.op_type) if producer is not None else None
+    return None if reader is None else reader(producer)

@@ -39,9 +39,15 @@ class Step:
 
 
 class Rule:
-    """The default: an op the analysis does not know blocks; nothing passes back through it."""
+    """How one kind of op treats a widening; subclasses override what their kind allows.
+
+    This base is the rule of an op the analysis does not know: it blocks, carries no shape
+    tensor and passes no growth back.
+    """
 
     def forward(self, node: ir.Node, widened: Widened, step: Step) -> Outputs:
+        """The layouts of the node's outputs given its widened inputs (none: the widening stops
+        here), with the parameter edits recorded in `step`; raises `Blocked` when unsafe."""
         raise block(node, "is not an op the width analysis knows; refusing to guess")
 
     def follow_shape(self, node: ir.Node, widened: dict, shapes: dict[int, ShapeVector], step: Step) -> Outputs:
@@ -53,9 +59,11 @@ class Rule:
         return None
 
 
-def weight_consumer(node: ir.Node, widened: Widened, step: Step, contracted: int, weight_axes: tuple[int, int]) -> None:
+def weight_consumer(node: ir.Node, widened: Widened, step: Step, contracted: int, weight_axes: tuple[int, int],
+                    sgemm: bool) -> None:
     """A layer that reads the widened tensor as its data input: new fan-out entries along the
-    weight's input axis (`weight_axes[0]`); the widening stops there."""
+    weight's input axis (`weight_axes[0]`); the widening stops there. With `sgemm` (MatMul,
+    Gemm) existing rows that move into another SGEMM K-block are recorded."""
     if set(widened) != {0}:
         index = max(widened)
         raise block(node, f"reads the widened tensor as input {index}; only its data input can be widened")
@@ -66,7 +74,7 @@ def weight_consumer(node: ir.Node, widened: Widened, step: Step, contracted: int
     if not is_constant(weight):
         raise block(node, f"has a non-constant weight {weight.name!r}; its fan-out cannot be extended")
     step.edits.append(Edit(node, 1, "fan-out", weight_axes[0], layout, weight_axes=weight_axes))
-    if node.op_type in ("MatMul", "Gemm"):
+    if sgemm:
         old = np.flatnonzero(layout.original >= 0)
         moved = int(np.count_nonzero(layout.original[old] // SGEMM_K_BLOCK != old // SGEMM_K_BLOCK))
         if moved:
@@ -88,7 +96,7 @@ class MatMulRule(Rule):
             raise block(node, f"multiplies a tensor widened along a batch axis ({layout.axis})")
         if weight_shape is None or len(weight_shape) != 2:
             raise block(node, "multiplies by a non-constant or batched right operand; its fan-out cannot be extended")
-        weight_consumer(node, widened, step, layout.rank - 1, (0, 1))
+        weight_consumer(node, widened, step, layout.rank - 1, (0, 1), sgemm=True)
         return {}
 
 
@@ -100,7 +108,7 @@ class GemmRule(Rule):
             raise block(node, "reads the widened tensor as its B or C operand")
         contracted = 0 if attribute(node, "transA", 0) else 1
         weight_axes = (1, 0) if attribute(node, "transB", 0) else (0, 1)
-        weight_consumer(node, widened, step, contracted, weight_axes)
+        weight_consumer(node, widened, step, contracted, weight_axes, sgemm=True)
         return {}
 
 
@@ -128,7 +136,7 @@ class ConvRule(Rule):
         layout = widened[0]
         group = attribute(node, "group", 1)
         if group == 1:
-            weight_consumer(node, widened, step, 1, (1, 0))
+            weight_consumer(node, widened, step, 1, (1, 0), sgemm=False)
             step.channel_changes.append(ChannelChange(node.name or "", "input", layout.original_size, layout.size))
             return {}
         if not is_depthwise(node) or layout.original_size != group:
@@ -348,9 +356,9 @@ class OverAxesRule(Rule):
         axes, keepdims, why = _AXES.get(node.op_type, _reduce_axes)(node, rank)
         if layout.axis in axes:
             raise block(node, why)
-        if node.op_type == "LayerNormalization" and any(o is not None and o.uses() for o in node.outputs[1:]):
+        if any(o is not None and o.uses() for o in node.outputs[1:]):
             raise block(node, "returns its statistics, which the analysis does not follow")
-        if node.op_type == "LayerNormalization" and set(widened) != {0}:
+        if set(widened) != {0}:
             raise block(node, "reads the widened tensor as a parameter")
         if keepdims:
             return {0: layout}

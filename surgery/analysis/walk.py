@@ -26,7 +26,7 @@ from surgery.analysis.rules import (
     PowRule, Rule, Step, TransposeRule, UnaryRule,
 )
 from surgery.errors import SurgeryError
-from surgery.graph import attribute, constant_shape, is_constant
+from surgery.graph import attribute, constant_shape, is_constant, reachable
 from surgery.layers import LayerSite
 from surgery.layout import Layout, ShapeVector
 from surgery.ops import CATALOGUE, activation_after
@@ -166,6 +166,8 @@ class Walk:
         return outputs, step
 
     def _push(self, node: ir.Node) -> None:
+        if node not in self.order:
+            raise block(node, "reads the widened tensor inside a subgraph; the width analysis does not follow it there")
         heapq.heappush(self.queue, (self.order[node], node))
 
     def _set(self, node: ir.Node, value: ir.Value, layout: Layout | ShapeVector) -> None:
@@ -253,7 +255,7 @@ class Walk:
         groups = tuple(Group(i, self.groups[gid].old, self.groups[gid].added, tuple(self.groups[gid].members),
                              tuple(self.groups[gid].requested)) for i, gid in enumerate(alive))
         members = [m.node for g in groups for m in g.members]
-        region = [n for n in _region([n.outputs[0] for n in members]) if n in self.steps]
+        region = [n for n in reachable([n.outputs[0] for n in members]) if n in self.steps]
         steps = [self.seeds[n] for n in members] + [self.steps[n] for n in region]
         tensors = {n.outputs[0]: self.layouts[n.outputs[0]] for n in members}
         for node in region:
@@ -265,29 +267,7 @@ class Walk:
                          tuple(r for s in steps for r in s.row_shifts), tuple(a for s in steps for a in s.attributes))
 
 
-def _region(seeds: list[ir.Value]) -> list[ir.Node]:
-    """Nodes reachable from the seeds through uses, in topological order (reverse DFS postorder)."""
-    visited: set[ir.Node] = set()
-    postorder: list[ir.Node] = []
-    for seed in seeds:
-        stack = [(use.node, False) for use in reversed(list(seed.uses()))]
-        while stack:
-            node, done = stack.pop()
-            if done:
-                postorder.append(node)
-                continue
-            if node in visited:
-                continue
-            visited.add(node)
-            stack.append((node, True))
-            for output in reversed(node.outputs):
-                for use in reversed(list(output.uses())):
-                    if use.node not in visited:
-                        stack.append((use.node, False))
-    return postorder[::-1]
-
-
-def walk(graph: ir.Graph, groups: list[GroupBuilder], sites: dict[ir.Node, LayerSite],
+def find_plan(graph: ir.Graph, groups: list[GroupBuilder], sites: dict[ir.Node, LayerSite],
          allow_output_change: bool) -> WidenPlan:
     """Run the walk (see the module docstring) and return the plan."""
     for _ in range(len(sites) + len(groups) + 1):
