@@ -318,6 +318,7 @@ def keras_attention_variants() -> onnx.ModelProto:
     return export_keras(model)
 
 
+@pytest.mark.slow
 def test_keras_value_dim_and_cross_attention_grow_bitwise(keras_attention_variants):
     original = keras_attention_variants
     found = find_blocks(as_ir(original))
@@ -329,6 +330,7 @@ def test_keras_value_dim_and_cross_attention_grow_bitwise(keras_attention_varian
         ("wide_values", 3, (8, 8, 12)), ("cross", 5, (8, 8, 8))]
 
 
+@pytest.mark.slow
 def test_keras_grouped_query_attention_is_refused_with_the_reason():
     """Keras's GroupQueryAttention repeats key/value heads with ``Tile``, which the head tracking
     does not follow: the block is not listed and --heads names the node."""
