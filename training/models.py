@@ -31,8 +31,8 @@ def _image_input() -> keras.KerasTensor:
     return keras.Input(shape=IMAGE_SHAPE, name=INPUT_NAME)
 
 
-def mlp(units: int = 128, *, classes: int = 10, name: str = "mlp") -> keras.Model:
-    """``Flatten → Dense(units, relu, 'dense_1') → Dense(classes, softmax, 'dense_2')``.
+def mlp(units: int = 128, *, classes: int = 10, activation: str = "relu", name: str = "mlp") -> keras.Model:
+    """``Flatten → Dense(units, activation, 'dense_1') → Dense(classes, softmax, 'dense_2')`` (ReLU unless told).
 
     The reference MLP (``units=128``) and the grow experiment's model (``units=1`` grown to 2,
     or 16 grown to 128) are this one builder: widening ``dense_1`` through the toolkit turns
@@ -46,7 +46,7 @@ def mlp(units: int = 128, *, classes: int = 10, name: str = "mlp") -> keras.Mode
         raise ValueError(f"units must be at least 1, got {units}")
     image = _image_input()
     x = keras.layers.Flatten(name="flatten")(image)
-    x = keras.layers.Dense(units, activation="relu", name="dense_1")(x)
+    x = keras.layers.Dense(units, activation=activation, name="dense_1")(x)
     probabilities = keras.layers.Dense(classes, activation="softmax", name="dense_2")(x)
     return keras.Model(image, probabilities, name=name)
 

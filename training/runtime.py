@@ -27,7 +27,17 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 #: Libraries whose versions go into results.json and MANIFEST.json.
-RECORDED_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "onnx-ir", "onnxruntime-gpu", "onnxruntime", "numpy", "mlxtend")
+RECORDED_PACKAGES = (
+    "tensorflow",
+    "keras",
+    "tf2onnx",
+    "onnx",
+    "onnx-ir",
+    "onnxruntime-gpu",
+    "onnxruntime",
+    "numpy",
+    "mlxtend",
+)
 
 
 def library_versions() -> dict[str, str]:
@@ -98,9 +108,17 @@ class Curve:
 
 
 def evaluate(model: "keras.Model", x: np.ndarray, y: np.ndarray, *, batch_size: int = 1000) -> tuple[float, float]:
-    """(loss, accuracy) of a compiled model on (x, y)."""
-    loss, accuracy = model.evaluate(x, y, batch_size=batch_size, verbose=0)
-    return float(loss), float(accuracy)
+    """(sparse categorical cross-entropy, accuracy) of a softmax classifier on (x, y).
+
+    An eager forward pass in inference mode, not `model.evaluate`: evaluate traces a new
+    function for every model, which costs seconds per model in experiments that build hundreds.
+    Probabilities are clipped to [1e-7, 1] as Keras's loss does.
+    """
+    probabilities = np.concatenate(
+        [np.asarray(model(x[start : start + batch_size], training=False)) for start in range(0, len(x), batch_size)]
+    ).astype(np.float64)
+    picked = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)
+    return float(-np.log(picked).mean()), float((probabilities.argmax(1) == y).mean())
 
 
 def train(
@@ -210,8 +228,9 @@ def write_results(out: Path, results: Mapping[str, Any]) -> Path:
     return path
 
 
-def publish(out: Path, name: str, results: dict[str, Any], draw: Callable[[Path], None],
-            report: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+def publish(
+    out: Path, name: str, results: dict[str, Any], draw: Callable[[Path], None], report: Callable[[dict[str, Any]], str]
+) -> dict[str, Any]:
     """Draw ``out/NAME.png``, write ``out/results.json`` (naming the plot), print the tables."""
     out.mkdir(parents=True, exist_ok=True)
     plot = out / f"{name}.png"
@@ -263,9 +282,9 @@ def _cell(value: Any) -> str:
 
 
 def mean_spread(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard deviation (population; 0 for one value)."""
+    """Mean and sample standard deviation (ddof=1; 0 for one value)."""
     array = np.asarray(values, dtype=np.float64)
-    return float(array.mean()), float(array.std())
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
 def pyplot():
@@ -281,3 +300,62 @@ def pyplot():
 def quiet() -> None:
     """Keep TensorFlow's C++ start-up chatter off the terminal (set before it is imported)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def bootstrap_ci(
+    values: Sequence[float], *, statistic: Callable[[np.ndarray], float] = np.mean, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap 95 % interval of `statistic` over `values` (resampled with replacement)."""
+    array = np.asarray(values, dtype=np.float64)
+    if len(array) < 2:
+        return float(array.mean()), float(array.mean())
+    picks = np.random.default_rng(seed).integers(0, len(array), size=(resamples, len(array)))
+    estimates = np.array([statistic(array[row]) for row in picks])
+    low, high = np.percentile(estimates, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def summarise(values: Sequence[float]) -> dict[str, Any]:
+    """n, mean, sample standard deviation (ddof=1), bootstrap 95 % interval of the mean, min, max."""
+    mean, sd = mean_spread(values)
+    return {
+        "n": len(values),
+        "mean": mean,
+        "sd": sd,
+        "ci95": list(bootstrap_ci(values)),
+        "min": float(np.min(values)),
+        "max": float(np.max(values)),
+    }
+
+
+class ModelPool:
+    """One compiled model per architecture, reused across runs.
+
+    Building and compiling a Keras model and tracing its training step costs seconds per model
+    (tens of seconds on a busy CPU), which dominates experiments that train hundreds of small
+    models. `load` builds a model's compiled copy once per `key` and afterwards only copies a
+    new model's weights into it and zeroes its optimizer's state (step counter and moments,
+    exactly a fresh optimizer's), so every run still starts from the model it was given.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[Any, "keras.Model"] = {}
+
+    def load(
+        self, key: Any, model: "keras.Model", compile_model: Callable[["keras.Model"], "keras.Model"]
+    ) -> "keras.Model":
+        """`model`'s weights in the pool's compiled model for `key` (`model` itself, compiled, the first time)."""
+        pooled = self._models.get(key)
+        if pooled is None:
+            self._models[key] = pooled = compile_model(model)
+            return pooled
+        pooled.set_weights(model.get_weights())
+        reset_optimizer(pooled)
+        return pooled
+
+
+def reset_optimizer(model: "keras.Model") -> None:
+    """Zero the optimizer's step counter and per-variable state (its learning rate is kept)."""
+    for variable in model.optimizer.variables:
+        if variable.name != "learning_rate":
+            variable.assign(np.zeros(tuple(variable.shape), dtype=variable.dtype))
