@@ -116,7 +116,7 @@ def plan_heads(model: ir.Model, requests: Mapping[str, int], *, init: str) -> He
     records: list[dict] = []
     literals: dict[tuple[int, int], tuple[ir.Node, int, dict[int, int], list[ir.Node]]] = {}
     for block, added in resolve_blocks(model, requests):
-        candidate = {"sites": block.sites, "parts": block.parts, "head_dim": block.head_dim,
+        candidate = {"sites": block.sites, "parts": block.parts, "dims": block.dims,
                      "n_rep": block.heads // block.kv_heads}
         trace = trace_heads(model, candidate, added)
         for record in trace.edits:
