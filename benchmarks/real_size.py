@@ -20,9 +20,8 @@ run a fresh process (wall time, and peak RSS from ``resource.getrusage(RUSAGE_CH
 | ``surgery widen`` every block's feed-forward ``--no-verify`` | ``onnx.load`` + ``onnx.save`` |
 | ``surgery verify A B`` (16 samples) | two onnxruntime sessions (optimizations off) in turn, same batches |
 
-Widening uses the Llama model (SwiGLU: gate and up grow together, down gets zero rows): the
-GPT-2 feed-forward is `Reshape → Gemm → Reshape` with a `Pow` in its GELU, which the width
-analysis refuses.
+Widening adds ``--added`` units to the feed-forward of block 0, then of every block (one glob):
+GPT-2's ``c_fc`` (its Conv1D and tanh-GELU), Llama's ``gate_proj`` (``up_proj`` grows with it).
 
 Usage::
 
@@ -181,8 +180,8 @@ def gpt2_model(layers: int = 12, d: int = 768, heads: int = 12, vocab: int = 502
     dh = d // heads
     ids = "input_ids"
     tokens = g.node("/transformer/wte", "Gather", [g.weight("transformer.wte.weight", (vocab, d)), ids], axis=0)
-    seq = g.node("/transformer", "Gather", [g.node("/transformer", "Shape", [ids]), g.const("/transformer", np.int64(1))],
-                 axis=0)
+    seq = g.node("/transformer", "Gather",
+                 [g.node("/transformer", "Shape", [ids]), g.const("/transformer", np.int64(1))], axis=0)
     positions = g.node("/transformer", "Range", [g.const("/transformer", np.int64(0)), seq,
                                                  g.const("/transformer", np.int64(1))])
     positions = g.node("/transformer", "Unsqueeze", [positions, g.const("/transformer", np.array([0], np.int64))])
@@ -211,7 +210,8 @@ def gpt2_model(layers: int = 12, d: int = 768, heads: int = 12, vocab: int = 502
         mlp = f"{block}/mlp"
         x = _conv1d(g, f"{mlp}/c_fc", ln, f"{module}.mlp.c_fc", d, 4 * d)
         act = f"{mlp}/act"  # gelu_new: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
-        cube = g.node(act, "Mul", [g.const(act, np.float32(0.044715)), g.node(act, "Pow", [x, g.const(act, np.float32(3))])])
+        cube = g.node(act, "Mul", [g.const(act, np.float32(0.044715)),
+                                   g.node(act, "Pow", [x, g.const(act, np.float32(3))])])
         inner = g.node(act, "Mul", [g.const(act, np.float32(math.sqrt(2 / math.pi))), g.node(act, "Add", [x, cube])])
         one_plus = g.node(act, "Add", [g.const(act, np.float32(1)), g.node(act, "Tanh", [inner])])
         gelu = g.node(act, "Mul", [g.node(act, "Mul", [g.const(act, np.float32(0.5)), x]), one_plus])
@@ -225,7 +225,8 @@ def gpt2_model(layers: int = 12, d: int = 768, heads: int = 12, vocab: int = 502
 
 def _rms_norm(g: _Graph, scope: str, x: str, weight: str, d: int) -> str:
     """Llama's RMSNorm, decomposed: ``w · x / √(mean(x²) + ε)``."""
-    mean = g.node(scope, "ReduceMean", [g.node(scope, "Pow", [x, g.const(scope, np.float32(2))])], axes=[-1], keepdims=1)
+    square = g.node(scope, "Pow", [x, g.const(scope, np.float32(2))])
+    mean = g.node(scope, "ReduceMean", [square], axes=[-1], keepdims=1)
     root = g.node(scope, "Sqrt", [g.node(scope, "Add", [mean, g.const(scope, np.float32(1e-6))])])
     normed = g.node(scope, "Mul", [x, g.node(scope, "Reciprocal", [root])])
     return g.node(scope, "Mul", [g.weight(weight, (d,), 0.1, 1.0), normed])
@@ -234,7 +235,8 @@ def _rms_norm(g: _Graph, scope: str, x: str, weight: str, d: int) -> str:
 def _rotate(g: _Graph, scope: str, x: str, cos: str, sin: str, half: int) -> str:
     """``x·cos + rotate_half(x)·sin`` with ``rotate_half(x) = concat(-x[..., h:], x[..., :h])``."""
     axes = g.const(scope, np.array([3], np.int64))
-    first = g.node(scope, "Slice", [x, g.const(scope, np.array([0], np.int64)), g.const(scope, np.array([half], np.int64)), axes])
+    first = g.node(scope, "Slice", [x, g.const(scope, np.array([0], np.int64)),
+                                    g.const(scope, np.array([half], np.int64)), axes])
     second = g.node(scope, "Slice", [x, g.const(scope, np.array([half], np.int64)),
                                      g.const(scope, np.array([INT64_MAX], np.int64)), axes])
     rotated = g.node(scope, "Concat", [g.node(scope, "Neg", [second]), first], axis=-1)
@@ -254,7 +256,8 @@ def llama_model(layers: int = 12, d: int = 768, heads: int = 12, ffn: int = 2048
                                                                  g.const(rotary, np.int64(1))])], to=TensorProto.FLOAT)
     positions = g.node(rotary, "Unsqueeze", [positions, g.const(rotary, np.array([0, 1], np.int64))])  # [1, 1, S]
     inv_freq = (1.0 / 10000 ** (np.arange(0, dh, 2, dtype=np.float32) / dh)).astype(np.float32).reshape(1, dh // 2, 1)
-    freqs = g.node(rotary, "Transpose", [g.node(rotary, "MatMul", [g.const(rotary, inv_freq), positions])], perm=[0, 2, 1])
+    freqs = g.node(rotary, "MatMul", [g.const(rotary, inv_freq), positions])
+    freqs = g.node(rotary, "Transpose", [freqs], perm=[0, 2, 1])
     angles = g.node(rotary, "Concat", [freqs, freqs], axis=-1)
     cos, sin = g.node(rotary, "Cos", [angles]), g.node(rotary, "Sin", [angles])
     mask = _causal_mask(g, "/model", ids)
@@ -286,9 +289,9 @@ def llama_model(layers: int = 12, d: int = 768, heads: int = 12, ffn: int = 2048
     return _model(g, ids, "logits", vocab, "main_graph")
 
 
-def llama_ffn_plan(layers: int, added: int, blocks: int | None = None) -> list[str]:
-    """``--layer`` arguments widening the SwiGLU of the first `blocks` blocks (all by default)."""
-    return [f"/model/layers.{i}/mlp/gate_proj/MatMul={added}" for i in range(layers if blocks is None else blocks)]
+#: Every block's feed-forward, as a glob over the layers' module-path names (Llama: gate_proj,
+#: with which up_proj grows).
+GPT2_FFN, LLAMA_FFN = "transformer.h.*.mlp.c_fc", "model.layers.*.mlp.gate_proj"
 
 
 def _measure(argv: list[str]) -> dict[str, float]:
@@ -320,26 +323,30 @@ def build(folder: Path) -> tuple[Path, Path]:
     return paths
 
 
-def cases(gpt2: Path, llama: Path, work: Path, layers: int, added: int, seq: int, samples: int, batch: int
+def cases(gpt2: Path, llama: Path, work: Path, added: int, seq: int, samples: int, batch: int
           ) -> list[tuple[str, list[str], str, list[str], float]]:
     """(label, our command, baseline label, baseline command, target ratio) for each measurement."""
-    one, every = work / "one.onnx", work / "every.onnx"
     base_out = work / "baseline.onnx"
-    widen = ["--no-verify", "--force"]
+    load, llama_load = (("onnx.load", _python(_LOAD, str(path))) for path in (gpt2, llama))
+    load_save, llama_load_save = (("onnx.load + onnx.save", _python(_LOAD_SAVE, str(path), str(base_out)))
+                                  for path in (gpt2, llama))
+
+    def widen(model: Path, out: str, layer: str) -> list[str]:
+        return _surgery("widen", str(model), "-o", str(work / out), "--no-verify", "--force",
+                        f"--layer={layer}={added}")
+
     return [
-        ("inspect --json (GPT-2)", _surgery("inspect", "--json", str(gpt2)),
-         "onnx.load", _python(_LOAD, str(gpt2)), 1.5),
-        ("inspect --json (Llama)", _surgery("inspect", "--json", str(llama)),
-         "onnx.load", _python(_LOAD, str(llama)), 1.5),
-        ("widen one FFN (Llama)", _surgery("widen", str(llama), "-o", str(one), *widen,
-                                           *[f"--layer={s}" for s in llama_ffn_plan(layers, added, 1)]),
-         "onnx.load + onnx.save", _python(_LOAD_SAVE, str(llama), str(base_out)), 1.5),
-        (f"widen all {layers} FFNs (Llama)", _surgery("widen", str(llama), "-o", str(every), *widen,
-                                                     *[f"--layer={s}" for s in llama_ffn_plan(layers, added)]),
-         "onnx.load + onnx.save", _python(_LOAD_SAVE, str(llama), str(base_out)), 2.0),
-        (f"verify A B ({samples} samples)", _surgery("verify", str(llama), str(every), f"--dim=sequence={seq}",
-                                                     f"--samples={samples}", f"--batch={batch}"),
-         "2 sessions + runs", _python(_TWO_SESSIONS, str(llama), str(every), str(batch), str(seq), str(samples)), 1.3),
+        ("inspect --json (GPT-2)", _surgery("inspect", "--json", str(gpt2)), *load, 1.5),
+        ("inspect --json (Llama)", _surgery("inspect", "--json", str(llama)), *llama_load, 1.5),
+        ("widen one FFN (GPT-2)", widen(gpt2, "gpt2_one.onnx", GPT2_FFN.replace("*", "0")), *load_save, 1.5),
+        ("widen one FFN (Llama)", widen(llama, "llama_one.onnx", LLAMA_FFN.replace("*", "0")), *llama_load_save, 1.5),
+        ("widen every FFN, glob (GPT-2)", widen(gpt2, "gpt2_all.onnx", GPT2_FFN), *load_save, 2.0),
+        ("widen every FFN, glob (Llama)", widen(llama, "llama_all.onnx", LLAMA_FFN), *llama_load_save, 2.0),
+        (f"verify A B, {samples} samples (GPT-2)",
+         _surgery("verify", str(gpt2), str(work / "gpt2_all.onnx"), f"--dim=sequence={seq}", f"--samples={samples}",
+                  f"--batch={batch}"),
+         "2 sessions + runs", _python(_TWO_SESSIONS, str(gpt2), str(work / "gpt2_all.onnx"), str(batch), str(seq),
+                                      str(samples)), 1.3),
     ]
 
 
@@ -355,9 +362,8 @@ def main() -> None:
     gpt2, llama = build(args.dir)
     work = Path(tempfile.mkdtemp(prefix="work-", dir=args.dir))
     try:
-        # The widened model must exist before verify is measured: widen every block once first.
-        table = cases(gpt2, llama, work, 12, args.added, args.seq, 16, 8)
-        _measure(table[3][1])
+        table = cases(gpt2, llama, work, args.added, args.seq, 16, 8)
+        _measure(table[4][1])  # verify reads the widened GPT-2: write it once before the first repeat
         results: dict[int, tuple[list[dict], list[dict]]] = {i: ([], []) for i in range(len(table))}
         for repeat in range(args.repeats):
             for index, (label, ours, _, baseline, _) in enumerate(table):
@@ -367,7 +373,8 @@ def main() -> None:
             print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
         print(f"\nmedian of {args.repeats}, each run a fresh process, interleaved with its baseline "
               f"(GPT-2 {gpt2.stat().st_size / 1e6:.0f} MB, Llama {llama.stat().st_size / 1e6:.0f} MB inline)\n")
-        print("| command | ours (wall, peak RSS) | baseline | baseline (wall, peak RSS) | ratio wall | ratio RSS | target |")
+        print("| command | ours (wall, peak RSS) | baseline | baseline (wall, peak RSS) | ratio wall | ratio RSS "
+              "| target |")
         print("|---|---|---|---|---|---|---|")
         for index, (label, _, base_label, _, target) in enumerate(table):
             ours, base = ({key: statistics.median(r[key] for r in runs) for key in ("wall", "rss")}

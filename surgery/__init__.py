@@ -7,6 +7,8 @@ TensorFlow is imported only by `export_keras` and `to_keras`.
 
 from __future__ import annotations
 
+import wrapt
+
 from surgery.errors import NotEquivalentError, SurgeryError
 from surgery.layers import Layer, find_layers
 from surgery.modelio import load_model, save_model
@@ -33,3 +35,10 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'surgery' has no attribute {name!r}")
+
+
+@wrapt.when_imported("keras")
+def _register_keras_layers(_keras) -> None:
+    """Register to-keras's layers once Keras is imported, so a converted `.keras` file loads in safe
+    mode after `import surgery` (without importing TensorFlow for the ONNX-only commands)."""
+    import surgery.onnx_to_keras.layers  # noqa: F401

@@ -1,12 +1,13 @@
 """Attention blocks: where they are, and where each head's positions go (what `--heads` grows).
 
 **Detection** (`find_blocks`). Every ``Softmax`` is a candidate. Its input comes, through the
-mask ``Add``/``Where`` and scaling ``Mul``/``Div``, from a ``MatMul`` of two computed tensors (the
-scores ``Q·Kᵀ``); its output goes, through ``Cast``/``IsNaN``/``Where``/``Dropout``, into a second
-such ``MatMul`` (with ``V``). Walking back from Q, K and V through any computation (head
+mask ``Add``/``Where``, scaling ``Mul``/``Div`` and reshapes, from a ``MatMul`` of two computed
+tensors (the scores ``Q·Kᵀ``); its output goes, through ``Cast``/``IsNaN``/``Where``/``Dropout``
+and reshapes, into a second such ``MatMul`` (with ``V``). Walking back from Q, K and V through any computation (head
 reshapes, transposes, rotary embeddings, ``repeat_kv``) the nearest growable layers are the
 projections — one layer for all three when a fused QKV projection is ``Split``; walking forward
-from ``softmax·V`` the first growable layer that reads it is the output projection. The block's
+from ``softmax·V`` the first growable layer that reads it is the output projection (or a
+``MatMul``/``Gemm`` whose weight is a ``Reshape`` of a constant: tf2onnx's einsum kernel). The block's
 name is the longest common module path of the four projections' friendly names (a Keras layer
 name when they share one). The head count and head dimension come from `trace_heads` run with no
 new heads; a candidate it cannot follow is not listed (`survey` keeps its reason, which
@@ -18,14 +19,20 @@ fused projection three ranges) the new positions are followed forward, one rule 
 - ``Split`` along the tracked axis: each output keeps the new positions of its range; constant
   sizes get new values (``num_outputs`` splits stay even).
 - ``Reshape``: the target entries are read from constants, ``Shape → Gather/Slice → Concat``
-  chains and constant multiples of them. Splitting ``H·dh`` into ``(H, dh)`` (``dh`` a constant
-  entry), merging the head axis with the static axes after it (``(H, dh) → H·dh``,
-  ``repeat_kv``'s ``(kv, n_rep) → H``), keeping it, and merging it into a dynamic batch axis and
-  back (the dynamo exporter's ``Kᵀ``) are followed. An entry that encodes the head count gets its
-  new value when it is a constant, ``-1`` stays, a runtime read of the tracked dimension adapts by
-  itself. Anything else is refused.
+  chains, constant multiples of them, ``ReduceProd`` and ``Max`` of them, and the shape of a
+  constant (tf2onnx reads Keras's head count from a 5-D copy of the einsum kernel). Splitting
+  ``H·dh`` into ``(H, dh)`` (``dh`` a static entry; with other axes split off before it, as in
+  tf2onnx's ``[B·S, H·dh] → [B, S, H, dh, 1]``, when the static entries after ``dh`` match the
+  input's axes after the tracked one), merging the head axis with the static axes after it
+  (``(H, dh) → H·dh``, ``repeat_kv``'s ``(kv, n_rep) → H``), keeping it, and merging it into the
+  batch axis before it and back (the dynamo exporter's ``Kᵀ`` with ``-1``; tf2onnx's einsum with
+  the product ``B·H`` read at run time) are followed. An entry that encodes the head count gets
+  its new value when it is a constant; when it is a dimension of a constant that only ``Shape``
+  reads, that constant grows along it with zeros; ``-1`` stays, a runtime read of the tracked
+  dimension adapts by itself. Anything else is refused.
 - ``Expand`` (``repeat_kv``): the entry at the head axis is 1, the head count read at run time, or
-  a constant that gets the new count.
+  a constant that gets the new count. An ``Expand`` of an untracked tensor to a shape read from a
+  tracked one (Keras's causal mask, ``ones_like(scores)``) has the heads too, equal along them.
 - Elementwise ops (scaling, masks, rotary ``cos``/``sin``, ``Where``): other operands either carry
   the same positions or broadcast along the head axis; a per-unit constant right after a
   projection (its bias) gets new entries 0 (1 for ``Mul``/``Div``). A computed operand whose size
@@ -33,10 +40,13 @@ fused projection three ranges) the new positions are followed forward, one rule 
   either broadcasts (size 1) or makes the model fail to run — it never changes old heads' values.
 - ``Transpose``, ``Unsqueeze``/``Squeeze``, ``Slice``/``Concat``/``Softmax`` along other axes
   (rotary halves, the score rows), unary ops: the positions follow.
-- ``MatMul`` of two tracked tensors (scores, ``softmax·V``): the head axis is a batch axis of both,
-  with the same positions.
+- ``MatMul`` of two tracked tensors (scores, ``softmax·V``): the head axis is a batch axis of both
+  (alone or merged into the batch axis in both), with the same positions.
 - ``MatMul``/``Gemm`` with a constant weight contracting the tracked axis: the output projection;
-  its rows for the new positions are zero. The walk stops there.
+  its rows for the new positions are zero. When the weight is a ``Reshape`` of a constant C
+  (tf2onnx's ``[1, 1, D, H, dh]``), the axes of C that form the contracted axis are found by their
+  sizes and C gets zero entries along the first of them (the heads); the reshape's target must
+  follow (read from C's shape, ``-1``, or a constant that is rewritten). The walk stops there.
 - ``Shape`` of a tracked tensor: its entries may only reach ``Reshape``/``Expand`` targets (above).
 
 Everything else — a graph output, an op not listed, a head axis that is summed over — is refused
@@ -52,12 +62,19 @@ import numpy as np
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError
-from surgery.graph import attribute, constant_array, constant_shape, is_constant
-from surgery.layers import LayerSite, layer_sites
+from surgery.graph import (
+    attribute,
+    constant_array,
+    constant_shape,
+    consumers,
+    is_constant,
+)
+from surgery.layers import Layer, LayerSite, friendly_names, layer_sites
+from surgery.naming import module_names
 
 #: Ops between the scores MatMul and the Softmax, and between the Softmax and ``·V``.
-_SCORE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Where", "Cast", "Identity"})
-_PROBABILITY_OPS = frozenset({"Cast", "Identity", "Dropout", "Where", "IsNaN"})
+_SCORE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Where", "Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze"})
+_PROBABILITY_OPS = frozenset({"Cast", "Identity", "Dropout", "Where", "IsNaN", "Reshape", "Squeeze", "Unsqueeze"})
 
 #: Elementwise ops with one data input whose positions stay where they are.
 _UNARY = frozenset(
@@ -180,7 +197,15 @@ def _projection(value: ir.Value, outputs: dict[ir.Value, LayerSite]) -> tuple[La
     return None
 
 
-def _output_projection(value: ir.Value, sites: list[LayerSite]) -> LayerSite | None:
+def _kernel_site(node: ir.Node, names: dict[str, str]) -> LayerSite:
+    """A layer site for an output projection whose weight is reshaped at run time (`_reshaped_kernel`)."""
+    dims = _dims(node.outputs[0]) or [None]
+    layer = Layer(node.name or "", names.get(node.name or "", node.name or ""), node.op_type, dims[-1] or 0, None,
+                  [user.name or user.op_type for user in consumers(node.outputs[0])])
+    return LayerSite(layer, node, None, node.outputs[0])
+
+
+def _output_projection(value: ir.Value, sites: list[LayerSite], names: dict[str, str]) -> LayerSite | None:
     by_node = {site.node: site for site in sites}
     frontier, seen = [value], set()
     for _ in range(_SEARCH_DEPTH):
@@ -193,6 +218,8 @@ def _output_projection(value: ir.Value, sites: list[LayerSite]) -> LayerSite | N
                 seen.add(node)
                 if node in by_node and use.idx == 0:
                     return by_node[node]
+                if use.idx == 0 and _reshaped_kernel(node) is not None:
+                    return _kernel_site(node, names)
                 if node.op_type in ("Softmax", "MatMul", "Gemm"):
                     continue
                 following.extend(o for o in node.outputs if o is not None)
@@ -217,6 +244,7 @@ def _common_name(names: list[str]) -> str:
 def _candidates(model: ir.Model) -> list[dict]:
     sites = layer_sites(model)
     outputs = _site_outputs(sites)
+    names = module_names(model) | friendly_names(model)
     found = []
     for softmax in (node for node in model.graph if node.op_type == "Softmax"):
         scores = _back_to(softmax.inputs[0], _SCORE_OPS, _is_pair_matmul)
@@ -224,7 +252,7 @@ def _candidates(model: ir.Model) -> list[dict]:
         if scores is None or weighted is None:
             continue
         traced = [_projection(v, outputs) for v in (scores.inputs[0], scores.inputs[1], weighted.inputs[1])]
-        o = _output_projection(weighted.outputs[0], sites)
+        o = _output_projection(weighted.outputs[0], sites, names)
         if any(t is None for t in traced) or o is None:
             continue
         (q, q_part), (k, k_part), (v, v_part) = traced
@@ -352,8 +380,16 @@ def _dims(value: ir.Value) -> list[int | None] | None:
     return [d if isinstance(d, int) else None for d in shape.dims]
 
 
-# An entry of a shape vector: ("const", value, (node, input, position) or None),
-# ("dim", tensor, axis, factor), or ("unknown",).
+# An entry of a shape vector: ("const", value, (node, input, position) or None), ("dim", tensor,
+# axis, factor) read at run time, ("cdim", constant, axis, Shape node) a constant's dimension read by
+# ``Shape`` (tf2onnx's einsum targets), ("prod", entries) a ``ReduceProd`` or a product with a
+# constant, ("max", a, b) an elementwise ``Max`` of two shape vectors.
+def _product(parts: list[tuple]) -> tuple:
+    if all(p[0] == "const" for p in parts):
+        return ("const", math.prod(p[1] for p in parts), None)
+    return ("prod", tuple(parts))
+
+
 def _entries(node: ir.Node, index: int, depth: int = 0) -> list[tuple] | None:
     value = node.inputs[index]
     array = constant_array(value)
@@ -376,13 +412,31 @@ def _entries(node: ir.Node, index: int, depth: int = 0) -> list[tuple] | None:
         return result
     if op == "Shape":
         source = producer.inputs[0]
-        dims = _dims(source)
+        static = constant_shape(source) if is_constant(source) else None
+        dims = list(static) if static is not None else _dims(source)
         if dims is None:
             return None
         rank = len(dims)
         start, end = attribute(producer, "start", 0), attribute(producer, "end", rank)
         start, end = (start + rank if start < 0 else start), (end + rank if end < 0 else end)
-        return [("dim", source, i, 1) for i in range(max(start, 0), min(end, rank))]
+        picked = range(max(start, 0), min(end, rank))
+        if static is not None:
+            return [("cdim", source, i, producer) for i in picked]
+        return [("dim", source, i, 1) for i in picked]
+    if op == "ReduceProd":
+        inner = _entries(producer, 0, depth + 1)
+        axes = attribute(producer, "axes", None)
+        if axes is None and len(producer.inputs) > 1 and producer.inputs[1] is not None:
+            axes = constant_array(producer.inputs[1])
+            axes = None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)] or None
+        if inner is None or axes not in (None, [0], [-1]) or not attribute(producer, "keepdims", 1):
+            return None
+        return [_product(inner)]
+    if op == "Max" and len(producer.inputs) == 2:
+        left, right = _entries(producer, 0, depth + 1), _entries(producer, 1, depth + 1)
+        if left is None or right is None or len(left) != len(right):
+            return None
+        return [("max", a, b) for a, b in zip(left, right)]
     if op in ("Gather", "Slice"):
         inner = _entries(producer, 0, depth + 1)
         if inner is None:
@@ -410,7 +464,7 @@ def _entries(node: ir.Node, index: int, depth: int = 0) -> list[tuple] | None:
                     return None
                 c = int(np.asarray(scale).reshape(-1)[0])
                 return [("const", e[1] * c, None) if e[0] == "const" else ("dim", e[1], e[2], e[3] * c)
-                        if e[0] == "dim" else e for e in inner]
+                        if e[0] == "dim" else ("prod", (e, ("const", c, None))) for e in inner]
         return None
     if op == "Where":
         # torch's expand: Where(Equal(shape, -1), 1, shape) — the shape itself when it holds no -1.
@@ -428,7 +482,8 @@ class _Walk:
 
     def __init__(self, trace: Trace, ends: set[ir.Node]):
         self.trace, self.ends = trace, ends
-        self.outputs_done: set[ir.Node] = set()
+        #: (id of a constant, axis) → (old, new) size, for constants whose shape grows.
+        self.grown: dict[tuple[int, int], tuple[int, int]] = {}
 
     def head_entry(self, entry: tuple) -> Track | None:
         if entry[0] != "dim":
@@ -436,14 +491,41 @@ class _Walk:
         track = self.trace.tracks.get(entry[1])
         return track if track is not None and track.axis == entry[2] and not track.merged else None
 
+    def reads_heads(self, entry: tuple) -> bool:
+        """Whether `entry` depends on a head count (a tracked axis or a growing constant's)."""
+        kind = entry[0]
+        if kind == "dim":
+            track = self.trace.tracks.get(entry[1])
+            return track is not None and track.axis == entry[2]
+        if kind == "cdim":
+            return (id(entry[1]), entry[2]) in self.grown
+        if kind in ("prod", "max"):
+            return any(self.reads_heads(part) for part in (entry[1] if kind == "prod" else entry[1:]))
+        return False
+
     def values(self, entry: tuple) -> tuple[int | None, int | None]:
         """(old, new) value of a shape entry; None where it is not known statically."""
-        if entry[0] == "const":
+        kind = entry[0]
+        if kind == "const":
             return entry[1], entry[1]
+        if kind == "cdim":
+            size = int(constant_shape(entry[1])[entry[2]])
+            return self.grown.get((id(entry[1]), entry[2]), (size, size))
+        if kind in ("prod", "max"):
+            pairs = [self.values(part) for part in (entry[1] if kind == "prod" else entry[1:])]
+            if any(None in pair for pair in pairs):
+                return None, None
+            join = math.prod if kind == "prod" else max
+            return join(p[0] for p in pairs), join(p[1] for p in pairs)
+        if kind != "dim":
+            return None, None
         track = self.head_entry(entry)
         if track is not None:
             return entry[3] * track.old, entry[3] * track.new
-        return None, None
+        dims = _dims(entry[1])
+        if self.reads_heads(entry) or dims is None or dims[entry[2]] is None:
+            return None, None
+        return entry[3] * dims[entry[2]], entry[3] * dims[entry[2]]
 
     def literal(self, entry: tuple, new: int, node: ir.Node) -> None:
         if entry[2] is None:
@@ -461,8 +543,38 @@ class _Walk:
             if new != old:
                 self.literal(entry, new, node)
             return True
+        if entry[0] == "cdim" and not self.reads_heads(entry):
+            if self.values(entry)[0] != old:
+                return False
+            if new != old:
+                self.grow(entry[1], entry[2], _seed(old, new - old), {node}, node)
+            return True
         was, now = self.values(entry)
         return was == old and now == new
+
+    def grow(self, constant: ir.Value, axis: int, original: np.ndarray, readers: set[ir.Node],
+             node: ir.Node, data: ir.Node | None = None) -> None:
+        """Grow `constant` along `axis` to `original`'s positions for every ``Shape`` that reads it
+        (zero-filled: only its shape is read there). The shapes read from it may only reach
+        `readers` or targets that do not read `axis`; `data` is the one node that may read it as data."""
+        key, old, new = (id(constant), axis), int(np.count_nonzero(original >= 0)), int(original.shape[0])
+        if self.grown.get(key, (old, new)) != (old, new):
+            raise _fail(node, f"reads the shape of {constant.name!r}, which would need two head counts")
+        if key in self.grown:
+            return
+        self.grown[key] = (old, new)
+        shapes = [use.node for use in constant.uses() if use.node.op_type == "Shape"]
+        if any(use.node not in shapes and use.node is not data for use in constant.uses()):
+            raise _fail(node, f"reads the head count from the shape of {constant.name!r}, which is also used as data")
+        for shape in shapes:
+            for reader, index in _shape_readers(shape):
+                if reader in readers:
+                    continue
+                entries = _entries(reader, 1) if reader.op_type in ("Reshape", "Expand") and index == 1 else None
+                if entries is None or any(self.reads_heads(e) for e in entries):
+                    raise _fail(node, f"reads the shape of {constant.name!r}, which {reader.op_type} node "
+                                      f"{reader.name!r} reads as well")
+            self.trace.edits.append(("grow", shape, 0, axis, original))
 
     # -- rules --------------------------------------------------------------------------
     def rule(self, node: ir.Node, tracked: dict[int, Track]) -> dict[int, Track]:
@@ -583,14 +695,23 @@ class _Walk:
                 heads = _unravel(track.original, d)
                 if heads is not None and track.old % d == 0 and out_rank - m - 2 == in_rank - a - 1:
                     if self.set_entry(entries[m], track.old // d, heads.shape[0], node):
-                        self.trace.split_dims.setdefault(track.origin, d)
-                        self.trace.split_heads.setdefault(track.origin, track.old // d)
-                        return {0: Track(m, out_rank, heads, track.origin)}
+                        return self.split_heads(track, d, m, out_rank, heads)
+            split = self.split_elsewhere(node, track, entries, in_dims)
+            if split is not None:
+                return split
+        # tf2onnx's einsum: the head axis merged into the batch axis before it, [B, H, …] → [B·H, …]
+        # with the product read at run time.
+        for m, entry in enumerate(entries):
+            if entry[0] == "prod" and a > 0 and len(entry[1]) == 2 \
+                    and all(p[0] == "dim" and p[1] is node.inputs[0] and p[3] == 1 for p in entry[1]) \
+                    and [p[2] for p in entry[1]] == [a - 1, a] \
+                    and not any(self.reads_heads(e) for j, e in enumerate(entries) if j != m):
+                return {0: Track(m, out_rank, track.original, track.origin, merged=True)}
         # Merge the tracked axis with the k static axes after it (k = 0: keep it), into entry m.
         for k in range(in_rank - a):
             m = out_rank - in_rank + a + k
             entry = entries[m] if 0 <= m < out_rank else None
-            if entry is None or any(self.head_entry(e) is not None for j, e in enumerate(entries) if j != m):
+            if entry is None or any(self.reads_heads(e) for j, e in enumerate(entries) if j != m):
                 continue
             inner_dims = in_dims[a + 1 : a + 1 + k]
             if entry[0] == "const" and entry[1] == -1:
@@ -613,6 +734,49 @@ class _Walk:
                     continue
             return {0: Track(m, out_rank, _ravel(track.original, inner), track.origin)}
         raise _fail(node, "reshapes the tracked axis in a way the head tracking cannot follow")
+
+    def broadcast(self, node: ir.Node) -> dict[int, Track]:
+        """An ``Expand`` of an untracked tensor to a shape read from a tracked one (Keras's causal
+        mask ``ones_like(scores)``): its output has the heads' axis, with equal values along it."""
+        if node.op_type != "Expand":
+            return {}
+        entries = _entries(node, 1)
+        heads = [(i, self.head_entry(e)) for i, e in enumerate(entries or []) if self.head_entry(e) is not None]
+        if not heads:
+            return {}
+        dims = _dims(node.inputs[0])
+        (axis, track), rank = heads[0], len(entries)
+        own = axis - (rank - len(dims)) if dims is not None else None
+        if len(heads) > 1 or own is None or own >= 0 and dims[own] != 1 or entries[axis][3] != 1:
+            raise _fail(node, "expands a tensor to the heads in a way the head tracking cannot follow")
+        return {0: Track(axis, rank, track.original, track.origin)}
+
+    def split_heads(self, track: Track, d: int, m: int, rank: int, heads: np.ndarray) -> dict[int, Track]:
+        self.trace.split_dims.setdefault(track.origin, d)
+        self.trace.split_heads.setdefault(track.origin, track.old // d)
+        return {0: Track(m, rank, heads, track.origin)}
+
+    def split_elsewhere(self, node: ir.Node, track: Track, entries: list[tuple],
+                        in_dims: list[int | None]) -> dict[int, Track] | None:
+        """tf2onnx's einsum split ``[B·S, H·dh] → [B, S, H, dh, 1]``: the tracked axis becomes the
+        entries (m, m + 1) = (n, d) with d static, when the static sizes after them multiply to the
+        input's after the tracked axis (so the entries before them cover the axes before it)."""
+        after = in_dims[track.axis + 1:]
+        if None in after:
+            return None
+        for m in range(len(entries) - 1):
+            d = self.values(entries[m + 1])
+            rest = [self.values(e) for e in entries[m + 2:]]
+            static = all(r[0] is not None and r[0] == r[1] for r in rest)
+            if d[0] is None or d[0] <= 0 or d[0] != d[1] or track.old % d[0] or not static \
+                    or math.prod(r[0] for r in rest) != math.prod(after):
+                continue
+            heads = _unravel(track.original, d[0])
+            others = [e for j, e in enumerate(entries) if j not in (m, m + 1)]
+            if heads is not None and not any(self.reads_heads(e) for e in others) \
+                    and self.set_entry(entries[m], track.old // d[0], heads.shape[0], node):
+                return self.split_heads(track, d[0], m, len(entries), heads)
+        return None
 
     def expand(self, node: ir.Node, tracked: dict[int, Track]) -> dict[int, Track]:
         track = tracked.get(0)
@@ -693,7 +857,11 @@ class _Walk:
                 axes = (1, 0) if attribute(node, "transB", 0) else (0, 1)
             if track.axis != contracted:
                 raise _fail(node, "does not contract the heads' axis")
-            self.trace.edits.append(("fan-out", node, 1, axes[0], track.original, axes))
+            kernel = _reshaped_kernel(node)
+            if kernel is not None:
+                self.kernel_fan_out(node, kernel, track, axes)
+            else:
+                self.trace.edits.append(("fan-out", node, 1, axes[0], track.original, axes))
             return {}
         if node.op_type != "MatMul" or is_constant(weight) or is_constant(node.inputs[0]):
             raise _fail(node, "multiplies the heads by a weight that is not the output projection")
@@ -701,12 +869,48 @@ class _Walk:
             raise _fail(node, "multiplies tracked heads by an untracked tensor")
         left, right = tracked[0], tracked[1]
         rank = max(left.rank, right.rank)
-        if left.merged or right.merged or left.axis >= left.rank - 2 or right.axis >= right.rank - 2 \
+        if left.merged != right.merged or left.axis >= left.rank - 2 or right.axis >= right.rank - 2 \
                 or left.axis + rank - left.rank != right.axis + rank - right.rank \
                 or not np.array_equal(left.original, right.original):
             raise _fail(node, "multiplies tensors whose heads are not the same batch axis")
         self.record(left, right)
         return {0: left.moved(left.axis + rank - left.rank, rank)}
+
+    def kernel_fan_out(self, node: ir.Node, kernel: ir.Node, track: Track, axes: tuple[int, int]) -> None:
+        """The output projection's weight is a Reshape of a constant C (tf2onnx keeps Keras's
+        einsum kernel ``[H, dh, D]`` as ``[1, 1, D, H, dh]`` and flattens it at run time): the axes
+        of C that make up the weight's contracted axis are found by their sizes; the first of them
+        is the head axis, which gets zero entries for the new heads. Its target must follow: an
+        entry read from C's shape adapts by itself, a constant one is rewritten, ``-1`` stays."""
+        constant, dims = kernel.inputs[0], [int(d) for d in constant_shape(kernel.inputs[0])]
+        entries = _entries(kernel, 1)
+        sizes = None if entries is None else [self.values(e)[0] for e in entries]
+        if sizes is None or None in sizes or sizes.count(-1) > 1 or len(sizes) != 2:
+            raise _fail(node, "reads a weight reshaped to a shape the head tracking cannot read")
+        if -1 in sizes:
+            sizes[sizes.index(-1)] = math.prod(dims) // -math.prod(sizes)
+        contracted = axes[0]
+        before, through = math.prod(sizes[:contracted]), math.prod(sizes[: contracted + 1])
+        prefix = [math.prod(dims[:i]) for i in range(len(dims) + 1)]
+        first = next((i for i in range(len(dims)) if prefix[i] == before and dims[i] > 1), None)
+        last = next((j for j in range(len(dims), 0, -1) if prefix[j] == through), None)
+        heads = None
+        if first is not None and last is not None and first < last:
+            heads = _unravel(track.original, math.prod(dims[first + 1 : last]))
+        if heads is None or heads.shape[0] - int(np.count_nonzero(heads < 0)) != dims[first]:
+            raise _fail(node, f"reads weight {constant.name!r} reshaped in a way the head tracking cannot follow")
+        unit = next(i for i in range(len(dims)) if dims[i] > 1 and not first <= i < last)
+        self.grow(constant, first, heads, {kernel}, node, data=kernel)
+        self.trace.edits.append(("fan-out", kernel, 0, first, heads, (first, unit)))
+        for index, entry in enumerate(entries):
+            wanted = track.new if index == contracted else sizes[index]
+            if entry[0] == "const" and entry[1] == -1:
+                continue
+            if entry[0] == "const" and index == contracted:
+                if wanted != entry[1]:
+                    self.literal(entry, wanted, kernel)
+            elif self.values(entry)[1] != wanted:
+                raise _fail(kernel, "reshapes the output projection's weight to a size that does not follow its heads")
 
     def record(self, left: Track, right: Track) -> None:
         if not self.trace.heads:  # the first pair product is the scores Q·Kᵀ
@@ -753,9 +957,7 @@ def trace_heads(model: ir.Model, candidate: dict, added: int) -> Trace:
         starts.append(output)
     for node in _region(starts, {o.node}):
         tracked = {i: trace.tracks[value] for i, value in enumerate(node.inputs) if value in trace.tracks}
-        if not tracked:
-            continue
-        for index, track in walk.rule(node, tracked).items():
+        for index, track in (walk.rule(node, tracked) if tracked else walk.broadcast(node)).items():
             value = node.outputs[index]
             if value.is_graph_output():
                 raise _fail(node, f"writes the heads to graph output {value.name!r}")
@@ -763,6 +965,17 @@ def trace_heads(model: ir.Model, candidate: dict, added: int) -> Trace:
     if not trace.heads:
         raise SurgeryError("cannot add heads: no product of queries and keys was found")
     return trace
+
+
+def _reshaped_kernel(node: ir.Node) -> ir.Node | None:
+    """The ``Reshape`` of a constant that gives a MatMul/Gemm its weight (tf2onnx's einsum output
+    projection), else None."""
+    if node.op_type not in ("MatMul", "Gemm") or len(node.inputs) < 2 or is_constant(node.inputs[0]):
+        return None
+    producer = node.inputs[1].producer()
+    if producer is None or producer.op_type != "Reshape" or not is_constant(producer.inputs[0]):
+        return None
+    return producer
 
 
 def _fused_widths(site: LayerSite) -> list[int]:
@@ -774,6 +987,25 @@ def _fused_widths(site: LayerSite) -> list[int]:
     if sizes is None:
         return [site.layer.width // 3] * 3
     return [int(s) for s in np.asarray(sizes).reshape(-1)]
+
+
+#: Ops a shape vector passes through on its way to a Reshape or Expand target.
+_SHAPE_PATH = frozenset({"Cast", "Identity", "Squeeze", "Unsqueeze", "Concat", "Gather", "Slice", "ReduceProd", "Max",
+                         "Mul"})
+
+
+def _shape_readers(shape: ir.Node) -> list[tuple[ir.Node, int]]:
+    """The (node, input index) pairs a ``Shape`` node's output ends in, through `_SHAPE_PATH`."""
+    found, stack, seen = [], [shape.outputs[0]], set()
+    while stack:
+        value = stack.pop()
+        for use in value.uses():
+            if use.node.op_type in _SHAPE_PATH and use.node not in seen:
+                seen.add(use.node)
+                stack.extend(use.node.outputs)
+            elif use.node.op_type not in _SHAPE_PATH:
+                found.append((use.node, use.idx))
+    return found
 
 
 def _region(seeds: list[ir.Value], stops: set[ir.Node]) -> list[ir.Node]:

@@ -487,7 +487,10 @@ def to_keras(
         click.echo(f"faithfulness check skipped: {' and '.join(changed)} changed the function on purpose")
     else:
         difference = check_faithful(keras_model, ir_model, outputs=conversion.kept_outputs)
-        click.echo(f"faithfulness: max |keras - onnxruntime| / max(1, |output|) = {difference:.3g} (tolerance {FAITHFUL_TOLERANCE:g})")
+        click.echo(
+            f"faithfulness: max |keras - onnxruntime| / max(1, |output|) = {difference:.3g} (tolerance {FAITHFUL_TOLERANCE:g}; "
+            "random inputs, batch 3, other free dimensions 7)"
+        )
         if difference > FAITHFUL_TOLERANCE:
             raise SurgeryError(f"the Keras model differs from the ONNX model by {difference:.3g} (> {FAITHFUL_TOLERANCE:g}); nothing written")
     with atomic_output(output, force=force) as tmp:

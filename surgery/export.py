@@ -143,7 +143,7 @@ def export_keras(
     else:
         function = tf.function(lambda *xs: model(list(xs), training=False))
     proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
-    _rename_outputs(proto, len(model.outputs))
+    _rename_outputs(proto, len(model.outputs), list(getattr(model, "output_names", None) or []))
     meta = {
         KERAS_CONFIG_KEY: model.to_json(),
         LAYER_MAP_KEY: json.dumps(layer_map(proto, model), sort_keys=True),
@@ -158,10 +158,15 @@ def export_keras(
     return proto
 
 
-def _rename_outputs(proto: onnx.ModelProto, count: int) -> None:
-    """tf2onnx calls outputs 'Identity:0'; give them stable names 'output' / 'output_<i>'."""
+def _rename_outputs(proto: onnx.ModelProto, count: int, keras_names: list[str]) -> None:
+    """tf2onnx calls outputs 'Identity:0'; name them after a functional model's outputs (so a model
+    from `to-keras` keeps the ONNX output names it reproduces), or 'output' / 'output_<i>' (a
+    Sequential model, or names that are not distinct or clash with a tensor of the graph)."""
+    taken = {name for node in proto.graph.node for name in (*node.input, *node.output)}
+    taken |= {i.name for i in proto.graph.input}
+    own = len(keras_names) == len(set(keras_names)) == count and not taken & set(keras_names)
     for index, output in enumerate(proto.graph.output[:count]):
-        new = "output" if count == 1 else f"output_{index}"
+        new = keras_names[index] if own else "output" if count == 1 else f"output_{index}"
         old = output.name
         for node in proto.graph.node:
             node.output[:] = [new if o == old else o for o in node.output]

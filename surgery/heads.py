@@ -19,7 +19,10 @@ Rules, case by case:
 4. Every constant that encodes the head count or the fused width is rewritten: Split sizes,
    reshape and expand targets holding H, H·dh or the fused width; ``-1`` entries and sizes read
    at run time are left alone, as are scale constants (1/√dh, dh^-1/4) and rotary tables (they act
-   on the head dimension, which does not change). A constant shared with nodes outside the
+   on the head dimension, which does not change). Where tf2onnx reads the head count from the
+   shape of a copy of a Keras einsum kernel (``[1, 1, H, dh, D]``, read only by ``Shape``), that copy
+   grows along H with zeros; the output kernel ``[1, 1, D, H, dh]``, reshaped to 2-D at run time,
+   gets zero entries for the new heads. A constant shared with nodes outside the
    growth is forked by the rewrite; a ``Concat`` chain that builds a reshape target for several
    blocks (the dynamo exporter's) is copied for the blocks that grow.
 5. ``surgery.widened_tensors`` records every tensor that grows (heads or units axis), so
@@ -152,7 +155,7 @@ def _add_edit(record: tuple, edits: list[Edit], literals: dict) -> None:
         axis, original, axes = record[3], record[4], record[5]
         rank = len(constant_shape(node.inputs[index]) or ())
         edits.append(Edit(node, index, kind, axis, _layout(original, axis, rank), weight_axes=axes))
-    else:  # bias, neutral
+    else:  # bias, neutral, grow (a constant only read by Shape: zero-filled)
         axis, original = record[3], record[4]
         rank = len(constant_shape(node.inputs[index]) or ())
         neutral = record[5] if kind == "neutral" else 0.0

@@ -117,7 +117,8 @@ def split_weights(buf) -> tuple[bytes, dict[str, Weight]] | None:
     if sys.byteorder != "little":
         return None
     try:
-        graphs = [(first, value, stop) for number, first, value, stop in _fields(buf, 0, len(buf)) if number == _MODEL_GRAPH]
+        graphs = [(first, value, stop) for number, first, value, stop in _fields(buf, 0, len(buf))
+                  if number == _MODEL_GRAPH]
         if len(graphs) != 1:
             return None
         first, start, stop = graphs[0]
@@ -144,7 +145,8 @@ def split_weights(buf) -> tuple[bytes, dict[str, Weight]] | None:
 
 def _weight(buf, start: int, end: int) -> tuple[bytes, Weight] | None:
     """A tensor message with exactly one raw_data longer than WEIGHT_BYTES: its header and data span."""
-    raw = [(first, value, stop) for number, first, value, stop in _fields(buf, start, end) if number == _TENSOR_RAW_DATA]
+    raw = [(first, value, stop) for number, first, value, stop in _fields(buf, start, end)
+           if number == _TENSOR_RAW_DATA]
     if len(raw) != 1 or raw[0][2] - raw[0][1] <= WEIGHT_BYTES:
         return None
     first, value, stop = raw[0]
@@ -153,8 +155,8 @@ def _weight(buf, start: int, end: int) -> tuple[bytes, Weight] | None:
         header = onnx.TensorProto.FromString(header_bytes)
     except Exception:  # protobuf's DecodeError: leave the whole message to protobuf, which will word it
         return None
-    if not header.name:
-        return None
+    if not header.name or header.data_location == onnx.TensorProto.EXTERNAL:
+        return None  # nameless or contradictory: left whole for the validation to word
     return header_bytes, Weight(header, value, stop - value)
 
 
@@ -282,7 +284,8 @@ def _splice(skeleton: bytes, aside: dict[str, ir.TensorProtocol], sink: _Sink) -
     for number, field, value, end in _fields(skeleton, start, stop):
         if number != _GRAPH_INITIALIZER:
             continue
-        name = next((skeleton[v:s].decode(errors="replace") for n, _, v, s in _fields(skeleton, value, end) if n == _TENSOR_NAME), None)
+        name = next((skeleton[v:s].decode(errors="replace") for n, _, v, s in _fields(skeleton, value, end)
+                     if n == _TENSOR_NAME), None)
         tensor = aside.pop(name, None)
         if tensor is None:
             continue
@@ -290,8 +293,8 @@ def _splice(skeleton: bytes, aside: dict[str, ir.TensorProtocol], sink: _Sink) -
         nbytes = tensor.length if isinstance(tensor, InlineTensor) else tensor.nbytes
         data_key = _key(_TENSOR_RAW_DATA) + _encode_varint(nbytes)
         length = end - value + len(data_key) + nbytes
-        pieces += [skeleton[run:field], _key(_GRAPH_INITIALIZER) + _encode_varint(length) + skeleton[value:at] + data_key,
-                   tensor, skeleton[at:end]]
+        head = _key(_GRAPH_INITIALIZER) + _encode_varint(length) + skeleton[value:at] + data_key
+        pieces += [skeleton[run:field], head, tensor, skeleton[at:end]]
         size += len(pieces[-4]) + len(pieces[-3]) + nbytes + len(pieces[-1])
         run = end
     pieces.append(skeleton[run:stop])

@@ -20,13 +20,15 @@ from surgery.analysis import analyse, infer_missing_shapes
 from surgery.attention import find_blocks as find_attention_blocks
 from surgery.blocks import find_blocks as find_residual_blocks
 from surgery.errors import SurgeryError
-from surgery.layers import find_layers
+from surgery.layers import LayerSite, layer_sites
 
 
-def blocked_by(model: ir.Model, node: str) -> str | None:
-    """Why one new unit of layer `node` cannot be added (the analysis's one line), or None."""
+def blocked_by(model: ir.Model, node: str, sites: list[LayerSite] | None = None) -> str | None:
+    """Why one new unit of layer `node` cannot be added (the analysis's one line), or None.
+
+    `sites`: the model's `layer_sites`, found once by a caller that asks about every layer."""
     try:
-        analyse(model, {node: 1})
+        analyse(model, {node: 1}, sites=sites)
     except SurgeryError as error:
         return str(error)
     return None
@@ -39,8 +41,9 @@ def inspect_document(model: ir.Model) -> dict:
     blocks = [block.to_json() for block in find_residual_blocks(model)]
     infer_missing_shapes(model)
     layers = []
-    for layer in find_layers(model):
-        reason = blocked_by(model, layer.node)
+    sites = layer_sites(model)
+    for layer in (site.layer for site in sites):
+        reason = blocked_by(model, layer.node, sites)
         layers.append({**layer.to_json(), "widenable": reason is None, "blocked_by": reason})
     return {"layers": layers, "attention": [block.to_json() for block in find_attention_blocks(model)],
             "blocks": blocks}

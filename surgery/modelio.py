@@ -1,7 +1,10 @@
 """Reading and writing model files: the only place the toolkit touches the file system for models.
 
 `load_model` validates a file before anything else sees it (so that a bad file is one clear
-error, not a traceback from deep inside a pass) and memory-maps external data through onnx-ir.
+error, not a traceback from deep inside a pass). Weights are never parsed: large inline
+initializers stay in the memory-mapped file (`surgery.inline`), external data is memory-mapped
+by onnx-ir, and the checks run on the graph without them (`surgery.shapes`), so loading costs
+about what parsing the graph alone costs, whatever the weights weigh.
 `save_model` writes next to the destination and renames into place, so an interrupted write
 never leaves a partial file behind; `staged_save` does the same in two steps, so that the
 written model can be checked (verified by path) before it takes its name.

@@ -111,9 +111,10 @@ def _check_memory(plan: WidenPlan, init: str) -> None:
 def _precheck_size(model: ir.Model, plan: Mapping[str, int]) -> None:
     """Refuse absurd unit counts before the analysis allocates position arrays for them."""
     available = _available_memory()
+    sites = layer_sites(model)  # once: resolving every block's name stays linear in the graph's size
     for name, added in plan.items():
         if isinstance(added, (int, np.integer)) and not isinstance(added, bool) and added > 0:
-            site = resolve_layer(model, name)
+            site = resolve_layer(model, name, sites)
             shape = constant_shape(site.node.inputs[1]) or (1,)
             per_unit = int(np.prod(shape)) // max(site.layer.width, 1)
             if (site.layer.width + int(added)) * max(per_unit, 1) * 4 > available:

@@ -92,6 +92,7 @@ def infer_missing_shapes(model: ir.Model) -> bool:
         return False
     with headers_only(model, exact=False):
         proto = ir.serde.serialize_model(model)
+    _weights_last(model)
     try:
         inferred = ir.serde.deserialize_model(infer(proto, strict=False, data_prop=True))
     except Exception:  # onnx raises InferenceError and ValidationError variants
@@ -107,6 +108,18 @@ def infer_missing_shapes(model: ir.Model) -> bool:
             if other.dtype is not None and value.dtype != other.dtype:
                 value.dtype = other.dtype
     return True
+
+
+def _weights_last(model: ir.Model) -> None:
+    """Move the initializers of more than WEIGHT_BYTES after the others, keeping their order.
+
+    onnx-ir's `ShapeInferencePass`, which this module replaces, leaves them so (it takes them out
+    for the inference and puts them back); doing the same keeps widened files byte-identical.
+    """
+    initializers = model.graph.initializers
+    for value in [v for v in initializers.values() if v.const_value is None or v.const_value.nbytes > WEIGHT_BYTES]:
+        initializers.pop(value.name)
+        initializers.add(value)
 
 
 __all__ = ["check", "infer", "infer_missing_shapes", "weightless"]

@@ -887,14 +887,14 @@ def verify(
         reference_side.kind == candidate_side.kind == "onnx"
         and reference_side.footprint + candidate_side.footprint > ONE_SESSION_BYTES
     )
+    if one_at_a_time:  # the candidate answers first, so that the reference's session stays open for its runs
+        candidate_specs, candidate_outputs = candidate_side.inputs(), candidate_side.output_names()
+        candidate_side.release()
     specs = reference_side.inputs()
     reference_outputs = reference_side.output_names()
-    if one_at_a_time:
-        reference_side.release()
-    _check_same_inputs(specs, candidate_side.inputs(), reference_side.label, candidate_side.label)
-    candidate_outputs = candidate_side.output_names()
-    if one_at_a_time:
-        candidate_side.release()
+    if not one_at_a_time:
+        candidate_specs, candidate_outputs = candidate_side.inputs(), candidate_side.output_names()
+    _check_same_inputs(specs, candidate_specs, reference_side.label, candidate_side.label)
     if inputs is not None:
         total = _check_user_inputs(specs, inputs, dims)
 

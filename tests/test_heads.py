@@ -141,13 +141,66 @@ def test_net2net_does_not_apply_to_heads():
         surgery.widen(fixture("bert"), heads={"*": 1}, init="net2net")
 
 
-def test_keras_multi_head_attention_is_not_listed_and_refused_clearly():
-    """tf2onnx writes Keras's MultiHeadAttention einsums with weights reshaped at run time: the
-    blocks are not recognised, so they are not listed, and --heads says so."""
-    model = onnx.load(FIXTURES / "keras_transformer.onnx")
-    assert find_blocks(as_ir(model)) == []
-    with pytest.raises(SurgeryError, match="no attention block"):
-        surgery.widen(model, heads={"block0_mha": 1})
+#: The Keras fixture's symbolic sequence length (tf2onnx names its dims ``unk__N``), for the verifier.
+KERAS_SEQUENCE = {fixture("keras_transformer").graph.input[0].type.tensor_type.shape.dim[1].dim_param: 7}
+
+
+def test_keras_multi_head_attention_blocks_are_found():
+    """tf2onnx's einsum form of Keras's MultiHeadAttention: Gemm projections, head counts read
+    from the kernels' 5-D copies, heads merged into the batch axis for the products."""
+    found = blocks(fixture("keras_transformer"))
+    assert sorted(found) == ["block0_mha", "block1_mha"]
+    for name, block in found.items():
+        assert (block["heads"], block["kv_heads"], block["head_dim"]) == (4, 4, 16)
+        assert [block[p] for p in "qkvo"] == [f"{name}.{s}" for s in ("query", "key", "value", "attention_output")]
+
+
+@pytest.mark.parametrize("target", ["block0_mha", "block1_mha"])
+def test_keras_one_more_head_is_bitwise_equal(target):
+    original = fixture("keras_transformer")
+    grown = surgery.widen(original, heads={target: 1}, seed=5)
+    onnx.checker.check_model(grown)
+    report = surgery.verify(original, grown, dims=KERAS_SEQUENCE)
+    assert report.equivalent, [o.max_abs_diff for o in report.outputs]
+    after = blocks(grown)
+    assert (after[target]["heads"], after[target]["head_dim"]) == (5, 16)
+    assert next(b["heads"] for name, b in after.items() if name != target) == 4
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in grown.graph.initializer}
+    kernels = [w for w in weights.values() if w.shape == (1, 1, 64, 5, 16)]  # attention_output's [., ., D, H, dh]
+    assert len(kernels) == 1 and np.all(kernels[0][:, :, :, 4] == 0) and np.any(kernels[0][:, :, :, :4] != 0)
+    columns = [w for w in weights.values() if w.shape == (80, 64)]  # query, key, value Gemm weights (transB)
+    assert len(columns) == 3 and all(np.all(w[64:] != 0) for w in columns)
+
+
+def test_keras_heads_of_every_block_grow_in_one_run_and_the_new_heads_are_live():
+    original = fixture("keras_transformer")
+    grown = surgery.widen(original, heads={"*": 2}, seed=1)
+    assert surgery.verify(original, grown, dims=KERAS_SEQUENCE).equivalent
+    assert {b["heads"] for b in blocks(grown).values()} == {6}
+    assert surgery.verify(original, grown, dims=KERAS_SEQUENCE, locate=True).equivalent
+    # With random output rows the new heads change the outputs: they are wired in.
+    noisy = surgery.widen(original, heads={"*": 2}, seed=1, init="all-random")
+    assert not surgery.verify(original, noisy, dims=KERAS_SEQUENCE).equivalent
+
+
+def test_keras_same_seed_same_bytes():
+    original = fixture("keras_transformer")
+    first = surgery.widen(original, heads={"block0_mha": 1}, seed=7).SerializeToString()
+    assert surgery.widen(original, heads={"block0_mha": 1}, seed=7).SerializeToString() == first
+    assert surgery.widen(original, heads={"block0_mha": 1}, seed=8).SerializeToString() != first
+
+
+def test_keras_head_count_constant_read_as_data_is_refused():
+    """The 5-D kernel copy whose shape gives a projection's head count may only be read by Shape
+    (it grows with zeros): one that is also read as data is refused with its name."""
+    model = onnx.ModelProto()
+    model.CopyFrom(fixture("keras_transformer"))
+    copy = next(t.name for t in model.graph.initializer if list(t.dims) == [1, 1, 4, 16, 64])
+    model.graph.node.append(onnx.helper.make_node("Identity", [copy], ["kernel_copy"]))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("kernel_copy", onnx.TensorProto.FLOAT, None))
+    says = f"reads the head count from the shape of '{copy}', which is also used as data"
+    with pytest.raises(SurgeryError, match=says):
+        surgery.widen(model, heads={"*": 1})
 
 
 def test_cli_heads_glob_writes_the_grown_model(capfd, tmp_path):

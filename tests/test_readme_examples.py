@@ -5,7 +5,8 @@ after it, up to the next command or the end of the block, are what it prints. Ea
 examples run in order, in a fresh folder holding copies of models/ and tests/fixtures/, through
 the CLI in this process. A command must exit 0, or with the code its `# exit N` comment
 documents, and every printed line shown must appear in its output (lines compared without
-surrounding spaces). `usage:` lines are synopses and are not run.
+surrounding spaces; a line `...` or `…` marks output left out). Synopses are not run: `usage:`
+lines, and any line with an optional-flag bracket `[--`.
 """
 
 from __future__ import annotations
@@ -35,14 +36,16 @@ def examples(page: Path) -> list[tuple[int, list[str], int, list[str]]]:
         if not fenced:
             continue
         command = line[2:] if line.startswith("$ ") else line
-        if command.startswith("surgery "):
+        if command.startswith("surgery ") and "[--" in command:
+            current = None  # a synopsis
+        elif command.startswith("surgery "):
             code = EXIT.search(command)
             command = re.sub(r"\s+#.*$", "", command)
             current = (number, shlex.split(command)[1:], int(code.group(1)) if code else 0, [])
             found.append(current)
         elif line.startswith("$ "):
             current = None  # another program's command: not run, its output not checked
-        elif current is not None and line.strip():
+        elif current is not None and line.strip() and line.strip() not in ("...", "…"):
             current[3].append(line.strip())
     return found
 

@@ -18,7 +18,7 @@ def files(tmp_path_factory):
         paths[name] = folder / f"{name}.onnx"
         onnx.save(build(), paths[name])
     unsupported = forms.pytorch_mlp()
-    unsupported.graph.node[1].op_type = "Erf"  # still a valid graph: Erf is a float op of opset 17
+    unsupported.graph.node[1].op_type = "Det"  # still a valid graph: Det is a float op of opset 17, with no Keras rule
     paths["unsupported"] = folder / "unsupported.onnx"
     onnx.save(unsupported, paths["unsupported"])
     return folder, paths
@@ -68,7 +68,7 @@ def test_unsupported_op_is_one_line_exit_2_and_writes_nothing(cli, files):
     folder, paths = files
     out = folder / "unsupported.keras"
     result = cli("to-keras", paths["unsupported"], "-o", out)
-    assert_one_line_error(result, says=("unsupported op Erf at node '/relu/Relu'",))
+    assert_one_line_error(result, says=("unsupported op Det at node '/relu/Relu'",))
     assert result.stderr.count("\n") == 1
     assert not out.exists()
 
@@ -98,3 +98,13 @@ def test_refuses_a_non_keras_suffix_and_an_existing_file(cli, files):
     assert existing.read_text() == "keep me"
     assert cli("to-keras", paths["mlp"], "-o", existing, "--force").returncode == 0
     assert existing.stat().st_size > 100
+
+
+def test_external_data_model_converts_from_another_directory(cli, tmp_path):
+    model_dir, elsewhere = tmp_path / "ext", tmp_path / "elsewhere"
+    model_dir.mkdir()
+    elsewhere.mkdir()
+    onnx.save(forms.pytorch_convnet(), model_dir / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    result = cli("to-keras", "../ext/m.onnx", "-o", "out.keras", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert "faithfulness" in result.stdout and (elsewhere / "out.keras").is_file()

@@ -55,12 +55,11 @@ from surgery.layout import Layout, mask_ranges
 from surgery.shapes import infer_missing_shapes  # the one shape inference (weight-less view); re-exported
 
 
-def _parse_plan(model: ir.Model, plan: Mapping[str, int]) -> list[tuple[LayerSite, int, str]]:
+def _parse_plan(model: ir.Model, plan: Mapping[str, int], sites: list[LayerSite]) -> list[tuple[LayerSite, int, str]]:
     if not plan:
         raise SurgeryError("nothing to widen: give at least one layer and a number of new units")
     requested: list[tuple[LayerSite, int, str]] = []
     seen: dict[ir.Node, str] = {}
-    sites = layer_sites(model)  # once: a plan naming every block stays linear in the graph's size
     for name, added in plan.items():
         if isinstance(added, bool) or not isinstance(added, (int, np.integer)):
             raise SurgeryError(f"{name}: the number of new units must be an integer, got {added!r}")
@@ -75,7 +74,7 @@ def _parse_plan(model: ir.Model, plan: Mapping[str, int]) -> list[tuple[LayerSit
 
 
 def analyse(model: ir.Model, plan: Mapping[str, int], *, allow_output_change: bool = False,
-            align: int | None = None) -> WidenPlan:
+            align: int | None = None, sites: list[LayerSite] | None = None) -> WidenPlan:
     """Work out everything that `plan` (layer name → new units) changes, without changing it.
 
     Args:
@@ -83,6 +82,8 @@ def analyse(model: ir.Model, plan: Mapping[str, int], *, allow_output_change: bo
         plan: layer node name or friendly name → number of new units (≥ 1).
         allow_output_change: let a widened tensor reach a graph output (its shape changes).
         align: round every new width up to a multiple of `align`.
+        sites: `layer_sites(model)`, when the caller analyses many plans of an unchanged model
+            (found once, so that analysing every layer stays linear in the graph's size).
 
     Returns:
         The `WidenPlan`: coupled groups, every parameter edit, every tensor that grows.
@@ -97,7 +98,8 @@ def analyse(model: ir.Model, plan: Mapping[str, int], *, allow_output_change: bo
     """
     if align is not None and align < 1:
         raise SurgeryError(f"--align must be at least 1, got {align}")
-    return _analyse(model, _parse_plan(model, plan), allow_output_change, align)
+    sites = layer_sites(model) if sites is None else sites
+    return _analyse(model, _parse_plan(model, plan, sites), allow_output_change, align, sites)
 
 
 def trace_units(model: ir.Model, layer: str) -> WidenPlan:
@@ -105,10 +107,11 @@ def trace_units(model: ir.Model, layer: str) -> WidenPlan:
     layers, every weight that reads it and every per-unit constant on the way (graph outputs
     allowed). Used by `surgery.symmetry`; raises SurgeryError at a blocker, and for a depthwise
     Conv, whose units are those of the layer that feeds it."""
-    site = resolve_layer(model, layer)
+    sites = layer_sites(model)
+    site = resolve_layer(model, layer, sites)
     if is_depthwise(site.node):
         raise block(site.node, "is a depthwise convolution: its units are those of the layer that feeds it")
-    return _analyse(model, [(site, 0, layer)], True, None)
+    return _analyse(model, [(site, 0, layer)], True, None, sites)
 
 
 def _members_of(site: LayerSite, sites: dict[ir.Node, LayerSite]) -> list[LayerSite]:
@@ -120,8 +123,8 @@ def _members_of(site: LayerSite, sites: dict[ir.Node, LayerSite]) -> list[LayerS
 
 
 def _analyse(model: ir.Model, requested: list[tuple[LayerSite, int, str]], allow_output_change: bool,
-             align: int | None) -> WidenPlan:
-    sites = {site.node: site for site in layer_sites(model)}
+             align: int | None, found: list[LayerSite]) -> WidenPlan:
+    sites = {site.node: site for site in found}
     groups: list[GroupBuilder] = []
     for site, added, name in requested:
         members = _members_of(site, sites)

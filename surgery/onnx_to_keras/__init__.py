@@ -3,11 +3,15 @@
 Two routes, picked by the model's metadata:
 
 - a model written by `surgery export` carries its Keras architecture (``surgery.keras_config``):
-  it is rebuilt from it at the widths the graph now has (`provenance`);
-- any other graph (PyTorch's exporter, skl2onnx, hand-built) is rebuilt op by op (`foreign`).
+  it is rebuilt from it at the widths the graph now has (`provenance`); when that architecture
+  has layers whose weights cannot be located in the graph, it is rebuilt op by op instead;
+- any other graph (PyTorch classic and dynamo exports, tf2onnx, skl2onnx, hand-built) is rebuilt
+  op by op (`foreign`: friendly Keras layers where a pattern is recognised, registered generic
+  layers for the rest; docs/to-keras-models.md).
 
 `transfer` then applies ``head``, ``reinit`` and ``freeze``. `check_faithful` compares the Keras
-model with onnxruntime. TensorFlow and Keras are imported only when a function runs.
+model with onnxruntime on `sample_inputs`; `dropped_outputs` names the outputs a conversion
+leaves out. TensorFlow and Keras are imported only when a function runs.
 
 Example:
     >>> from surgery.onnx_to_keras import to_keras, check_faithful
@@ -34,7 +38,10 @@ if TYPE_CHECKING:
 #: Largest accepted max |keras − onnxruntime| divided by max(1, max |onnxruntime output|).
 FAITHFUL_TOLERANCE = 1e-5
 
-__all__ = ["FAITHFUL_TOLERANCE", "SUPPORTED_OPS", "Conversion", "check_faithful", "convert", "to_keras"]
+__all__ = [
+    "FAITHFUL_TOLERANCE", "SUPPORTED_OPS", "Conversion", "check_faithful", "convert", "dropped_outputs",
+    "sample_inputs", "to_keras",
+]
 
 
 def convert(
@@ -45,9 +52,13 @@ def convert(
 
     ir_model = as_ir(model)
     if KERAS_CONFIG_KEY in ir_model.metadata_props:
-        from surgery.onnx_to_keras.provenance import convert_exported
+        from surgery.onnx_to_keras.provenance import UnlocatedWeights, convert_exported
 
-        conversion = convert_exported(ir_model)
+        try:
+            conversion = convert_exported(ir_model)
+        except UnlocatedWeights as error:
+            conversion = convert_graph(ir_model)
+            conversion.notes.append(f"rebuilt from its ONNX ops, not its recorded Keras architecture: {error}")
     else:
         conversion = convert_graph(ir_model)
     keras_model = conversion.model
@@ -84,44 +95,97 @@ def to_keras(
     return convert(model, freeze=freeze, reinit=reinit, head=head, seed=seed).model
 
 
+def _index_bound(value: ir.Value) -> int:
+    """Exclusive upper bound for random values of an integer input: the smallest table a Gather
+    indexes with it (looking through Cast, Reshape, Unsqueeze, Squeeze, Flatten, Identity); 2 when
+    it indexes none (a mask)."""
+    bounds, stack, seen = [], [value], set()
+    while stack:
+        current = stack.pop()
+        for use in current.uses():
+            node = use.node
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op_type in ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity") and use.idx == 0:
+                stack.extend(node.outputs)
+            elif node.op_type == "Gather" and use.idx == 1 and node.inputs[0] is not None:
+                shape = node.inputs[0].shape
+                axis = node.attributes["axis"].value if "axis" in node.attributes else 0
+                if shape is not None and isinstance(shape[axis], int):
+                    bounds.append(shape[axis])
+    return min(bounds) if bounds else 2
+
+
+def sample_inputs(
+    model: ModelLike, *, batch: int = 3, sequence: int = 7, dims: dict[str, int] | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Random inputs for the ONNX graph `model`, by input name.
+
+    A symbolic or unknown dimension takes `dims[name]` when given, else `batch` in position 0 and
+    `sequence` elsewhere (equal names share a value), so a check runs at lengths other than the
+    traced ones. Floats are standard normal; integers lie in [0, the smallest table a Gather
+    indexes with them) — token ids — or {0, 1}; booleans are random.
+    """
+    ir_model = as_ir(model)
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    for value in ir_model.graph.inputs:
+        if value.const_value is not None:
+            continue
+        shape = []
+        for position, dim in enumerate(value.shape or []):
+            default = batch if position == 0 else sequence
+            shape.append(dim if isinstance(dim, int) else (dims or {}).get(getattr(dim, "value", None), default))
+        dtype = value.dtype.numpy()
+        if dtype.kind == "f":
+            arrays[value.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
+            arrays[value.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            arrays[value.name] = rng.integers(0, _index_bound(value), shape).astype(dtype)
+    return arrays
+
+
 def check_faithful(
     keras_model: "keras.Model",
     onnx_model: ModelLike,
     *,
     outputs: Sequence[str] | None = None,
-    batch: int = 4,
+    batch: int = 3,
+    sequence: int = 7,
+    dims: dict[str, int] | None = None,
     seed: int = 0,
 ) -> float:
-    """Max |keras − onnxruntime| over the outputs on random normal inputs, scaled by the output.
+    """Max |keras − onnxruntime| over the outputs on random inputs (`sample_inputs`), scaled by the output.
 
     The difference of each output is divided by max(1, max |onnxruntime output|); the worst is
     returned. `outputs` names the ONNX outputs the Keras model reproduces, in its order
-    (default: every floating-point output). Both models read the same arrays: the Keras model
-    takes its inputs in the ONNX graph's layout.
+    (default: every output but the dropped class labels). Both models read the same arrays:
+    the Keras model takes its inputs in the ONNX graph's order and layout.
     """
     import onnxruntime as ort
 
     proto = onnx_model if isinstance(onnx_model, onnx.ModelProto) else ir.serde.serialize_model(onnx_model)
-    graph_inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    if len(graph_inputs) != len(keras_model.inputs):
-        raise SurgeryError(f"the Keras model has {len(keras_model.inputs)} inputs, the ONNX graph {len(graph_inputs)}")
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for tensor in keras_model.inputs:
-        if any(d is None for d in tensor.shape[1:]):
-            raise SurgeryError(f"input {tensor.name!r} has unknown dimensions {tuple(tensor.shape)}; cannot draw test inputs")
-        arrays.append(rng.standard_normal((batch, *tensor.shape[1:])).astype(np.float32))
+    ir_model = as_ir(onnx_model)
+    feeds = sample_inputs(ir_model, batch=batch, sequence=sequence, dims=dims, seed=seed)
+    if len(feeds) != len(keras_model.inputs):
+        raise SurgeryError(f"the Keras model has {len(keras_model.inputs)} inputs, the ONNX graph {len(feeds)}")
     if outputs is None:
-        float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
-        outputs = [o.name for o in proto.graph.output if o.type.tensor_type.elem_type in float_types]
+        dropped = set(dropped_outputs(ir_model))
+        outputs = [v.name for v in ir_model.graph.outputs if v.name not in dropped]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4  # onnxruntime's warnings would add lines to the command's stderr
+    folder = _external_data_folder(ir_model)
+    if folder is not None:  # a model read from bytes finds its external data here, not in the working directory
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     try:
-        expected = session.run(list(outputs), {i.name: a for i, a in zip(graph_inputs, arrays)})
-    except Exception as error:  # inputs drawn for the Keras model that the ONNX graph does not take
-        raise SurgeryError(f"the ONNX model cannot run on the Keras model's inputs: {first_line(error)}") from None
+        expected = session.run(list(outputs), feeds)
+    except Exception as error:
+        raise SurgeryError(f"the ONNX model cannot run on sample inputs: {first_line(error)}") from None
+    arrays = list(feeds.values())
     got = keras_model(arrays if len(arrays) > 1 else arrays[0], training=False)
     got = [np.asarray(g) for g in (got if isinstance(got, (list, tuple)) else [got])]
     if len(got) != len(expected):
@@ -131,6 +195,24 @@ def check_faithful(
         if e.shape != g.shape:
             raise SurgeryError(f"output {name!r}: Keras gives shape {g.shape}, onnxruntime {e.shape}")
         if e.size:
-            scale = max(1.0, float(np.max(np.abs(e))))
-            worst = max(worst, float(np.max(np.abs(e.astype(np.float64) - g))) / scale)
+            e64 = e.astype(np.float64)
+            scale = max(1.0, float(np.max(np.abs(e64))))
+            worst = max(worst, float(np.max(np.abs(e64 - g.astype(np.float64)))) / scale)
     return worst
+
+
+def _external_data_folder(model: ir.Model) -> str | None:
+    """The folder the model's external data lives in, when it has any."""
+    for value in model.graph.initializers.values():
+        if isinstance(value.const_value, ir.ExternalTensor):
+            return str(value.const_value.base_dir)
+    return None
+
+
+def dropped_outputs(model: ModelLike) -> list[str]:
+    """Names of the ONNX outputs `to_keras` leaves out (integer class labels computed through
+    ArgMax, skl2onnx's ``label``); every other output keeps its name as a Keras output name.
+    No TensorFlow import: `verify` reads it to report such an output instead of a mismatch."""
+    from surgery.onnx_to_keras.plan import dropped_outputs as from_plan
+
+    return from_plan(as_ir(model))

@@ -19,8 +19,9 @@ from the ONNX initializers. Rules, case by case:
   −add/mul. When tf2onnx folded the whole BatchNormalization into the preceding Conv (no Mul
   left) the Conv already computes it: the layer is restored as the identity (gamma 1, beta 0,
   mean 0, var 1 − eps) and a bias the Conv gained moves to beta when the Conv has none.
-- Layers without weights come back exactly as configured. Any other layer with weights is a
-  `SurgeryError`: its weights cannot be located in the graph.
+- Layers without weights come back exactly as configured. Any other layer with weights
+  (Embedding, MultiHeadAttention, LayerNormalization, ...) raises `UnlocatedWeights`: the model
+  is then rebuilt from its ops instead (`surgery.onnx_to_keras.convert`), with a note.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ from surgery.tensorflow_runtime import import_tensorflow
 
 #: Layer classes whose weights this module knows how to find in a tf2onnx graph.
 _WEIGHTED = ("Dense", "Conv2D", "BatchNormalization")
+
+
+class UnlocatedWeights(SurgeryError):
+    """A layer of the recorded architecture whose weights this module cannot find in the graph."""
 
 
 def _unit_variance(epsilon: float) -> np.float32:
@@ -267,6 +272,6 @@ def convert_exported(model: ir.Model) -> Conversion:
         elif cls == "BatchNormalization":
             layer.set_weights(weights.batch_norm_weights(layer, int(layer.moving_mean.shape[0])))
         else:
-            raise SurgeryError(f"layer {layer.name!r} ({cls}): to-keras can only locate the weights of {', '.join(_WEIGHTED)} in an exported graph")
+            raise UnlocatedWeights(f"layer {layer.name!r} ({cls}): to-keras can only locate the weights of {', '.join(_WEIGHTED)} in an exported graph")
     node_layers = {node.name: layer for layer, nodes in graph.by_layer.items() for node in nodes if node.name}
     return Conversion(keras_model, "keras-config", node_layers, [v.name for v in model.graph.outputs], weights.notes)

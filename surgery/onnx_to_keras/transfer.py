@@ -106,7 +106,7 @@ def inbound_layers(entry: dict) -> list[str]:
                 found.append(history[0])
             for sub in item.values():
                 walk(sub)
-        elif isinstance(item, list):
+        elif isinstance(item, (list, tuple)):  # get_config() keeps call arguments as tuples
             for sub in item:
                 walk(sub)
 
