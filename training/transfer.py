@@ -187,7 +187,7 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
     started = time.perf_counter()
     x04, y04 = digit_subset(data.x_train, data.y_train, range(5))
     if config.pretrain_limit:
-        x04, y04 = x04[: config.pretrain_limit], y04[: config.pretrain_limit]
+        x04, y04 = per_class_sample(x04, y04, config.pretrain_limit // 5, seed=0)  # the files are ordered by class
     test04 = digit_subset(data.x_test, data.y_test, range(5))
     x59, y59 = digit_subset(data.x_train, data.y_train, range(5, 10))
     test59 = digit_subset(data.x_test, data.y_test, range(5, 10))
