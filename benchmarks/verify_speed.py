@@ -118,7 +118,8 @@ def _widen_by_hand(reference: onnx.ModelProto, matmul_name: str) -> onnx.ModelPr
 def main() -> None:
     import onnxruntime as ort
 
-    from surgery.verification import InputSpec, _random_feeds, _rows_per_run, session_options, verify
+    from surgery.verification import InputSpec, session_options, verify
+    from surgery.verification.feeds import random_feeds, rows_per_run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=10_000)
@@ -135,7 +136,7 @@ def main() -> None:
         for model in (reference_bytes, widened_bytes)
     ]
     specs = [InputSpec(i.name, tuple(i.shape), np.dtype(np.float32)) for i in sessions[0].get_inputs()]
-    batches = list(_random_feeds(specs, {}, args.samples, _rows_per_run(specs, args.batch, {}), seed=0))
+    batches = list(random_feeds(specs, {}, args.samples, rows_per_run(specs, args.batch, {}), seed=0))
 
     def bare() -> None:
         for feeds in batches:

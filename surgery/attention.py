@@ -118,6 +118,8 @@ class Block:
     o: str
     sites: tuple[LayerSite, LayerSite, LayerSite, LayerSite] = field(repr=False, compare=False)
     parts: tuple[int, int, int] | None = field(default=None, repr=False, compare=False)
+    #: the size of one query, key and value head (Keras's ``value_dim`` may differ from ``key_dim``).
+    dims: tuple[int, int, int] = field(default=(0, 0, 0), repr=False, compare=False)
 
     def to_json(self) -> dict:
         return {"name": self.name, "heads": self.heads, "kv_heads": self.kv_heads, "head_dim": self.head_dim,
@@ -289,8 +291,11 @@ def survey(model: ir.Model) -> tuple[list[Block], dict[str, str]]:
         except SurgeryError as error:
             refused[name] = str(error)
             continue
+        parts = candidate["parts"]
+        origins = [f"qkv#{part}" for part in parts] if parts is not None else ["q", "k", "v"]
+        dims = tuple(trace.split_dims.get(origin, trace.head_dim) for origin in origins)
         blocks.append(Block(name, trace.heads, trace.kv_heads, trace.head_dim, q.layer.name, k.layer.name,
-                            v.layer.name, o.layer.name, candidate["sites"], candidate["parts"]))
+                            v.layer.name, o.layer.name, candidate["sites"], parts, dims))
     return blocks, refused
 
 
@@ -928,8 +933,9 @@ def trace_heads(model: ir.Model, candidate: dict, added: int) -> Trace:
     """
     q, k, v, o = candidate["sites"]
     trace = Trace()
-    head_dim, n_rep = candidate.get("head_dim", 0), candidate.get("n_rep", 1)
-    seeds: dict[str, int] = {"q": added * n_rep * head_dim, "k": added * head_dim, "v": added * head_dim}
+    n_rep = candidate.get("n_rep", 1)
+    q_dim, k_dim, v_dim = candidate.get("dims") or (candidate.get("head_dim", 0),) * 3
+    seeds: dict[str, int] = {"q": added * n_rep * q_dim, "k": added * k_dim, "v": added * v_dim}
     if candidate["parts"] is not None:
         roles = dict(zip(candidate["parts"], "qkv"))  # Split output -> q, k or v
         widths = _fused_widths(q)

@@ -13,7 +13,10 @@ import sys
 
 import click
 
-from surgery.errors import NotEquivalentError, SurgeryError, first_line
+from surgery.errors import NotEquivalentError, SurgeryError
+from surgery.initializers import FAN_IN_INITS, STRATEGIES
+from surgery.verification.feeds import SYMBOLIC_DEFAULT
+from surgery.verification.runtime import OPTIMIZATION_LEVELS, PROVIDERS
 
 
 class _Group(click.Group):
@@ -32,8 +35,7 @@ class _Group(click.Group):
         except click.exceptions.Exit as done:
             sys.exit(done.exit_code)
         except click.Abort:
-            click.echo("surgery: interrupted", err=True)
-            sys.exit(130)
+            _interrupted()
         except click.UsageError as error:
             if debug:
                 raise
@@ -43,11 +45,10 @@ class _Group(click.Group):
         except SurgeryError as error:
             if debug:
                 raise
-            click.echo(f"surgery: {_one_line(str(error))}", err=True)
+            click.echo(f"surgery: {_one_line(error.render(flag_for(error.param)))}", err=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
-            click.echo("surgery: interrupted", err=True)
-            sys.exit(130)
+            _interrupted()
         except OSError as error:  # the file system said no (disk full, permission denied, ...): the user can act on it
             if debug:
                 raise
@@ -62,6 +63,27 @@ class _Group(click.Group):
             sys.exit(3)
 
 
+def _interrupted() -> None:
+    """Ctrl-C: remove the temporary files of a write it cut short (even between their creation
+    and the writer's own cleanup), say so in one line, exit 130."""
+    from surgery.external import remove_temporary_files
+
+    remove_temporary_files()
+    click.echo("surgery: interrupted", err=True)
+    sys.exit(130)
+
+
+#: Library parameters whose flag is not `--` + the name with dashes (see `flag_for`).
+FLAGS = {"plan": "--layer", "dims": "--dim", "output": "--output", "model": "MODEL"}
+
+
+def flag_for(param: str | None) -> str | None:
+    """The CLI's flag for a library parameter named in a SurgeryError (`errors.SurgeryError.render`)."""
+    if param is None:
+        return None
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
 def _one_line(message: str) -> str:
     """`message` on one line: names read from a model file may hold line breaks."""
     return message.replace("\r", "\\r").replace("\n", "\\n")
@@ -71,6 +93,7 @@ debug_option = click.option("--debug", is_flag=True, expose_value=False, help="S
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="surgery", prog_name="surgery", message="%(prog)s %(version)s")
 @debug_option
 def cli() -> None:
     """Function-preserving model surgery on ONNX."""
@@ -87,8 +110,9 @@ def cli() -> None:
 def export(model: str, output: str, opset: int, batch: int | None, unsafe: bool, force: bool) -> None:
     """Convert a Keras 3 model (.keras/.h5) to ONNX, with a self-check against Keras."""
     from surgery.export import export_keras, load_keras, self_check
-    from surgery.modelio import atomic_output
+    from surgery.modelio import atomic_output, check_output
 
+    check_output(output, inputs=[model], suffix=".onnx", force=force)
     keras_model = load_keras(model, unsafe=unsafe)
     proto = export_keras(keras_model, opset=opset, batch=batch)
     difference = self_check(keras_model, proto)
@@ -159,7 +183,8 @@ def inspect(model: str, as_json: bool, symmetry_layer: str | None) -> None:
 
 
 def _parse_layers(specs: tuple[str, ...], flag: str = "--layer") -> dict[str, int]:
-    """`--layer NAME=K` (or `--heads`) options → {NAME: K}; malformed or repeated ones are one-line errors."""
+    """`--layer NAME=K` (or `--heads`) options → {NAME: K}. Only the syntax is checked here (and a
+    NAME given twice, which a dict would hide); what K may be is the library's rule (`surgery.widen`)."""
     plan: dict[str, int] = {}
     for spec in specs:
         name, sep, count = spec.rpartition("=")
@@ -169,12 +194,46 @@ def _parse_layers(specs: tuple[str, ...], flag: str = "--layer") -> dict[str, in
             added = int(count)
         except ValueError:
             raise SurgeryError(f"{flag} {spec!r}: K must be an integer, got {count!r}") from None
-        if added <= 0:
-            raise SurgeryError(f"{flag} {spec!r}: K must be at least 1")
         if name in plan:
             raise SurgeryError(f"{flag} {name!r} is given twice")
         plan[name] = added
     return plan
+
+
+def _parse_dims(items: tuple[str, ...]) -> dict[str, int]:
+    """`--dim NAME=VALUE` options → {NAME: VALUE}; which names and values are valid is verify's rule."""
+    dims = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            dims[name] = int(value)
+        except ValueError:
+            name = ""
+        if not sep or not name:
+            raise SurgeryError(f"--dim expects NAME=VALUE with an integer VALUE, got {item!r}")
+    return dims
+
+
+def verification_inputs(command):
+    """The options that choose what a verification feeds the models (shared by `verify` and `widen`)."""
+    options = [
+        click.option("--inputs", "inputs_file", type=click.Path(), default=None,
+                     help="Input arrays (.npz, names -> arrays) instead of random ones."),
+        click.option("--samples", default=16, show_default=True, help="Random samples in all."),
+        click.option("--dim", "dim_values", multiple=True, metavar="NAME=VALUE",
+                     help=f"Value of a symbolic dimension (repeatable; default: the batch for the leading one, "
+                          f"{SYMBOLIC_DEFAULT} for others)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _read_verification_inputs(inputs_file: str | None, dim_values: tuple[str, ...]):
+    """The parsed `verification_inputs` options: (dims, inputs or None)."""
+    from surgery.verification.feeds import load_inputs
+
+    return _parse_dims(dim_values), None if inputs_file is None else load_inputs(inputs_file)
 
 
 @cli.command()
@@ -184,73 +243,36 @@ def _parse_layers(specs: tuple[str, ...], flag: str = "--layer") -> dict[str, in
               help="Add K units to layer NAME, or to every layer a glob matches (repeatable).")
 @click.option("--heads", "heads", multiple=True, metavar="NAME=K",
               help="Add K key/value heads to attention block NAME or every block a glob matches (repeatable).")
-@click.option("--init", default="output-zero", show_default=True,
-              type=click.Choice(["output-zero", "all-zero", "net2net", "all-random"]), help="How the new units start.")
-@click.option("--fan-in", type=click.Choice(["glorot", "he", "normal"]), default=None,
+@click.option("--init", default="output-zero", show_default=True, type=click.Choice(STRATEGIES),
+              help="How the new units start.")
+@click.option("--fan-in", type=click.Choice(FAN_IN_INITS), default=None,
               help="Random fan-in initializer (default: He after ReLU-like activations, else Glorot).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every random draw.")
 @click.option("--no-verify", is_flag=True, help="Skip running both models with onnxruntime.")
-@click.option("--allow-output-change", is_flag=True, help="Let a widened tensor be a graph output (its shape changes).")
+@click.option("--allow-output-change", is_flag=True,
+              help="Let a widened tensor be a graph output (its shape changes; verified on its original units).")
 @click.option("--align", type=click.IntRange(min=1), default=None, help="Round every new width up to a multiple of N.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--share-external-data", is_flag=True,
               help="Write only changed tensors; the output reads the input's unchanged external data in place (keep the input unchanged).")
+@verification_inputs
 @debug_option
 def widen(model: str, output: str, layers: tuple[str, ...], heads: tuple[str, ...], init: str, fan_in: str | None,
           seed: int, no_verify: bool, allow_output_change: bool, align: int | None, force: bool,
-          share_external_data: bool) -> None:
+          share_external_data: bool, inputs_file: str | None, samples: int, dim_values: tuple[str, ...]) -> None:
     """Add units to layers or heads to attention blocks; the outputs stay bitwise equal (output-zero, all-zero)."""
-    from pathlib import Path
-
-    from surgery.modelio import load_model, staged_save
-    from surgery.rewrite import widen_in_place
+    from surgery.widening import widen_verified
 
     plan, head_plan = _parse_layers(layers), _parse_layers(heads, "--heads")
     if not plan and not head_plan:
         raise SurgeryError("nothing to widen: give --layer NAME=K or --heads NAME=K")
-    if Path(output).exists() and not force:
-        raise SurgeryError(f"{output}: already exists (use --force to overwrite)")
-    ir_model = load_model(model)
-    result = widen_in_place(ir_model, plan, init=init, fan_in=fan_in, seed=seed,
-                            allow_output_change=allow_output_change, align=align, heads=head_plan)
-    for group in result.plan.groups:
-        names = [member.site.layer.name for member in group.members]
-        verb = "grows" if len(names) == 2 else "grow"
-        coupled = f" (coupled: {', '.join(names[1:])} {verb} with it)" if len(names) > 1 else ""
-        click.echo(f"{names[0]}: {group.old_width} -> {group.new_width} units{coupled}")
-    for record in (r for r in result.history if "block" in r):
-        grouped = record["old_kv_heads"] != record["old_heads"]
-        kv = f"key/value heads {record['old_kv_heads']} -> {record['new_kv_heads']}, " if grouped else ""
-        click.echo(f"{record['block']}: {record['old_heads']} -> {record['new_heads']} heads ({kv}head_dim {record['head_dim']})")
-    for change in result.plan.channel_changes:
-        # onnxruntime's NCHWc layout (default optimizations) picks Conv kernels by whether channel
-        # counts are multiples of its block (8 on AVX2, 16 on AVX-512): see the README, "Exactness on onnxruntime".
-        crossed = [b for b in (8, 16) if (change.old % b == 0) != (change.new % b == 0)]
-        note = (f"crosses an NCHWc block boundary ({', '.join(map(str, crossed))}): with onnxruntime's default "
-                "optimizations its outputs may differ by a few ULP (see --align)") if crossed else "same NCHWc blocking"
-        click.echo(f"conv {change.node!r} {change.side} channels {change.old} -> {change.new}: {note}")
-    for shift in result.plan.row_shifts:
-        click.echo(f"{shift.node!r}: {shift.moved} of its {shift.old} input rows move to another block of "
-                   f"onnxruntime's CPU matrix multiply ({shift.old} -> {shift.new} rows); its outputs may differ by a few ULP")
-    # Written first (temporary files beside the output), then verified path against path, so a
-    # model of any size is checked by onnxruntime from disk; renamed into place only if accepted.
-    with staged_save(ir_model, output, force=force, share_external_data=share_external_data) as staged:
-        if not no_verify:
-            from surgery.verification import verify
-
-            report = verify(model, staged)
-            diff = max((o.max_abs_diff for o in report.outputs), default=0.0)
-            if init in ("output-zero", "all-zero"):
-                if not report.equivalent:
-                    raise NotEquivalentError(
-                        f"outputs are not bitwise equal after widening (max |diff| {diff:.3g}); {output} not written"
-                    )
-                click.echo(f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, optimizations off)")
-            elif init == "net2net":
-                click.echo(f"verified: max |diff| {diff:.3g} (net2net is exact up to rounding)")
-            else:
-                click.echo(f"outputs changed, as all-random does (max |diff| {diff:.3g})")
-    click.echo(f"wrote {output}")
+    dims, inputs = _read_verification_inputs(inputs_file, dim_values)
+    outcome = widen_verified(model, output, plan, heads=head_plan, init=init, fan_in=fan_in, seed=seed,
+                             allow_output_change=allow_output_change, align=align, verify=not no_verify,
+                             force=force, share_external_data=share_external_data,
+                             dims=dims, inputs=inputs, samples=samples)
+    for line in outcome.lines:  # printed once the file is written: nothing claims a growth that failed
+        click.echo(line)
 
 
 @cli.command()
@@ -270,16 +292,13 @@ def widen(model: str, output: str, layers: tuple[str, ...], heads: tuple[str, ..
 def deepen(model: str, output: str, after: str, count: int, init: str, kind: str, seed: int, no_verify: bool,
            force: bool) -> None:
     """Insert new blocks that start as the identity; the outputs stay bitwise equal."""
-    from pathlib import Path
-
     from surgery.deepening import deepen_in_place
-    from surgery.modelio import load_model, staged_save
+    from surgery.modelio import check_output, input_files, load_model, staged_save
 
     if count < 1:
         raise SurgeryError(f"--count must be at least 1, got {count}")
-    if Path(output).exists() and not force:
-        raise SurgeryError(f"{output}: already exists (use --force to overwrite)")
     ir_model = load_model(model)
+    check_output(output, inputs=input_files(model, ir_model), suffix=".onnx", force=force)
     record = deepen_in_place(ir_model, after=after, count=count, init=init, seed=seed, kind=kind).record
     what = ("block" if kind == "block" else "identity layer") + ("s" if count > 1 else "")
     click.echo(f"{after}: {count} new {what} after it: {', '.join(record['added'])} "
@@ -290,7 +309,7 @@ def deepen(model: str, output: str, after: str, count: int, init: str, kind: str
         if not no_verify:
             from surgery.verification import verify
 
-            report = verify(model, staged, dims=_sequence_dims(ir_model))
+            report = verify(model, staged)  # symbolic dimensions after the leading one take verify's default
             if not report.equivalent:
                 diff = max((o.max_abs_diff for o in report.outputs), default=0.0)
                 raise NotEquivalentError(
@@ -301,85 +320,61 @@ def deepen(model: str, output: str, after: str, count: int, init: str, kind: str
     click.echo(f"wrote {output}")
 
 
-def _sequence_dims(model) -> dict[str, int]:
-    """A value for every named symbolic dimension after the leading one (a transformer's sequence)."""
-    import onnx_ir as ir
-
-    return {
-        dim.value: 8 for value in model.graph.inputs if value.shape is not None
-        for dim in value.shape.dims[1:] if isinstance(dim, ir.SymbolicDim) and dim.value
-    }
-
-
 @cli.command()
 @click.argument("reference", type=click.Path(dir_okay=True))
 @click.argument("candidate", type=click.Path(dir_okay=True))
-@click.option("--inputs", "inputs_file", type=click.Path(), default=None, help="Input arrays (.npz, names -> arrays) instead of random ones.")
-@click.option("--samples", default=16, show_default=True, help="Random samples in all.")
+@verification_inputs
 @click.option("--batch", default=8, show_default=True, help="Samples per run (symbolic leading dimension).")
-@click.option("--dim", "dim_values", multiple=True, metavar="NAME=VALUE", help="Value of a symbolic dimension (repeatable).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--atol", type=float, default=None, help="Tolerance mode: absolute tolerance.")
 @click.option("--rtol", type=float, default=None, help="Tolerance mode: relative tolerance.")
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="onnxruntime execution provider.")
-@click.option("--optimization", type=click.Choice(["disable", "basic", "extended", "all"]), default="disable", show_default=True, help="Graph optimization level for both models.")
+@click.option("--provider", type=click.Choice(list(PROVIDERS)), default="cpu", show_default=True,
+              help="onnxruntime execution provider.")
+@click.option("--optimization", type=click.Choice(list(OPTIMIZATION_LEVELS)), default="disable", show_default=True,
+              help="Graph optimization level for both models.")
 @click.option("--deployed", is_flag=True, help="Also run both at the default optimization level and report the ULP distance there.")
 @click.option("--json", "json_path", default=None, metavar="PATH|-", help="Write the full report as JSON (- for stdout, which also silences the table).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
 @click.option("--locate", is_flag=True, help="When outputs differ, name the first node whose output differs.")
 @debug_option
 def verify(
-    reference: str, candidate: str, inputs_file: str | None, samples: int, batch: int, dim_values: tuple[str, ...],
+    reference: str, candidate: str, inputs_file: str | None, samples: int, dim_values: tuple[str, ...], batch: int,
     seed: int, atol: float | None, rtol: float | None, provider: str, optimization: str, deployed: bool,
-    json_path: str | None, locate: bool,
+    json_path: str | None, force: bool, locate: bool,
 ) -> None:
     """Prove two models compute the same outputs (exit 0), or show where they differ (exit 1)."""
+    from surgery.modelio import atomic_output, check_output
     from surgery.verification import verify as run_verify
 
-    dims = {}
-    for item in dim_values:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value.strip().isdigit():
-            raise SurgeryError(f"--dim expects NAME=VALUE with a positive integer VALUE, got {item!r}")
-        dims[name] = int(value)
-    inputs = None
-    if inputs_file is not None:
-        import numpy as np
-
-        try:
-            with np.load(inputs_file, allow_pickle=False) as archive:
-                inputs = {name: archive[name] for name in archive.files}
-        except FileNotFoundError:
-            raise SurgeryError(f"{inputs_file}: no such file") from None
-        except Exception as error:
-            raise SurgeryError(f"{inputs_file}: not an .npz archive of arrays ({first_line(error)})") from None
     quiet = json_path == "-"
-    show_progress = not quiet and inputs is None and samples >= 10 * batch and sys.stderr.isatty()
-    kwargs = dict(
-        inputs=inputs, samples=samples, batch=batch, dims=dims, seed=seed, atol=atol, rtol=rtol,
-        provider=provider, optimization=optimization, deployed=deployed, locate=locate,
-    )
-    if show_progress:
+    if json_path is not None and not quiet:
+        check_output(json_path, inputs=[reference, candidate], suffix=".json", force=force)
+    dims, inputs = _read_verification_inputs(inputs_file, dim_values)
+    progress = None
+    if not quiet and inputs is None and samples >= 10 * batch and sys.stderr.isatty():
         from rich.progress import Progress
 
-        with Progress(transient=True, console=_stderr_console()) as bar:
-            task = bar.add_task("verifying", total=samples)
-            report = run_verify(reference, candidate, progress=lambda done, total: bar.update(task, completed=done), **kwargs)
-    else:
-        report = run_verify(reference, candidate, **kwargs)
+        bar = Progress(transient=True, console=_stderr_console())
+        task = bar.add_task("verifying", total=samples)
+        progress = lambda done, total: bar.update(task, completed=done)  # noqa: E731
+        bar.start()
+    try:
+        report = run_verify(reference, candidate, inputs=inputs, samples=samples, batch=batch, dims=dims, seed=seed,
+                            atol=atol, rtol=rtol, provider=provider, optimization=optimization, deployed=deployed,
+                            locate=locate, progress=progress)
+    finally:
+        if progress is not None:
+            bar.stop()
     document = report.to_json()
     if quiet:
         click.echo(json.dumps(document, indent=2))
     else:
         _print_report(document)
         if json_path is not None:
-            from pathlib import Path
-
-            try:
-                Path(json_path).write_text(json.dumps(document, indent=2) + "\n")
-            except OSError as error:
-                raise SurgeryError(f"{json_path}: cannot write the report ({error.strerror})") from None
+            with atomic_output(json_path, force=force) as tmp:
+                tmp.write_text(json.dumps(document, indent=2) + "\n")
     if not report.equivalent:
-        differing = [o["name"] for o in document["outputs"] if not o["equal"]]
+        differing = [o["name"] for o in document["outputs"] if not o["equal"] and not o["dropped"]]
         raise NotEquivalentError(f"not equivalent: output(s) {', '.join(differing)} differ")
 
 
@@ -400,15 +395,17 @@ def _print_report(document: dict) -> None:
     mode = describe_mode(document["mode"], document["atol"], document["rtol"], document["atol_scaled"])
     table = Table(title=f"{document['reference']} vs {document['candidate']}")
     # Printed as a line of its own: a table caption is wrapped to the table's width, mid-phrase.
+    dims = "".join(f", {name}={value}" for name, value in document["dims"].items())
     caption = (
         f"{mode}; provider {document['provider']}; optimization {document['optimization']}; "
-        f"{document['samples']} samples ({document['inputs']}, batch {document['batch']}, seed {document['seed']})"
+        f"{document['samples']} samples ({document['inputs']}, batch {document['batch']}, seed {document['seed']}{dims})"
     )
     for column in ("output", "shape", "dtype", "bitwise", "mismatches", "max |diff|", "max rel", "max ULP"):
         table.add_column(column, justify="left" if column in ("output", "shape", "dtype", "bitwise") else "right")
     for output in document["outputs"]:
         if output["present_in"] != "both":
-            table.add_row(output["name"], f"only in {output['present_in']}", "", "[red]no[/]", "", "", "", "")
+            where = f"only in {output['present_in']}" + (" (dropped by the Keras model)" if output["dropped"] else "")
+            table.add_row(output["name"], where, "", "-" if output["dropped"] else "[red]no[/]", "", "", "", "")
             continue
         shape = str(output["shape"]) if output["shape"] == output["candidate_shape"] else f"{output['shape']} vs {output['candidate_shape']}"
         dtype = output["dtype"] if output["dtype"] == output["candidate_dtype"] else f"{output['dtype']} vs {output['candidate_dtype']}"
@@ -461,17 +458,12 @@ def to_keras(
 ) -> None:
     """Convert an ONNX model (widened, exported, PyTorch, skl2onnx) to a trainable Keras model."""
     import os
-    from pathlib import Path
 
-    from surgery.modelio import atomic_output, load_model
+    from surgery.modelio import atomic_output, check_output, input_files, load_model
     from surgery.onnx_to_keras import FAITHFUL_TOLERANCE, check_faithful, convert
 
-    target = Path(output)
-    if target.suffix != ".keras":
-        raise SurgeryError(f"{output}: Keras saves only to a .keras file")
-    if target.exists() and not force:
-        raise SurgeryError(f"{output}: already exists (use --force to overwrite)")
     ir_model = load_model(model)
+    check_output(output, inputs=input_files(model, ir_model), suffix=".keras", force=force)
     conversion = convert(ir_model, freeze=_names(freeze), reinit=_names(reinit), head=head, seed=seed)
     keras_model = conversion.model
     route = "its Keras architecture (export metadata)" if conversion.source == "keras-config" else "its ONNX ops"

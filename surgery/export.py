@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 DEFAULT_OPSET = 17
 #: tf2onnx 1.17 converts to opsets 13 … 18.
 SUPPORTED_OPSETS = range(13, 19)
-#: The self-check's tolerance on max |keras − onnx|, relative to max(1, max |keras output|).
-SELF_CHECK_TOLERANCE = 1e-5
 
 
 def load_keras(path: str, *, unsafe: bool = False) -> "keras.Model":
@@ -68,7 +66,8 @@ def load_keras(path: str, *, unsafe: bool = False) -> "keras.Model":
         if "safe_mode" in first:
             raise SurgeryError(
                 f"{file}: refused by Keras safe mode: the file carries Python code (a Lambda layer) that loading would run; "
-                "if you trust the file, `surgery export --unsafe` loads it"
+                "if you trust the file, load it with {param}",
+                param="unsafe",
             ) from None
         raise SurgeryError(f"{file}: cannot be loaded as a Keras model: {first}") from None
 
@@ -130,9 +129,12 @@ def export_keras(
     import tf2onnx
 
     if opset not in SUPPORTED_OPSETS:
-        raise SurgeryError(f"opset {opset} is not supported by tf2onnx (use {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1})")
+        raise SurgeryError(
+            f"{{param}} {opset} is not supported by tf2onnx (use {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1})",
+            param="opset",
+        )
     if batch is not None and batch < 1:
-        raise SurgeryError(f"--batch must be at least 1, got {batch}")
+        raise SurgeryError(f"{{param}} must be at least 1, got {batch}", param="batch")
     inputs = list(model.inputs)
     names = [_input_name(t, i, len(inputs)) for i, t in enumerate(inputs)]
     signature = [
@@ -175,14 +177,15 @@ def _rename_outputs(proto: onnx.ModelProto, count: int, keras_names: list[str]) 
 
 
 def self_check(model: "keras.Model", proto: onnx.ModelProto, *, batch: int = 4, seed: int = 0) -> float:
-    """Max |keras − onnxruntime| over the outputs on one batch of random inputs, scaled.
+    """The Keras-vs-ONNX rule (`surgery.verification.keras_difference`) on one batch of random inputs.
 
     The batch has `batch` rows, or the ONNX model's fixed batch size when it has one.
 
-    Returns the difference divided by max(1, max |keras output|); raises SurgeryError when it
-    exceeds SELF_CHECK_TOLERANCE.
+    Returns max |keras − onnxruntime| / max(1, max |keras output|) over the outputs; raises
+    SurgeryError when it exceeds KERAS_TOLERANCE. onnxruntime runs through the toolkit's one
+    session factory (`surgery.verification.runtime.session`).
     """
-    import onnxruntime as ort
+    from surgery.verification import KERAS_TOLERANCE, keras_difference, session
 
     rng = np.random.default_rng(seed)
     feeds = {}
@@ -198,12 +201,8 @@ def self_check(model: "keras.Model", proto: onnx.ModelProto, *, batch: int = 4, 
         keras_inputs.append(x)
     expected = model(keras_inputs if len(keras_inputs) > 1 else keras_inputs[0], training=False)
     expected = [np.asarray(e) for e in (expected if isinstance(expected, (list, tuple)) else [expected])]
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = session.run(None, feeds)
-    worst = 0.0
-    for e, g in zip(expected, got):
-        scale = max(1.0, float(np.max(np.abs(e))) if e.size else 1.0)
-        worst = max(worst, float(np.max(np.abs(e.astype(np.float64) - g))) / scale if e.size else 0.0)
-    if worst > SELF_CHECK_TOLERANCE:
-        raise SurgeryError(f"export self-check failed: ONNX differs from Keras by {worst:.3g} (> {SELF_CHECK_TOLERANCE:g})")
+    got = session(proto, label="the exported model").run(None, feeds)
+    worst = keras_difference(expected, got)
+    if worst > KERAS_TOLERANCE:
+        raise SurgeryError(f"export self-check failed: ONNX differs from Keras by {worst:.3g} (> {KERAS_TOLERANCE:g})")
     return worst

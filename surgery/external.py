@@ -34,7 +34,6 @@ import math
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -350,17 +349,42 @@ def external_files(model: ir.Model) -> list[Path]:
     return [Path(p) for p in seen]
 
 
+#: Temporary files created and not yet renamed or removed (see `remove_temporary_files`).
+_PENDING: set[Path] = set()
+
+
 def temporary_file(folder: Path, name: str) -> tuple[int, Path]:
     """A new hidden file ``.NAME.XXXX.tmp`` in `folder`, open for writing, to be renamed to `name`.
 
     It gets the permissions an ordinary new file would (0666 less the umask), not mkstemp's 0600,
-    so that outputs are not private to the writer.
+    so that outputs are not private to the writer. Its path is recorded before the file exists,
+    so that `remove_temporary_files` finds it even when Ctrl-C lands before the caller's cleanup.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     umask = os.umask(0o022)
     os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    return fd, Path(tmp)
+    for _ in range(100):
+        path = folder / f".{name}.{os.urandom(6).hex()}.tmp"
+        _PENDING.add(path)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666 & ~umask)
+        except FileExistsError:
+            _PENDING.discard(path)
+            continue
+        return fd, path
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder / f".{name}.*.tmp"))
+
+
+def settle_temporary_file(path: Path) -> None:
+    """`path` was renamed into place or removed: no longer `remove_temporary_files`' business."""
+    _PENDING.discard(path)
+
+
+def remove_temporary_files() -> None:
+    """Remove every temporary file still pending (an interrupted write): the CLI's Ctrl-C path."""
+    for path in list(_PENDING):
+        with contextlib.suppress(OSError):
+            path.unlink()
+        _PENDING.discard(path)
 
 
 def _shared_location(tensor: ir.ExternalTensor, folder: Path) -> str:
@@ -369,8 +393,10 @@ def _shared_location(tensor: ir.ExternalTensor, folder: Path) -> str:
     real_folder = Path(os.path.realpath(folder))
     if not source.is_relative_to(real_folder):
         raise SurgeryError(
-            f"--share-external-data: the output folder {folder} does not contain the input's data file {source}; "
-            "onnx refuses external data outside a model's folder, so write the output next to the input (or drop the flag)"
+            f"{{param}}: the output folder {folder} does not contain the input's data file {source}; "
+            "onnx refuses external data outside a model's folder, so write the output next to the input "
+            "(or drop the flag)",
+            param="share_external_data",
         )
     return source.relative_to(real_folder).as_posix()
 
@@ -470,19 +496,18 @@ def _rename_data_file(proto: onnx.ModelProto, staged: str, final: str) -> None:
 @contextlib.contextmanager
 def _staged(model: ir.Model, path: Path, force: bool, share_external_data: bool) -> Iterator[tuple[Path, bool]]:
     """`staged_model`, also telling whether a data file was written."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise SurgeryError(f"{folder}: output folder does not exist")
-    folder = folder.resolve()
+    from surgery.modelio import check_output  # modelio imports this module: the path rules live there
+
+    check_output(path, force=force, inputs=external_files(model))
+    folder = (path.parent if str(path.parent) else Path(".")).resolve()
     data_name = f"{path.name}.data"
     data_path = folder / data_name
-    for target in (path, data_path):
-        if target.is_dir():
-            raise SurgeryError(f"{target}: is a directory")
-        if (target.exists() or target.is_symlink()) and not force:
-            raise SurgeryError(f"{target}: already exists (use --force to overwrite)")
     if share_external_data and any(os.path.realpath(f) == os.path.realpath(data_path) for f in external_files(model)):
-        raise SurgeryError(f"--share-external-data: the output's data file {data_path} is the input's own data file; choose another output name")
+        raise SurgeryError(
+            f"{{param}}: the output's data file {data_path} is the input's own data file; choose another output name",
+            param="share_external_data",
+        )
+    check_output(data_path, force=force, inputs=external_files(model))
 
     data_fd, data_tmp = temporary_file(folder, data_name)
     model_tmp: Path | None = None
@@ -512,8 +537,10 @@ def _staged(model: ir.Model, path: Path, force: bool, share_external_data: bool)
         os.replace(model_tmp, path)
     finally:
         data_tmp.unlink(missing_ok=True)
+        settle_temporary_file(data_tmp)
         if model_tmp is not None:
             model_tmp.unlink(missing_ok=True)
+            settle_temporary_file(model_tmp)
 
 
 @contextlib.contextmanager
@@ -567,6 +594,8 @@ __all__ = [
     "needs_external_data",
     "open_checked_source",
     "staged_model",
+    "remove_temporary_files",
+    "settle_temporary_file",
     "temporary_file",
     "write_model",
 ]

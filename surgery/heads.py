@@ -109,14 +109,14 @@ def plan_heads(model: ir.Model, requests: Mapping[str, int], *, init: str) -> He
             head tracking cannot follow (one line naming it).
     """
     if init == "net2net":
-        raise SurgeryError("--init net2net does not apply to heads (a copied head would change the softmax's "
-                           "inputs); use output-zero")
+        raise SurgeryError("{param} net2net does not apply to heads (a copied head would change the softmax's "
+                           "inputs); use output-zero", param="init")
     edits: list[Edit] = []
     tensors: list[tuple[ir.Value, Layout]] = []
     records: list[dict] = []
     literals: dict[tuple[int, int], tuple[ir.Node, int, dict[int, int], list[ir.Node]]] = {}
     for block, added in resolve_blocks(model, requests):
-        candidate = {"sites": block.sites, "parts": block.parts, "head_dim": block.head_dim,
+        candidate = {"sites": block.sites, "parts": block.parts, "dims": block.dims,
                      "n_rep": block.heads // block.kv_heads}
         trace = trace_heads(model, candidate, added)
         for record in trace.edits:

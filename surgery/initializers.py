@@ -1,4 +1,4 @@
-"""Initial values for the new units: the strategies of `surgery widen --init`.
+"""Initial values for the new units: the strategies of `surgery.widen(init=...)`.
 
 Each parameter a widening touches is rebuilt from its old array and the analysis's edits
 (`surgery.analysis.Edit`). What goes into the new positions depends on the strategy:
@@ -39,6 +39,8 @@ from surgery.errors import SurgeryError
 from surgery.ops import init_family
 
 STRATEGIES = ("output-zero", "all-zero", "net2net", "all-random")
+#: The strategies whose widened model computes bitwise the same outputs (zero fan-out).
+EXACT_STRATEGIES = ("output-zero", "all-zero")
 FAN_IN_INITS = ("glorot", "he", "normal")
 
 #: Which edits are applied first. Net2Net divides the fan-out rows before copying columns, so a
@@ -51,11 +53,13 @@ _ORDER = {
 
 
 def check_strategy(init: str, fan_in: str | None) -> None:
-    """Refuse an unknown `--init` or `--fan-in` with one line."""
+    """Refuse an unknown `init` or `fan_in` with one line naming the parameter."""
     if init not in STRATEGIES:
-        raise SurgeryError(f"unknown init strategy {init!r}; choose one of {', '.join(STRATEGIES)}")
+        raise SurgeryError(f"{{param}}: unknown init strategy {init!r}; choose one of {', '.join(STRATEGIES)}",
+                           param="init")
     if fan_in is not None and fan_in not in FAN_IN_INITS:
-        raise SurgeryError(f"unknown fan-in initializer {fan_in!r}; choose one of {', '.join(FAN_IN_INITS)}")
+        raise SurgeryError(f"{{param}}: unknown fan-in initializer {fan_in!r}; choose one of {', '.join(FAN_IN_INITS)}",
+                           param="fan_in")
 
 
 def _rng(seed: int, *key: str) -> np.random.Generator:
@@ -83,7 +87,7 @@ def _fans(shape: Sequence[int], weight_axes: tuple[int, int] | None) -> tuple[in
 def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype, kind: str,
             fans: tuple[int, int]) -> np.ndarray:
     if not np.issubdtype(dtype, np.floating):
-        raise SurgeryError(f"cannot draw random {dtype} weights; use --init all-zero or net2net")
+        raise SurgeryError(f"cannot draw random {dtype} weights; use {{param}} all-zero or net2net", param="init")
     fan_in, fan_out = max(fans[0], 1), max(fans[1], 1)
     if kind == "he":
         limit = np.sqrt(6.0 / fan_in)
@@ -181,4 +185,7 @@ def draw_weight(shape: Sequence[int], dtype: np.dtype, *, kind: str, weight_axes
     return _random(_rng(seed, "deepen", key), shape, np.dtype(dtype), kind, _fans(shape, weight_axes))
 
 
-__all__ = ["STRATEGIES", "FAN_IN_INITS", "check_strategy", "unit_sources", "extend", "new_unit_values", "draw_weight"]
+__all__ = [
+    "STRATEGIES", "EXACT_STRATEGIES", "FAN_IN_INITS", "check_strategy", "unit_sources", "extend", "new_unit_values",
+    "draw_weight",
+]

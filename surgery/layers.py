@@ -23,7 +23,7 @@ from difflib import get_close_matches
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError
-from surgery.graph import attribute, constant_shape, consumers
+from surgery.graph import ModelLike, as_ir, attribute, constant_shape, consumers
 from surgery.metadata import LAYER_MAP_KEY
 from surgery.naming import module_names
 from surgery.ops import activation_after
@@ -135,9 +135,9 @@ def layer_sites(model: ir.Model) -> list[LayerSite]:
     return sites
 
 
-def find_layers(model: ir.Model) -> list[Layer]:
-    """The growable layers of `model` (see the module docstring for what counts)."""
-    return [site.layer for site in layer_sites(model)]
+def find_layers(model: ModelLike) -> list[Layer]:
+    """The growable layers of `model`, an `onnx.ModelProto` or `ir.Model` (see the module docstring)."""
+    return [site.layer for site in layer_sites(as_ir(model))]
 
 
 def resolve_layer(model: ir.Model, name: str, sites: list[LayerSite] | None = None) -> LayerSite:

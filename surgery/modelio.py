@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import onnx
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError, first_line
-from surgery.external import all_tensors, needs_external_data, staged_model, temporary_file
+from surgery.external import all_tensors, needs_external_data, settle_temporary_file, staged_model, temporary_file
 from surgery.inline import MappedFile, Weight, attach_weights, split_weights, write_inline
 from surgery.shapes import check
 from surgery.validation import validate
@@ -162,27 +162,109 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     return model
 
 
+#: What each output suffix holds, for the message that refuses a mismatching one.
+OUTPUT_KINDS = {".onnx": "an ONNX model", ".keras": "a Keras model", ".json": "a JSON report"}
+
+
+def input_files(path: str | os.PathLike, model: ir.Model | None = None) -> list[Path]:
+    """The files a command reads for the model at `path`: the file and its external data files.
+
+    `model` is the loaded model (its memory-mapped tensors name their data files); without it
+    only `path` is listed.
+    """
+    files = [Path(path)]
+    if model is not None:
+        from surgery.external import external_files
+
+        files += external_files(model)
+    return files
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` are one file: the same path after resolving links, or the same inode."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def _check_target(path: Path, *, force: bool, inputs: Sequence[Path], what: str = "") -> None:
+    """The rules for one file about to be (over)written; see `check_output`."""
+    for source in inputs:
+        if _same_file(path, source):
+            also = f" ({source})" if str(source) != str(path) else ""
+            raise SurgeryError(f"{path}: {what}is a file this command reads{also}; inputs are never modified, "
+                               "choose another name", param="output")
+    if path.is_dir():
+        raise SurgeryError(f"{path}: {what}is a directory", param="output")
+    if os.path.lexists(path):
+        try:
+            mode = path.stat().st_mode
+        except OSError:  # a dangling link: replaced like a file
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            raise SurgeryError(f"{path}: {what}exists and is not a regular file (a device, FIFO or socket); "
+                               "refusing to replace it", param="output")
+        if not force:
+            raise SurgeryError(f"{path}: {what}already exists (use {{param}} to overwrite)", param="force")
+
+
+def check_output(
+    path: str | os.PathLike,
+    *,
+    inputs: Sequence[str | os.PathLike] = (),
+    suffix: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Refuse an output path that writing could make a mess of; returns it as a Path.
+
+    The rules, for every command that writes a file:
+
+    - its suffix is `suffix` (".onnx", ".keras", ".json"), when given: the name says what it holds;
+    - its folder exists; it is not a directory;
+    - it is not one of `inputs` (the input model and its external data files, see `input_files`),
+      after resolving links, nor a hard link to one: the input is never modified, `force` or not;
+    - if it exists it is a regular file (a device, FIFO or socket is never replaced), and it is
+      replaced only with `force`;
+    - an ONNX output's data file (``path + ".data"``, written when the model needs external data)
+      is not a directory, a special file or one of `inputs` either.
+
+    Errors name the parameter they are about (`output` or `force`).
+    """
+    path = Path(path)
+    protected = [Path(p) for p in inputs]
+    if suffix is not None and path.suffix.lower() != suffix:
+        kind = OUTPUT_KINDS.get(suffix, f"a {suffix} file")
+        raise SurgeryError(f"{path}: the output is {kind}; give it a name ending in {suffix}", param="output")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SurgeryError(f"{path}: the output folder {folder} does not exist", param="output")
+    _check_target(path, force=force, inputs=protected)
+    if suffix == ".onnx":
+        data = path.with_name(path.name + ".data")
+        # Existence is the writer's business (a data file is written only when needed).
+        _check_target(data, force=True, inputs=protected, what="the output's data file ")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it into place, else remove it.
 
-    Refuses to replace an existing `path` unless `force`.
+    `path` must pass `check_output` (an existing file is replaced only with `force`).
     """
-    path = Path(path)
-    if path.exists() and not force:
-        raise SurgeryError(f"{path}: already exists (use --force to overwrite)")
-    if path.is_dir():
-        raise SurgeryError(f"{path}: is a directory")
+    path = check_output(path, force=force)
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise SurgeryError(f"{folder}: output folder does not exist")
     fd, tmp_path = temporary_file(folder, path.name)
-    os.close(fd)
     try:
+        os.close(fd)
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+        settle_temporary_file(tmp_path)
 
 
 @contextlib.contextmanager

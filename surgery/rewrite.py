@@ -478,7 +478,7 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
     """
     check_strategy(init, fan_in)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise SurgeryError(f"--seed must be a non-negative integer, got {seed!r}")
+        raise SurgeryError(f"{{param}} must be a non-negative integer, got {seed!r}", param="seed")
     plan = expand(plan, layer_candidates((s.layer.node, s.layer.name) for s in layer_sites(model)), "layer")
     _precheck_size(model, plan)
     infer_missing_shapes(model)

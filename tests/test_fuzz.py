@@ -241,3 +241,129 @@ def test_fuzz_keras_files_for_export(tmp_path, capfd):
         if problem:
             failures.append(problem)
     assert not failures, "\n".join(failures[:10])
+
+
+# ---------------------------------------------------------------------------------------------
+# Random requests: flags, dimensions, tolerances and output paths on intact models
+
+REQUEST_TIME_BUDGET_S = 30.0
+
+
+def request_folder(folder: Path) -> dict[str, Path]:
+    """An intact model beside every kind of file a careless output path could hit.
+
+    `ext.onnx` keeps its weights in `ext.onnx.data`-like files of other names (one of them named
+    like an output a command would write), `link.onnx` is a link to the input, `null.onnx` a link
+    to /dev/null, `fifo.onnx` a FIFO, `dir.onnx` a directory, `old.onnx`/`old.json` existing files.
+    """
+    from test_external_data import build_external_mlp
+
+    folder.mkdir(parents=True)
+    model = folder / "m.onnx"
+    model.write_bytes(forms.pytorch_mlp().SerializeToString())
+    ext = build_external_mlp(folder / "ext")
+    (folder / "link.onnx").symlink_to(model)
+    (folder / "null.onnx").symlink_to("/dev/null")
+    os.mkfifo(folder / "fifo.onnx")
+    (folder / "dir.onnx").mkdir()
+    (folder / "old.onnx").write_bytes(b"old model")
+    (folder / "old.json").write_text("{}")
+    import numpy as np
+
+    np.savez(folder / "good.npz", input=np.zeros((3, 20), dtype=np.float32))
+    np.savez(folder / "empty.npz", input=np.zeros((0, 20), dtype=np.float32))
+    np.save(folder / "x.npy", np.zeros(3))
+    (folder / "text.npz").write_text("not an archive")
+    return {"m": model, "ext": ext}
+
+
+def random_request(rng: random.Random, folder: Path, models: dict[str, Path]) -> list:
+    key = rng.choice(["m", "m", "ext"])
+    model = models[key]
+    names = {"m": ["/fc1/Gemm", "/fc2/Gemm"], "ext": ["layer0/MatMul", "layer1/MatMul"]}[key]
+    outputs = ["new.onnx", "new.keras", "m.onnx", "link.onnx", "null.onnx", "fifo.onnx", "dir.onnx", "old.onnx",
+               "missing/x.onnx", "ext/data0.bin", "ext/model.onnx", "ext/new.onnx", "/dev/null"]
+    values = ["-1", "0", "1", "3", "x", "", "inf", "nan", "1e-5", "100000000000000"]
+    verification = []
+    for _ in range(rng.choice([0, 1, 2])):
+        verification += rng.choice([
+            ["--dim", f"{rng.choice(['batch', 'sequence', 'nosuch', '', 'unk__0'])}={rng.choice(values)}"],
+            ["--samples", rng.choice(values[:-1])],  # a huge sample count is a long run, not an error
+            ["--inputs", folder / rng.choice(["good.npz", "empty.npz", "x.npy", "text.npz", "nosuch.npz", "dir.onnx"])],
+        ])
+    command = rng.choice(["widen", "widen", "verify", "export"])
+    if command == "widen":
+        output = folder / rng.choice(outputs)
+        args = ["widen", model, "-o", output, "--layer", f"{rng.choice(names)}={rng.choice(['1', '2', '0', 'x'])}"]
+        args += rng.choice([[], ["--force"], ["--force", "--share-external-data"], ["--share-external-data"],
+                            ["--no-verify", "--force"], ["--allow-output-change"]])
+        return args + verification
+    if command == "verify":
+        args = ["verify", model, model, *verification]
+        for _ in range(rng.choice([0, 1, 2])):
+            reports = ["old.json", "new.json", "fifo.onnx", "null.onnx", "m.onnx"]
+            args += rng.choice([
+                ["--atol", rng.choice(values)], ["--rtol", rng.choice(values)], ["--batch", rng.choice(values)],
+                ["--json", folder / rng.choice(reports)], ["--force"], ["--provider", rng.choice(["cpu", "gpu"])],
+            ])
+        return args
+    # export: only outputs that must be refused before Keras is loaded (a success would import TensorFlow)
+    output = folder / rng.choice(["m.onnx", "link.onnx", "null.onnx", "fifo.onnx", "dir.onnx", "old.onnx", "new.keras"])
+    return ["export", MODELS / "mlp.keras", "-o", output, *rng.choice([[], ["--force"]])]
+
+
+def entries(folder: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every file under `folder`: its type and, for a regular file, its bytes (links are not followed)."""
+    import stat
+
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        mode = path.lstat().st_mode
+        found[str(path.relative_to(folder))] = (stat.S_IFMT(mode), path.read_bytes() if stat.S_ISREG(mode) else None)
+    return found
+
+
+def test_fuzz_requests_never_damage_a_file(tmp_path, capfd):
+    """Random flags and output paths on intact models: success or one line, and no file but the
+    named output (and its data file) ever changes; the inputs never do."""
+    rng = random.Random(SEED + 2)
+    folder = tmp_path / "work"
+    models = request_folder(folder)
+    failures: list[str] = []
+    outcomes: dict[int, int] = {}
+    began = time.monotonic()
+    bounded = "SURGERY_FUZZ_CASES" not in os.environ
+    for index in range(CASES):
+        if bounded and time.monotonic() - began > REQUEST_TIME_BUDGET_S:
+            break
+        args = random_request(random.Random(rng.getrandbits(64)), folder, models)
+        case = f"request {index} (SURGERY_FUZZ_SEED={SEED}): surgery {' '.join(map(str, args))}"
+        before = entries(folder)
+        outcome = run_surgery(capfd, *args)
+        outcomes[outcome.returncode] = outcomes.get(outcome.returncode, 0) + 1
+        after = entries(folder)
+        if "Traceback" in outcome.stderr or outcome.returncode not in (0, 1, 2):
+            failures.append(f"{case}: exit {outcome.returncode}: {outcome.stderr[-500:]}")
+            continue
+        lines = [line for line in outcome.stderr.splitlines() if line.strip()]
+        if outcome.returncode and (len(lines) != 1 or not lines[0].startswith("surgery: ")):
+            failures.append(f"{case}: exit {outcome.returncode} with stderr {outcome.stderr[:500]!r}")
+        written = set()
+        if outcome.returncode == 0 and "-o" in args:
+            output = Path(args[args.index("-o") + 1]).relative_to(folder)
+            written = {str(output), f"{output}.data"}
+        if outcome.returncode == 0 and "--json" in args:
+            written.add(str(Path(args[args.index("--json") + 1]).relative_to(folder)))
+        changed = sorted(
+            name for name in before.keys() | after.keys() if before.get(name) != after.get(name) and name not in written
+        )
+        if changed:
+            failures.append(f"{case}: exit {outcome.returncode} changed {changed}")
+        for name in written - {str(models["m"].relative_to(folder))}:  # restore the scene for the next case
+            path = folder / name
+            if name not in before and path.is_file():
+                path.unlink()
+            elif name in before and before[name][1] is not None and after.get(name) != before[name]:
+                path.write_bytes(before[name][1])
+    assert not failures, f"{len(failures)} bad outcomes, first ones:\n" + "\n".join(failures[:10])
+    assert sum(outcomes.values()) >= min(CASES, 8) and outcomes.get(0) and outcomes.get(2), outcomes

@@ -293,12 +293,12 @@ def npz_files(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
 
 
 BAD_NPZ = {
-    "text": ("not an .npz archive",),
-    "empty": ("not an .npz archive",),
-    "truncated": ("not an .npz archive",),
-    "pickled": ("not an .npz archive",),
+    "text": ("not an .npz file",),
+    "empty": ("not an .npz file",),
+    "truncated": ("not an .npz file",),
+    "pickled": ("not an .npz file",),
     "missing": ("no such file",),
-    "directory": ("not an .npz archive",),
+    "directory": ("is a directory",),
     # Content problems name the model input at fault rather than the file.
     "wrong-name": ("input",),
     "wrong-shape": ("shape [2, 21]",),

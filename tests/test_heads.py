@@ -12,7 +12,7 @@ import pytest
 
 import surgery
 from conftest import assert_one_line_error, run_surgery
-from surgery.attention import find_blocks
+from surgery.attention import find_blocks, survey
 from surgery.errors import SurgeryError
 from surgery.graph import as_ir
 from surgery.metadata import WIDEN_HISTORY_KEY, WIDENED_TENSORS_KEY
@@ -299,3 +299,49 @@ def test_heads_grow_again_and_the_metadata_composes():
     fused = [entry["new"] for entry in metadata(twice, WIDENED_TENSORS_KEY).values() if entry["original"] == 192]
     assert [[64, 112], [176, 224], [288, 336]] in fused  # block 0: 3 new heads of 16 after Q, K and V
     assert [[64, 80], [144, 160], [224, 240]] in fused  # block 1: 1 new head
+
+
+@pytest.fixture(scope="module")
+def keras_attention_variants() -> onnx.ModelProto:
+    """A real export (`surgery.export_keras`) of MultiHeadAttention with ``value_dim`` ≠ ``key_dim``
+    and of cross-attention (keys and values from a second input), weights perturbed."""
+    keras = pytest.importorskip("keras")
+    from surgery.export import export_keras
+
+    x, y = keras.Input((None, 32), name="x"), keras.Input((None, 32), name="y")
+    h = keras.layers.MultiHeadAttention(2, 8, value_dim=12, name="wide_values")(x, x)
+    h = keras.layers.MultiHeadAttention(4, 8, name="cross")(h, y)
+    model = keras.Model([x, y], h, name="variants")
+    rng = np.random.default_rng(2)
+    for weight in model.weights:
+        weight.assign(weight.numpy() + rng.normal(0, 0.05, weight.shape).astype("float32"))
+    return export_keras(model)
+
+
+@pytest.mark.slow
+def test_keras_value_dim_and_cross_attention_grow_bitwise(keras_attention_variants):
+    original = keras_attention_variants
+    found = find_blocks(as_ir(original))
+    assert [(b.name, b.heads, b.dims) for b in found] == [("wide_values", 2, (8, 8, 12)), ("cross", 4, (8, 8, 8))]
+    grown = surgery.widen(original, heads={"*": 1}, seed=4)
+    dims = {d.dim_param: 5 for i in original.graph.input for d in i.type.tensor_type.shape.dim[1:] if d.dim_param}
+    assert surgery.verify(original, grown, dims=dims).equivalent
+    assert [(b.name, b.heads, b.dims) for b in find_blocks(as_ir(grown))] == [
+        ("wide_values", 3, (8, 8, 12)), ("cross", 5, (8, 8, 8))]
+
+
+@pytest.mark.slow
+def test_keras_grouped_query_attention_is_refused_with_the_reason():
+    """Keras's GroupQueryAttention repeats key/value heads with ``Tile``, which the head tracking
+    does not follow: the block is not listed and --heads names the node."""
+    keras = pytest.importorskip("keras")
+    from surgery.export import export_keras
+
+    x = keras.Input((None, 32), name="x")
+    model = keras.Model(x, keras.layers.GroupQueryAttention(8, 4, 2, name="gqa")(x, x))
+    exported = export_keras(model)
+    found, refused = survey(as_ir(exported))
+    assert found == [] and len(refused) == 1
+    name = next(iter(refused))
+    with pytest.raises(SurgeryError, match=r"cannot add heads: Tile node '.*gqa.*' is not an op the head tracking"):
+        surgery.widen(exported, heads={name: 1})

@@ -15,6 +15,7 @@ from surgery.errors import SurgeryError
 from surgery.graph import as_ir
 from surgery.testing import assert_equivalent
 from surgery.verification import compare_arrays, verify
+from surgery.verification.feeds import SYMBOLIC_DEFAULT, index_bounds
 
 f32 = np.float32
 
@@ -169,12 +170,30 @@ def test_an_output_present_in_one_model_only_makes_it_not_equivalent():
     assert "only in reference" in report.summary()
 
 
-def test_symbolic_dims_need_values():
+def test_symbolic_dims_take_a_default_or_the_given_value():
     relu = elementwise([helper.make_node("Relu", ["x"], ["y"], name="relu")], inputs=(("x", ["batch", "seq", 4]),))
-    with pytest.raises(SurgeryError, match="symbolic dimension 'seq' at axis 1: give --dim seq=N"):
-        verify(relu, relu)
+    report = verify(relu, relu, samples=10, batch=4)
+    assert report.equivalent and report.outputs[0].elements == 10 * SYMBOLIC_DEFAULT * 4
+    assert report.dims == {"batch": 4, "seq": SYMBOLIC_DEFAULT}
     report = verify(relu, relu, dims={"seq": 3}, samples=10, batch=4)
     assert report.equivalent and report.outputs[0].elements == 10 * 3 * 4
+    with pytest.raises(SurgeryError, match=r"no symbolic dimension 'sq' \(theirs: batch, seq\)"):
+        verify(relu, relu, dims={"sq": 3})
+
+
+def test_token_ids_stay_below_the_embedding_table():
+    """An int64 input indexing a 3-row table through a Cast: ids beyond 2 would make Gather fail."""
+    table = np.arange(12, dtype=f32).reshape(3, 4)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["ids"], ["ids32"], name="cast", to=TensorProto.INT32),
+         helper.make_node("Gather", ["table", "ids32"], ["y"], name="gather")],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 4])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    model = forms.finish(graph)
+    assert index_bounds(model.graph) == {"ids": 3}
+    assert verify(model, model, samples=64, batch=16).equivalent
 
 
 def test_integer_and_bool_inputs_are_generated_in_range():
@@ -214,8 +233,13 @@ def test_bad_options_are_surgery_errors():
     model = forms.pytorch_mlp()
     with pytest.raises(SurgeryError, match="optimization must be one of"):
         verify(model, model, optimization="max")
-    with pytest.raises(SurgeryError, match="samples and batch must be at least 1"):
+    with pytest.raises(SurgeryError, match="samples must be an integer of at least 1") as raised:
         verify(model, model, samples=0)
+    assert raised.value.param == "samples"
+    for tolerance in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(SurgeryError, match="rtol must be a finite non-negative number") as raised:
+            verify(model, model, rtol=tolerance)
+        assert raised.value.param == "rtol"
     with pytest.raises(SurgeryError, match=r"input 'input' has shape \[batch, 20\] in reference but \[batch, 1, 8, 8\] in candidate"):
         verify(model, forms.pytorch_cnn())
     relu = elementwise([helper.make_node("Relu", ["x"], ["y"], name="relu")])
@@ -397,33 +421,33 @@ def test_optimization_level_applies_to_both_and_is_named(cli, files):
 
 def test_large_models_run_one_session_at_a_time(monkeypatch):
     """Above ONE_SESSION_BYTES the two sessions never coexist, and the verdicts are the same."""
-    import surgery.verification as verification
+    from surgery.verification import core, sides
 
     reference = forms.pytorch_mlp()
     changed = one_ulp_up(reference, "fc2.bias")
 
     alive: list[int] = []
-    create = verification._create_session
+    create = sides.create_session
 
     def counting(*args, **kwargs):
         session = create(*args, **kwargs)
-        alive.append(sum(len(side._sessions) for side in sides) + 1)
+        alive.append(sum(len(side._sessions) for side in opened) + 1)
         return session
 
-    sides: list = []
-    make_side = verification._OnnxSide
+    opened: list = []
+    make_side = sides.OnnxSide
 
     def tracked(*args, **kwargs):
         side = make_side(*args, **kwargs)
-        sides.append(side)
+        opened.append(side)
         return side
 
-    monkeypatch.setattr(verification, "ONE_SESSION_BYTES", 0)
-    monkeypatch.setattr(verification, "ROUND_BYTES", 1)  # a round per batch: several rounds
-    monkeypatch.setattr(verification, "_create_session", counting)
-    monkeypatch.setattr(verification, "_OnnxSide", tracked)
-    same = verification.verify(reference, reference, samples=24, batch=8)
-    differs = verification.verify(reference, changed, samples=24, batch=8)
+    monkeypatch.setattr(core, "ONE_SESSION_BYTES", 0)
+    monkeypatch.setattr(core, "ROUND_BYTES", 1)  # a round per batch: several rounds
+    monkeypatch.setattr(sides, "create_session", counting)
+    monkeypatch.setattr(sides, "OnnxSide", tracked)
+    same = verify(reference, reference, samples=24, batch=8)
+    differs = verify(reference, changed, samples=24, batch=8)
     assert same.equivalent and not differs.equivalent
     assert differs.outputs[0].max_ulp >= 1
     assert max(alive) == 1  # never two sessions at once

@@ -56,3 +56,34 @@ def test_keras_side_with_explicit_tolerance(keras_and_onnx):
     # atol = rtol = 0: only elements with a nonzero difference fail; TensorFlow and onnxruntime
     # rarely agree to the bit on a softmax, so the report must be consistent either way.
     assert report.equivalent == (report.outputs[0].max_abs_diff == 0.0)
+
+
+def test_an_output_the_keras_model_dropped_is_reported_not_failed(tmp_path, capfd):
+    """skl2onnx's classifier form has `label` and `probabilities`; a Keras rebuild that keeps the
+    output's name and leaves the label out is matched by name, the label reported as dropped."""
+    import json
+
+    import keras
+
+    import forms
+    from conftest import run_surgery
+
+    proto = forms.sklearn_mlp()
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    logits = keras.layers.Dense(3)(hidden)
+    model = keras.Model(inputs, keras.layers.Softmax(name="probabilities")(logits))
+    model.layers[1].set_weights([weights["coefficient"], weights["intercepts"][0]])
+    model.layers[2].set_weights([weights["coefficient1"], weights["intercepts1"][0]])
+    onnx.save(proto, tmp_path / "sk.onnx")
+    model.save(tmp_path / "sk.keras")
+
+    report = verify(tmp_path / "sk.onnx", tmp_path / "sk.keras", samples=16)
+    by_name = {o.name: o for o in report.outputs}
+    assert report.equivalent, report.summary()
+    assert by_name["probabilities"].passed and by_name["probabilities"].elements == 16 * 3
+    assert by_name["label"].dropped and by_name["label"].present_in == "reference"
+    done = run_surgery(capfd, "verify", tmp_path / "sk.onnx", tmp_path / "sk.keras", "--json", "-")
+    assert done.returncode == 0, done.stderr
+    assert [o["dropped"] for o in json.loads(done.stdout)["outputs"]] == [True, False]

@@ -3,11 +3,14 @@ whose outputs are not bitwise equal (exit 1), and the non-preserving strategies.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 import pytest
 
 import forms
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, run_surgery
+from surgery.verification import verify
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,7 @@ def test_widen_writes_a_verified_model_deterministically(cli, cnn_file, tmp_path
         ("/conv9/Conv=2", "no layer named '/conv9/Conv'; did you mean /conv1/Conv"),
         ("/conv1/Conv", "expected NAME=K"),
         ("/conv1/Conv=x", "K must be an integer"),
-        ("/conv1/Conv=0", "K must be at least 1"),
+        ("/conv1/Conv=0", "the number of new units must be at least 1"),
         ("/fc/Gemm=2", "graph output 'output'"),
     ],
 )
@@ -80,3 +83,22 @@ def test_inspect_symmetry_sees_all_zero_units(cli, cnn_file, tmp_path):
     assert cli("widen", cnn_file, "-o", out, "--layer", "/conv1/Conv=3", "--init", "all-zero").returncode == 0
     done = cli("inspect", out, "--symmetry", "/conv1/Conv")
     assert done.returncode == 0 and "units 4, 5, 6 are identical" in done.stdout
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize(("fixture", "layer"), [
+    ("bert", "/model/encoder/layer.0/intermediate/dense/MatMul"),
+    ("llama", "/model/model/layers.0/mlp/up_proj/MatMul"),
+    ("llama_gqa", "/model/model/layers.1/mlp/gate_proj/MatMul"),
+])
+def test_transformer_exports_are_verified_with_no_extra_flags(fixture, layer, tmp_path, capfd):
+    """input_ids [batch, sequence]: the sequence takes its default and token ids stay below the
+    vocabulary, so widen's own check runs on real PyTorch exports without --dim (issue 13, item 2)."""
+    out = tmp_path / "wide.onnx"
+    done = run_surgery(capfd, "widen", FIXTURES / f"{fixture}.onnx", "-o", out, "--layer", f"{layer}=16")
+    assert done.returncode == 0, done.stderr
+    assert "verified: outputs bitwise equal (16 samples in batches of 8, batch=8, sequence=8" in done.stdout
+    report = verify(FIXTURES / f"{fixture}.onnx", out, dims={"sequence": 5}, samples=4)
+    assert report.equivalent and report.dims == {"batch": 4, "sequence": 5}

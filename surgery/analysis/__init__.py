@@ -97,7 +97,7 @@ def analyse(model: ir.Model, plan: Mapping[str, int], *, allow_output_change: bo
         [(16, 20)]
     """
     if align is not None and align < 1:
-        raise SurgeryError(f"--align must be at least 1, got {align}")
+        raise SurgeryError(f"{{param}} must be at least 1, got {align}", param="align")
     sites = layer_sites(model) if sites is None else sites
     return _analyse(model, _parse_plan(model, plan, sites), allow_output_change, align, sites)
 
