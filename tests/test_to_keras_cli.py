@@ -18,7 +18,7 @@ def files(tmp_path_factory):
         paths[name] = folder / f"{name}.onnx"
         onnx.save(build(), paths[name])
     unsupported = forms.pytorch_mlp()
-    unsupported.graph.node[1].op_type = "Det"  # still a valid graph: Det is a float op of opset 17, with no Keras rule
+    unsupported.graph.node[1].op_type = "Acos"  # still a valid graph: Acos is an elementwise float op with no Keras rule
     paths["unsupported"] = folder / "unsupported.onnx"
     onnx.save(unsupported, paths["unsupported"])
     return folder, paths
@@ -68,7 +68,7 @@ def test_unsupported_op_is_one_line_exit_2_and_writes_nothing(cli, files):
     folder, paths = files
     out = folder / "unsupported.keras"
     result = cli("to-keras", paths["unsupported"], "-o", out)
-    assert_one_line_error(result, says=("unsupported op Det at node '/relu/Relu'",))
+    assert_one_line_error(result, says=("unsupported op Acos at node '/relu/Relu'",))
     assert result.stderr.count("\n") == 1
     assert not out.exists()
 

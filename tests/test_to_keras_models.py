@@ -189,7 +189,7 @@ def test_seed_pipeline_on_a_keras_transformer_keeps_the_loss_and_trains_on():
     assert np.isfinite(history.history["loss"]).all() and history.history["loss"][-1] < before
 
 
-@pytest.mark.parametrize("name, block", [("gpt2_sdpa", "model.transformer.h.1"), ("resnet", "layer1.0")])
+@pytest.mark.parametrize("name, block", [("gpt2_sdpa", "transformer.h.1"), ("resnet", "layer1.0")])
 def test_deepened_fixture_converts_faithfully(name, block):
     deeper = surgery.deepen(_load(name), after=block, init="random", seed=1)
     conversion = convert(deeper)
