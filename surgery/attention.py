@@ -68,21 +68,18 @@ from surgery.graph import (
     constant_shape,
     consumers,
     is_constant,
+    reachable,
 )
 from surgery.layers import Layer, LayerSite, friendly_names, layer_sites
 from surgery.naming import module_names
+from surgery.ops import CATALOGUE, POSITIONAL, SHAPE_ARITHMETIC, SHAPE_CARRIERS
 
 #: Ops between the scores MatMul and the Softmax, and between the Softmax and ``·V``.
 _SCORE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Where", "Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze"})
 _PROBABILITY_OPS = frozenset({"Cast", "Identity", "Dropout", "Where", "IsNaN", "Reshape", "Squeeze", "Unsqueeze"})
 
 #: Elementwise ops with one data input whose positions stay where they are.
-_UNARY = frozenset(
-    {
-        "Cast", "Identity", "Dropout", "Neg", "Abs", "Relu", "Sigmoid", "Tanh", "Erf", "Exp", "IsNaN", "IsInf",
-        "Not", "Sqrt", "Reciprocal", "Sign", "Softplus", "Gelu",
-    }
-)
+_UNARY = frozenset(op for op, info in CATALOGUE.items() if info.kind == "unary") | POSITIONAL
 #: Elementwise ops joining several inputs (broadcasting); the neutral value of a per-unit constant.
 _ELEMENTWISE = {"Add": 0.0, "Sub": 0.0, "Mul": 1.0, "Div": 1.0, "Where": None, "Equal": None, "Max": None,
                 "Min": None, "Pow": None, "And": None, "Or": None, "Less": None, "Greater": None}
@@ -961,7 +958,7 @@ def trace_heads(model: ir.Model, candidate: dict, added: int) -> Trace:
         if bias is not None and (constant_shape(node.inputs[bias]) or (0,))[-1] == site.layer.width:
             trace.edits.append(("bias", node, bias, len(constant_shape(node.inputs[bias])) - 1, original))
         starts.append(output)
-    for node in _region(starts, {o.node}):
+    for node in reachable(starts, {o.node}):
         tracked = {i: trace.tracks[value] for i, value in enumerate(node.inputs) if value in trace.tracks}
         for index, track in (walk.rule(node, tracked) if tracked else walk.broadcast(node)).items():
             value = node.outputs[index]
@@ -996,8 +993,7 @@ def _fused_widths(site: LayerSite) -> list[int]:
 
 
 #: Ops a shape vector passes through on its way to a Reshape or Expand target.
-_SHAPE_PATH = frozenset({"Cast", "Identity", "Squeeze", "Unsqueeze", "Concat", "Gather", "Slice", "ReduceProd", "Max",
-                         "Mul"})
+_SHAPE_PATH = SHAPE_CARRIERS | SHAPE_ARITHMETIC
 
 
 def _shape_readers(shape: ir.Node) -> list[tuple[ir.Node, int]]:
@@ -1012,30 +1008,6 @@ def _shape_readers(shape: ir.Node) -> list[tuple[ir.Node, int]]:
             elif use.node.op_type not in _SHAPE_PATH:
                 found.append((use.node, use.idx))
     return found
-
-
-def _region(seeds: list[ir.Value], stops: set[ir.Node]) -> list[ir.Node]:
-    """Nodes reachable from the seeds (not past the stops), in topological order."""
-    visited: set[ir.Node] = set()
-    postorder: list[ir.Node] = []
-    for seed in seeds:
-        stack = [(use.node, False) for use in reversed(list(seed.uses()))]
-        while stack:
-            node, done = stack.pop()
-            if done:
-                postorder.append(node)
-                continue
-            if node in visited:
-                continue
-            visited.add(node)
-            stack.append((node, True))
-            if node in stops:
-                continue
-            for output in reversed(node.outputs):
-                for use in reversed(list(output.uses())):
-                    if use.node not in visited:
-                        stack.append((use.node, False))
-    return postorder[::-1]
 
 
 __all__ = ["Block", "Track", "Trace", "find_blocks", "survey", "trace_heads"]

@@ -50,15 +50,10 @@ import onnx_ir as ir
 from surgery.graph import ModelLike, as_ir, attribute
 from surgery.layers import friendly_names
 from surgery.naming import module_path, parameter_path
+from surgery.ops import ELEMENTWISE_ACTIVATIONS, LAYER_OPS
 
 #: Elementwise activations that end a residual block when they read the sum (``relu(x + f(x))``).
-TAIL_ACTIVATIONS = frozenset(
-    {
-        "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Tanh", "Sigmoid", "HardSigmoid",
-        "HardSwish", "Softplus", "Softsign", "Gelu", "Clip", "Mish",
-    }
-)
-_LAYER_OPS = frozenset({"Gemm", "MatMul", "Conv"})
+TAIL_ACTIVATIONS = ELEMENTWISE_ACTIVATIONS
 _GROWN = re.compile(r"\.grown\.\d+$")
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.\w+)+$")
 
@@ -228,7 +223,7 @@ def _same_shape(a: ir.Value, b: ir.Value) -> bool:
 
 def _has_layer(nodes: list[ir.Node], order: _Order) -> bool:
     return any(
-        node.op_type in _LAYER_OPS
+        node.op_type in LAYER_OPS
         and any(v is not None and _is_constant_value(v, order.constant_only) for v in node.inputs)
         for node in nodes
     )
@@ -359,7 +354,7 @@ def _name(nodes: tuple[ir.Node, ...], residual_adds: list[ir.Node], keras: dict[
     if len(firsts) == 1 and _GROWN.search(next(iter(firsts))) and all("/" in name for name in names):
         prefix = next(iter(firsts))
         return prefix, None, prefix
-    marks = [n for n in nodes if n.op_type in _LAYER_OPS and _has_layer([n], order)] + residual_adds
+    marks = [n for n in nodes if n.op_type in LAYER_OPS and _has_layer([n], order)] + residual_adds
     marked = [node.name or "" for node in marks]
     if marked and all(name.startswith("/") for name in marked):
         common = _common([name.split("/")[1:-1] for name in marked])
@@ -385,7 +380,7 @@ def _wrapper(model: ir.Model) -> str | None:
     around the model), which `surgery.naming` leaves out of layer names too."""
     paths = [
         module_path(node.name or "") or parameter_path(node.inputs[1] if len(node.inputs) > 1 else None)
-        for node in model.graph if node.op_type in _LAYER_OPS
+        for node in model.graph if node.op_type in LAYER_OPS
     ]
     paths = [path for path in paths if path]
     firsts = {path.split(".", 1)[0] for path in paths}

@@ -147,7 +147,7 @@ def inspect(model: str, as_json: bool, symmetry_layer: str | None) -> None:
         return
     from surgery.inspection import inspect_document
 
-    document = inspect_document(ir_model)
+    document = inspect_document(ir_model, flag_for)
     if as_json:
         click.echo(json.dumps({"model": model, **document}))
         return

@@ -72,15 +72,14 @@ from surgery.graph import ModelLike, as_ir, attribute, consumers, constant_array
 from surgery.initializers import draw_weight
 from surgery.layers import LayerSite, layer_sites
 from surgery.metadata import DEEPEN_HISTORY_KEY, KERAS_CONFIG_KEY, LAYER_MAP_KEY, WIDENED_TENSORS_KEY
-from surgery.ops import init_family
+from surgery.ops import LAYER_OPS, REARRANGING, VALUE_PRESERVING, init_family
 
 INITS = ("copy", "random")
 KINDS = ("block", "identity")
 
 #: Activations that are the identity on the values they output: a(a(x)) == a(x).
 IDEMPOTENT = frozenset({"Relu", "Clip"})
-_LAYOUT = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout", "Cast"})
-_LAYER_OPS = frozenset({"Gemm", "MatMul", "Conv"})
+_LAYOUT = REARRANGING | VALUE_PRESERVING
 
 
 @dataclass(frozen=True)
@@ -208,7 +207,7 @@ def _projection(block: str, residual: Residual) -> tuple[ir.Node, list[tuple[ir.
             raise SurgeryError(f"{where}: {value.name!r} is also read elsewhere, so it cannot start at zero")
         op, inputs = node.op_type, node.inputs
         constant = [i for i, v in enumerate(inputs) if v is not None and constant_shape(v) is not None]
-        if op in _LAYER_OPS and (weight := _weight_source(node)) is not None:
+        if op in LAYER_OPS and (weight := _weight_source(node)) is not None:
             zeroed.append(weight)
             if op in ("Gemm", "Conv") and len(inputs) > 2 and inputs[2] is not None:
                 zeroed.append((node, 2))
@@ -270,7 +269,7 @@ def _random_edits(site: BlockSite, sites: dict[int, LayerSite], zeroed: set[tupl
     """Rule 2, ``init="random"``: a drawn weight and a zero bias for every other layer of the block."""
     edits = []
     for node in site.nodes:
-        weight = _weight_source(node) if node.op_type in _LAYER_OPS else None
+        weight = _weight_source(node) if node.op_type in LAYER_OPS else None
         if weight is None or (id(weight[0]), weight[1]) in zeroed:
             continue
         layer = sites.get(id(node))

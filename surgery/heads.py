@@ -68,8 +68,9 @@ class HeadPlan:
         for edit in self.edits:
             if (id(edit.node), edit.input_index) in taken:
                 raise SurgeryError(
-                    f"--layer and --heads both change input {edit.input_index} of {edit.node.op_type} node "
-                    f"{edit.node.name!r}; grow them in two runs"
+                    f"{{param}} and the widened layers both change input {edit.input_index} of {edit.node.op_type} "
+                    f"node {edit.node.name!r}; grow them in two runs",
+                    param="heads",
                 )
         return replace(plan, edits=plan.edits + self.edits, tensors=plan.tensors + self.tensors)
 

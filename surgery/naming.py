@@ -35,9 +35,7 @@ from typing import TypeVar
 import onnx_ir as ir
 
 from surgery.errors import SurgeryError
-
-#: Ops whose weight names a layer (`surgery.layers` decides which of their nodes are layers).
-_WEIGHTED_OPS = frozenset({"Gemm", "MatMul", "Conv"})
+from surgery.ops import LAYER_OPS
 
 #: Weight suffixes of PyTorch's state_dict keys, longest first.
 _PARAMETER_SUFFIXES = (".weight", ".weight_orig")
@@ -89,7 +87,7 @@ def module_names(model: ir.Model) -> dict[str, str]:
     derived = {
         node.name: name
         for node in model.graph
-        if node.op_type in _WEIGHTED_OPS and node.name and (name := _derived_name(node)) is not None
+        if node.op_type in LAYER_OPS and node.name and (name := _derived_name(node)) is not None
     }
     firsts = {name.split(".", 1)[0] for name in derived.values()}
     if len(firsts) == 1 and all("." in name for name in derived.values()):  # a wrapper module around the model
@@ -97,7 +95,7 @@ def module_names(model: ir.Model) -> dict[str, str]:
     derived |= {
         node.name: name
         for node in model.graph
-        if node.op_type in _WEIGHTED_OPS and node.name and node.name not in derived and "/" not in node.name
+        if node.op_type in LAYER_OPS and node.name and node.name not in derived and "/" not in node.name
         and (name := _keras_sublayer(node)) is not None
     }
     counts = Counter(derived.values())

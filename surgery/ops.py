@@ -115,16 +115,39 @@ CATALOGUE: dict[str, OpInfo] = {
     "Pow": OpInfo("pow"),
 }
 
+#: Ops whose constant weight makes a layer (`surgery.layers` decides which of their nodes are layers).
+LAYER_OPS = frozenset(op for op, info in CATALOGUE.items() if info.kind in ("matmul", "gemm", "conv"))
+
+#: Activations applied entry by entry (Softmax and LogSoftmax act over an axis): what may end a block.
+ELEMENTWISE_ACTIVATIONS = frozenset(
+    op for op, info in CATALOGUE.items() if info.family is not None and info.kind != "over-axes"
+)
+
+#: Single-input ops that copy their input's values unchanged at inference (Cast to another type).
+VALUE_PRESERVING = frozenset({"Identity", "Dropout", "Cast"})
+
+#: Ops that only rearrange a tensor's entries.
+REARRANGING = frozenset(
+    op for op, info in CATALOGUE.items() if info.kind in ("reshape", "transpose", "squeeze", "flatten")
+)
+
+#: Elementwise single-input ops that keep every position but are not widening pass-through: on a new
+#: unit they can give inf or NaN (or work on booleans). Adding heads passes through them like ``unary``.
+POSITIONAL = frozenset({"Exp", "Log", "Sqrt", "Reciprocal", "IsNaN", "IsInf", "Not"})
+
 #: Activations that several exporter nodes spell out (recognised by `activation_after`).
 COMPOSITE_ACTIVATIONS = {"Gelu": "he", "Silu": "he", "SwiGLU": "he", "Relu6": "he"}
 
 #: Ops `activation_after` looks through: layout changes (a Keras Dense on 3-D input is
 #: Reshape → MatMul → Reshape → Add) and per-channel normalisation
 #: (Dense → BatchNormalization → ReLU reports ReLU), besides a Mul/Add by a constant.
-TRANSPARENT = frozenset({"Transpose", "Reshape", "Identity", "Cast", "Dropout", "BatchNormalization"})
+TRANSPARENT = frozenset({"Transpose", "Reshape", "BatchNormalization"}) | VALUE_PRESERVING
 
 #: Ops that carry a shape tensor from `Shape` to a Reshape's target, entry by entry.
 SHAPE_CARRIERS = frozenset({"Cast", "Identity", "Squeeze", "Unsqueeze", "Concat", "Gather", "Slice"})
+
+#: Ops that compute a shape entry from others (a flattened size, a broadcast size).
+SHAPE_ARITHMETIC = frozenset({"ReduceProd", "Max", "Mul"})
 
 #: How many nodes `activation_after` looks through before giving up.
 _LOOK_AHEAD = 6
@@ -259,6 +282,7 @@ def default_softmax_axis(node: ir.Node, opset: int) -> int:
 
 
 __all__ = [
-    "OpInfo", "CATALOGUE", "COMPOSITE_ACTIVATIONS", "TRANSPARENT", "SHAPE_CARRIERS", "init_family",
+    "OpInfo", "CATALOGUE", "LAYER_OPS", "ELEMENTWISE_ACTIVATIONS", "VALUE_PRESERVING", "REARRANGING", "POSITIONAL",
+    "COMPOSITE_ACTIVATIONS", "TRANSPARENT", "SHAPE_CARRIERS", "SHAPE_ARITHMETIC", "init_family",
     "keras_activation", "activation_after", "pow_exponent", "default_softmax_axis",
 ]

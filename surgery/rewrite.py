@@ -47,14 +47,14 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from surgery.analysis import Edit, WidenPlan, analyse, infer_missing_shapes
+from surgery.analysis import Edit, WidenPlan, analyse, infer_missing_shapes, parse_plan
 from surgery.layout import mask_ranges
 from surgery.errors import SurgeryError
 from surgery.external import ConcatenatedTensor, concatenate
 from surgery.heads import plan_heads
 from surgery.graph import ModelLike, as_ir, constant_array, constant_shape, like
 from surgery.initializers import check_strategy, extend, new_unit_values, unit_sources
-from surgery.layers import layer_sites, resolve_layer
+from surgery.layers import LayerSite, layer_sites
 from surgery.metadata import WIDEN_HISTORY_KEY, WIDENED_TENSORS_KEY
 from surgery.naming import expand, layer_candidates
 from surgery.ops import SHAPE_CARRIERS
@@ -108,20 +108,17 @@ def _check_memory(plan: WidenPlan, init: str) -> None:
         )
 
 
-def _precheck_size(model: ir.Model, plan: Mapping[str, int]) -> None:
-    """Refuse absurd unit counts before the analysis allocates position arrays for them."""
+def _precheck_size(requests: list[tuple[LayerSite, int, str]]) -> None:
+    """Refuse absurd unit counts (`parse_plan`'s requests) before the analysis allocates position arrays for them."""
     available = _available_memory()
-    sites = layer_sites(model)  # once: resolving every block's name stays linear in the graph's size
-    for name, added in plan.items():
-        if isinstance(added, (int, np.integer)) and not isinstance(added, bool) and added > 0:
-            site = resolve_layer(model, name, sites)
-            shape = constant_shape(site.node.inputs[1]) or (1,)
-            per_unit = int(np.prod(shape)) // max(site.layer.width, 1)
-            if (site.layer.width + int(added)) * max(per_unit, 1) * 4 > available:
-                raise SurgeryError(
-                    f"{name}: {added} new units would need more memory than the "
-                    f"{available / 2**30:.1f} GiB available; ask for fewer units"
-                )
+    for site, added, name in requests:
+        shape = constant_shape(site.node.inputs[1]) or (1,)
+        per_unit = int(np.prod(shape)) // max(site.layer.width, 1)
+        if (site.layer.width + added) * max(per_unit, 1) * 4 > available:
+            raise SurgeryError(
+                f"{name}: {added} new units would need more memory than the "
+                f"{available / 2**30:.1f} GiB available; ask for fewer units"
+            )
 
 
 def _composed_tensors(model: ir.Model, plan: WidenPlan) -> dict:
@@ -479,8 +476,10 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
     check_strategy(init, fan_in)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SurgeryError(f"{{param}} must be a non-negative integer, got {seed!r}", param="seed")
-    plan = expand(plan, layer_candidates((s.layer.node, s.layer.name) for s in layer_sites(model)), "layer")
-    _precheck_size(model, plan)
+    sites = layer_sites(model)
+    plan = expand(plan, layer_candidates((s.layer.node, s.layer.name) for s in sites), "layer")
+    if plan:
+        _precheck_size(parse_plan(model, plan, sites))
     infer_missing_shapes(model)
     if plan or not heads:
         widen_plan = analyse(model, plan, allow_output_change=allow_output_change, align=align)

@@ -14,7 +14,9 @@ import surgery
 from conftest import assert_one_line_error, run_surgery
 from surgery.attention import find_blocks, survey
 from surgery.errors import SurgeryError
+from surgery.analysis import WidenPlan
 from surgery.graph import as_ir
+from surgery.heads import plan_heads
 from surgery.metadata import WIDEN_HISTORY_KEY, WIDENED_TENSORS_KEY
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -108,6 +110,16 @@ def test_heads_and_layers_grow_together():
     assert grown_layers >= {"model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"}
     assert [r["block"] for r in history if "block" in r] == ["model.layers.1.self_attn"]
 
+
+def test_an_input_changed_by_both_layers_and_heads_is_refused_naming_the_parameter():
+    model = as_ir(fixture("gpt2_sdpa"))
+    head_plan = plan_heads(model, {"transformer.h.0.attn": 1}, init="output-zero")
+    layers_plan = WidenPlan((), head_plan.edits[:1], ())
+    with pytest.raises(SurgeryError) as refused:
+        head_plan.joined(layers_plan)
+    assert refused.value.param == "heads"
+    assert str(refused.value).startswith("heads and the widened layers both change input")
+    assert refused.value.render("--heads").startswith("--heads and the widened layers")
 
 def test_same_seed_same_bytes_other_seed_other_bytes():
     original = fixture("gpt2_sdpa")

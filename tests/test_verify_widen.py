@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import forms
 import numpy as np
@@ -81,3 +82,14 @@ def test_locate_looks_past_tf2onnx_flatten_shape_chain():
     located = verify(reference, broken, samples=8, locate=True).located
     assert located.node == matmul.name
     assert located.skipped >= 1  # the Shape chain, skipped rather than blamed
+
+
+def test_locate_looks_past_shape_constants_a_widening_edits():
+    """Adding a GPT-2 head edits the head-splitting Reshape's width constant (192 → 240) on purpose:
+    with random new heads, locate names the first float tensor that differs, the output projection."""
+    reference = onnx.load(Path(__file__).parent / "fixtures" / "gpt2_sdpa.onnx")
+    grown = widen(reference, heads={"transformer.h.0.attn": 1}, init="all-random")
+    located = verify(reference, grown, samples=2, locate=True).located
+    assert located.comparison is not None and located.comparison.dtype == "float32"
+    assert located.node == "/model/transformer/h.0/attn/c_proj/Gemm"
+    assert located.skipped >= 1  # the edited shape constants, skipped rather than blamed

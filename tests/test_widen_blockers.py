@@ -96,7 +96,7 @@ def test_blocker_is_refused_naming_the_node(case):
 
 def test_graph_output_is_refused_unless_allowed():
     model = _model([helper.make_node("Relu", ["h"], ["y"], name="/act/Relu")], [])
-    with pytest.raises(SurgeryError, match=r"graph output 'y' \(from Relu node '/act/Relu'\).*--allow-output-change"):
+    with pytest.raises(SurgeryError, match=r"graph output 'y' \(from Relu node '/act/Relu'\).*allow_output_change"):
         widen(model, {"/fc1/MatMul": 2})
     wide = widen(model, {"/fc1/MatMul": 2}, allow_output_change=True)
     assert onnx.numpy_helper.to_array(wide.graph.initializer[0]).shape == (6, 6)

@@ -154,7 +154,7 @@ def test_mobilenet_layers_that_widen(models):
             refused.append(str(error))
     assert (widened, len(layers)) == (52, 53)
     assert refused == ["cannot widen: graph output 'logits' (from Gemm node '/classifier/classifier.1/Gemm') "
-                       "would change shape; pass --allow-output-change to allow it"]
+                       "would change shape; pass allow_output_change to allow it"]
 
 
 def test_asking_for_a_mobilenet_depthwise_conv_widens_its_producer(models):

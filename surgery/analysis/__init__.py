@@ -55,7 +55,8 @@ from surgery.layout import Layout, mask_ranges
 from surgery.shapes import infer_missing_shapes  # the one shape inference (weight-less view); re-exported
 
 
-def _parse_plan(model: ir.Model, plan: Mapping[str, int], sites: list[LayerSite]) -> list[tuple[LayerSite, int, str]]:
+def parse_plan(model: ir.Model, plan: Mapping[str, int], sites: list[LayerSite]) -> list[tuple[LayerSite, int, str]]:
+    """`plan` checked (each name a layer, once; each count an integer ≥ 1) as (site, new units, name) requests."""
     if not plan:
         raise SurgeryError("nothing to widen: give at least one layer and a number of new units")
     requested: list[tuple[LayerSite, int, str]] = []
@@ -99,7 +100,7 @@ def analyse(model: ir.Model, plan: Mapping[str, int], *, allow_output_change: bo
     if align is not None and align < 1:
         raise SurgeryError(f"{{param}} must be at least 1, got {align}", param="align")
     sites = layer_sites(model) if sites is None else sites
-    return _analyse(model, _parse_plan(model, plan, sites), allow_output_change, align, sites)
+    return _analyse(model, parse_plan(model, plan, sites), allow_output_change, align, sites)
 
 
 def trace_units(model: ir.Model, layer: str) -> WidenPlan:
@@ -139,5 +140,5 @@ def _analyse(model: ir.Model, requested: list[tuple[LayerSite, int, str]], allow
 
 __all__ = [
     "Layout", "Member", "Group", "Edit", "AttributeEdit", "ChannelChange", "RowShift", "SGEMM_K_BLOCK",
-    "WidenPlan", "RULES", "rule_for", "analyse", "trace_units", "infer_missing_shapes", "mask_ranges",
+    "WidenPlan", "RULES", "rule_for", "analyse", "parse_plan", "trace_units", "infer_missing_shapes", "mask_ranges",
 ]

@@ -182,7 +182,8 @@ class Walk:
         if value.is_graph_output() and not self.allow_output_change:
             raise Blocked(
                 f"cannot widen: graph output {value.name!r} (from {describe(node)}) would change shape; "
-                "pass --allow-output-change to allow it"
+                "pass {param} to allow it",
+                param="allow_output_change",
             )
 
     def _seed(self, gid: int, member: Member) -> None:

@@ -15,26 +15,34 @@ from surgery.verification.report import Located, OutputComparison
 from surgery.verification.sides import OnnxSide
 
 
-def _shape_computations(proto: onnx.ModelProto, widened: dict) -> set[str]:
-    """Tensors computed from the shape of a widened tensor (tf2onnx's dynamic Flatten chain).
+def _shape_computations(proto: onnx.ModelProto, widened: dict) -> tuple[set[str], set[str]]:
+    """Tensors the widening may change on purpose, as (from widened shapes, shapes or constants):
 
-    `Shape`/`Size` of a widened tensor, and every node whose inputs are all such tensors or
-    constants, differ by design after a widening; their consumers are compared instead.
+    - `Shape`/`Size` of a widened tensor, and every node whose inputs are all such tensors or
+      constants (tf2onnx's dynamic Flatten chain): never compared.
+    - tensors computed only from `Shape`/`Size` outputs and constants (a `Constant` node too):
+      not compared when integer, since they are shape computations (a Reshape's target, which a
+      widening edits, e.g. GPT-2's head split 192 → 240); float ones are compared.
+
+    Their consumers are compared instead.
     """
     constants = {t.name for t in proto.graph.initializer}
     derived: set[str] = set()
+    static: set[str] = set()
     for node in proto.graph.node:
+        inputs = [i for i in node.input if i]
         if node.op_type == "Constant":
             constants.update(node.output)
-        elif node.op_type in ("Shape", "Size") and node.input and node.input[0] in widened:
-            derived.update(node.output)
-        elif (
-            node.input
-            and any(i in derived for i in node.input)
-            and all(not i or i in derived or i in constants for i in node.input)
-        ):
-            derived.update(node.output)
-    return derived
+            static.update(node.output)
+        elif node.op_type in ("Shape", "Size"):
+            static.update(node.output)
+            if inputs and inputs[0] in widened:
+                derived.update(node.output)
+        elif inputs and all(i in static or i in constants for i in inputs):
+            static.update(node.output)
+            if any(i in derived for i in inputs):
+                derived.update(node.output)
+    return derived, static
 
 
 def first_difference(
@@ -53,13 +61,14 @@ def first_difference(
     reference_values = run_reference(feeds)
     candidate_values = run_candidate(feeds)
     widened = widened_tensors(candidate_proto)
-    shape_of_widened = _shape_computations(candidate_proto, widened)
+    shape_of_widened, static = _shape_computations(candidate_proto, widened)
     compared = skipped = unmatched = 0
     for node in candidate_proto.graph.node:
         for name in node.output:
             if not name:
                 continue
-            if name in shape_of_widened:
+            integer = name in candidate_values and np.asarray(candidate_values[name]).dtype.kind in "iub"
+            if name in shape_of_widened or (name in static and integer):
                 skipped += 1  # the widening changed this shape on purpose
                 continue
             if name not in reference_values:
