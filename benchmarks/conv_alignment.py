@@ -43,8 +43,13 @@ def conv_net(channels: int, inputs: int = 8, size: int = 12, seed: int = 0) -> o
         numpy_helper.from_array(rng.normal(0, 0.3, (5, 16)).astype(f32), "w3"),
         numpy_helper.from_array(rng.normal(0, 0.1, 5).astype(f32), "b3"),
     ]
-    graph = helper.make_graph(nodes, "conv_net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", inputs, size, size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "conv_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", inputs, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -65,8 +70,13 @@ def flatten_net(channels: int, size: int = 6) -> onnx.ModelProto:
         numpy_helper.from_array(np.array([-1, flat], np.int64), "shape"),
         numpy_helper.from_array(rng.normal(0, 0.1, (flat, 3)).astype(np.float32), "w2"),
     ]
-    graph = helper.make_graph(nodes, "flatten_net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, size, size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "flatten_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -101,7 +111,9 @@ def main() -> None:
         model = flatten_net(channels)
         wide = widen(model, {"conv1": added})
         off, on = compare(model, wide)
-        print(f"   {channels} -> {channels + added} channels, K {channels * 36} -> {(channels + added) * 36}: optimizations off: {off}; all: {on}")
+        print(
+            f"   {channels} -> {channels + added} channels, K {channels * 36} -> {(channels + added) * 36}: optimizations off: {off}; all: {on}"
+        )
 
 
 if __name__ == "__main__":

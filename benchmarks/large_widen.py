@@ -105,7 +105,8 @@ def build_model(folder: Path, n: int, seed: int = 0) -> Path:
             ]
             source = f"layer{i}/out"
     graph = helper.make_graph(
-        nodes, "large_mlp",
+        nodes,
+        "large_mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])],
         [helper.make_tensor_value_info(source, TensorProto.FLOAT, ["batch", n])],
         initializers,
@@ -129,13 +130,17 @@ def onnx_approach(source: Path, target: Path) -> None:
     rng = np.random.default_rng(0)
     limit = math.sqrt(6.0 / weight.shape[0])
     new = {
-        f"layer{WIDENED}.weight": np.concatenate([weight, rng.uniform(-limit, limit, (weight.shape[0], ADDED)).astype(np.float32)], axis=1),
+        f"layer{WIDENED}.weight": np.concatenate(
+            [weight, rng.uniform(-limit, limit, (weight.shape[0], ADDED)).astype(np.float32)], axis=1
+        ),
         f"layer{WIDENED}.bias": np.concatenate([bias, np.zeros(ADDED, np.float32)]),
         f"layer{WIDENED + 1}.weight": np.concatenate([after, np.zeros((ADDED, after.shape[1]), np.float32)], axis=0),
     }
     for name, array in new.items():
         tensors[name].CopyFrom(numpy_helper.from_array(array, name))
-    onnx.save_model(model, target, save_as_external_data=True, all_tensors_to_one_file=True, location=f"{target.name}.data")
+    onnx.save_model(
+        model, target, save_as_external_data=True, all_tensors_to_one_file=True, location=f"{target.name}.data"
+    )
 
 
 def measure(argv: list[str]) -> dict:
@@ -167,10 +172,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gib", type=float, default=2.5, help="total weight size in GiB (default 2.5)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temp dir, removed at the end)")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="scratch folder (default: a temp dir, removed at the end)"
+    )
     parser.add_argument("--skip-onnx", action="store_true", help="leave out the slow onnx.load/onnx.save approach")
-    parser.add_argument("--verify", action="store_true",
-                        help="also measure surgery widen with its verification (onnxruntime runs both models from disk)")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="also measure surgery widen with its verification (onnxruntime runs both models from disk)",
+    )
     parser.add_argument("--onnx-approach", nargs=2, type=Path, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.onnx_approach:
@@ -188,16 +198,58 @@ def main() -> None:
         out = scratch / "out"
         approaches = {
             "cp -r": (["cp", "-r", str(source), str(out)], out),
-            "onnx.load + numpy + onnx.save": ([sys.executable, __file__, "--onnx-approach", str(model), str(out / "model.onnx")], out),
-            "surgery widen": ([sys.executable, "-m", "surgery", "widen", str(model), "-o", str(out / "model.onnx"),
-                               "--layer", f"layer{WIDENED}/MatMul={ADDED}", "--no-verify"], out),
-            "surgery widen --share-external-data": ([sys.executable, "-m", "surgery", "widen", str(model), "-o", str(source / "shared.onnx"),
-                                                     "--layer", f"layer{WIDENED}/MatMul={ADDED}", "--no-verify", "--share-external-data"], None),
+            "onnx.load + numpy + onnx.save": (
+                [sys.executable, __file__, "--onnx-approach", str(model), str(out / "model.onnx")],
+                out,
+            ),
+            "surgery widen": (
+                [
+                    sys.executable,
+                    "-m",
+                    "surgery",
+                    "widen",
+                    str(model),
+                    "-o",
+                    str(out / "model.onnx"),
+                    "--layer",
+                    f"layer{WIDENED}/MatMul={ADDED}",
+                    "--no-verify",
+                ],
+                out,
+            ),
+            "surgery widen --share-external-data": (
+                [
+                    sys.executable,
+                    "-m",
+                    "surgery",
+                    "widen",
+                    str(model),
+                    "-o",
+                    str(source / "shared.onnx"),
+                    "--layer",
+                    f"layer{WIDENED}/MatMul={ADDED}",
+                    "--no-verify",
+                    "--share-external-data",
+                ],
+                None,
+            ),
         }
         if args.verify:  # before the shared run, whose output is kept from the last repeat
             shared = approaches.pop("surgery widen --share-external-data")
-            approaches["surgery widen, verified"] = ([sys.executable, "-m", "surgery", "widen", str(model), "-o", str(out / "model.onnx"),
-                                                      "--layer", f"layer{WIDENED}/MatMul={ADDED}"], out)
+            approaches["surgery widen, verified"] = (
+                [
+                    sys.executable,
+                    "-m",
+                    "surgery",
+                    "widen",
+                    str(model),
+                    "-o",
+                    str(out / "model.onnx"),
+                    "--layer",
+                    f"layer{WIDENED}/MatMul={ADDED}",
+                ],
+                out,
+            )
             approaches["surgery widen --share-external-data"] = shared
         if args.skip_onnx:
             del approaches["onnx.load + numpy + onnx.save"]
@@ -221,7 +273,7 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
 
         cp_wall = statistics.median(r["wall"] for r in results["cp -r"])
-        print(f"\n| approach | wall s | wall + sync s | wall / cp | peak RSS MiB |\n|---|---|---|---|---|")
+        print("\n| approach | wall s | wall + sync s | wall / cp | peak RSS MiB |\n|---|---|---|---|---|")
         for name, runs in results.items():
             wall = statistics.median(r["wall"] for r in runs)
             synced = statistics.median(r["sync"] for r in runs)
@@ -229,7 +281,9 @@ def main() -> None:
             print(f"| {name} | {wall:.2f} | {synced:.2f} | {wall / cp_wall:.2f} | {rss:.0f} |")
         equal = outputs_equal(model, [k for k in kept if k.exists()], n)
         for candidate, same in equal.items():
-            print(f"outputs bitwise equal to the original for 2 random inputs: {same} ({Path(candidate).relative_to(scratch)})")
+            print(
+                f"outputs bitwise equal to the original for 2 random inputs: {same} ({Path(candidate).relative_to(scratch)})"
+            )
         if not all(equal.values()) or len(equal) != len(kept):
             raise SystemExit("widened outputs differ from the original (or a widened model is missing)")
     finally:

@@ -41,7 +41,9 @@ print(json.dumps({"trainable": count(model.trainable_weights), "all": count(mode
 
 def onnx_parameters(path: Path) -> int:
     model = onnx.load(path)
-    return int(sum(a.size for a in map(numpy_helper.to_array, model.graph.initializer) if a.dtype.kind == "f" and a.size > 1))
+    return int(
+        sum(a.size for a in map(numpy_helper.to_array, model.graph.initializer) if a.dtype.kind == "f" and a.size > 1)
+    )
 
 
 def surgery_side(path: Path) -> dict:

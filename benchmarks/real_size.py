@@ -131,69 +131,99 @@ def _causal_mask(g: _Graph, scope: str, ids: str) -> str:
 def _conv1d(g: _Graph, scope: str, x: str, module: str, d_in: int, d_out: int) -> str:
     """GPT-2's Conv1D: Reshape to ``[-1, D]`` (D read at run time), Gemm ``[in, out]``, Reshape back."""
     shape = g.node(scope, "Shape", [x])
-    last = g.node(scope, "Slice", [shape, g.const(scope, np.array([-1], np.int64)),
-                                   g.const(scope, np.array([INT64_MAX], np.int64))])
+    last = g.node(
+        scope,
+        "Slice",
+        [shape, g.const(scope, np.array([-1], np.int64)), g.const(scope, np.array([INT64_MAX], np.int64))],
+    )
     squeezed = g.node(scope, "Squeeze", [last])
     d = g.node(scope, "Unsqueeze", [squeezed, g.const(scope, np.array([0], np.int64))])
     flat = g.node(scope, "Reshape", [x, g.node(scope, "Concat", [g.const(scope, np.array([-1], np.int64)), d], axis=0)])
     weight = g.weight(f"{module}.weight", (d_in, d_out))
     bias = g.weight(f"{module}.bias", (d_out,))
     y = g.node(scope, "Gemm", [flat, weight, bias], alpha=1.0, beta=1.0)
-    target = g.node(scope, "Concat", [g.dim(scope, x, 0), g.dim(scope, x, 1),
-                                      g.const(scope, np.array([d_out], np.int64))], axis=0)
+    target = g.node(
+        scope, "Concat", [g.dim(scope, x, 0), g.dim(scope, x, 1), g.const(scope, np.array([d_out], np.int64))], axis=0
+    )
     return g.node(scope, "Reshape", [y, target])
 
 
 def _heads(g: _Graph, scope: str, x: str, head_dim: int, perm: list[int]) -> str:
     """``x.view(B, S, -1, dh).permute(perm)``."""
-    target = g.node(scope, "Concat", [g.dim(scope, x, 0), g.dim(scope, x, 1),
-                                      g.const(scope, np.array([-1], np.int64)),
-                                      g.const(scope, np.array([head_dim], np.int64))], axis=0)
+    target = g.node(
+        scope,
+        "Concat",
+        [
+            g.dim(scope, x, 0),
+            g.dim(scope, x, 1),
+            g.const(scope, np.array([-1], np.int64)),
+            g.const(scope, np.array([head_dim], np.int64)),
+        ],
+        axis=0,
+    )
     return g.node(scope, "Transpose", [g.node(scope, "Reshape", [x, target])], perm=perm)
 
 
 def _merge_heads(g: _Graph, scope: str, x: str, like: str) -> str:
     """``x.transpose(1, 2).reshape(B, S, -1)`` with B, S read from `like`."""
     moved = g.node(scope, "Transpose", [x], perm=[0, 2, 1, 3])
-    target = g.node(scope, "Concat", [g.dim(scope, like, 0), g.dim(scope, like, 1),
-                                      g.const(scope, np.array([-1], np.int64))], axis=0)
+    target = g.node(
+        scope,
+        "Concat",
+        [g.dim(scope, like, 0), g.dim(scope, like, 1), g.const(scope, np.array([-1], np.int64))],
+        axis=0,
+    )
     return g.node(scope, "Reshape", [moved, target])
 
 
 def _model(g: _Graph, ids: str, logits: str, vocab: int, name: str) -> onnx.ModelProto:
     graph = helper.make_graph(
-        g.nodes, name,
+        g.nodes,
+        name,
         [helper.make_tensor_value_info(ids, TensorProto.INT64, ["batch", "sequence"])],
         [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["batch", "sequence", vocab])],
         g.inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch",
-                              producer_version="2.13.0")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch", producer_version="2.13.0"
+    )
     model.ir_version = 8
     return model
 
 
-def gpt2_model(layers: int = 12, d: int = 768, heads: int = 12, vocab: int = 50257, context: int = 1024,
-               seed: int = 0) -> onnx.ModelProto:
+def gpt2_model(
+    layers: int = 12, d: int = 768, heads: int = 12, vocab: int = 50257, context: int = 1024, seed: int = 0
+) -> onnx.ModelProto:
     """GPT-2 (sdpa attention) as PyTorch's classic exporter writes it; see the module docstring."""
     g = _Graph(seed)
     dh = d // heads
     ids = "input_ids"
     tokens = g.node("/transformer/wte", "Gather", [g.weight("transformer.wte.weight", (vocab, d)), ids], axis=0)
-    seq = g.node("/transformer", "Gather",
-                 [g.node("/transformer", "Shape", [ids]), g.const("/transformer", np.int64(1))], axis=0)
-    positions = g.node("/transformer", "Range", [g.const("/transformer", np.int64(0)), seq,
-                                                 g.const("/transformer", np.int64(1))])
+    seq = g.node(
+        "/transformer", "Gather", [g.node("/transformer", "Shape", [ids]), g.const("/transformer", np.int64(1))], axis=0
+    )
+    positions = g.node(
+        "/transformer", "Range", [g.const("/transformer", np.int64(0)), seq, g.const("/transformer", np.int64(1))]
+    )
     positions = g.node("/transformer", "Unsqueeze", [positions, g.const("/transformer", np.array([0], np.int64))])
-    h = g.node("/transformer", "Add", [tokens, g.node("/transformer/wpe", "Gather",
-                                                      [g.weight("transformer.wpe.weight", (context, d)), positions],
-                                                      axis=0)])
-    quarter = np.float32(dh ** -0.25)
+    h = g.node(
+        "/transformer",
+        "Add",
+        [
+            tokens,
+            g.node("/transformer/wpe", "Gather", [g.weight("transformer.wpe.weight", (context, d)), positions], axis=0),
+        ],
+    )
+    quarter = np.float32(dh**-0.25)
     for i in range(layers):
         block, module = f"/transformer/h.{i}", f"transformer.h.{i}"
-        ln = g.node(f"{block}/ln_1", "LayerNormalization",
-                    [h, g.weight(f"{module}.ln_1.weight", (d,), 0.1, 1.0), g.weight(f"{module}.ln_1.bias", (d,))],
-                    axis=-1, epsilon=1e-5)
+        ln = g.node(
+            f"{block}/ln_1",
+            "LayerNormalization",
+            [h, g.weight(f"{module}.ln_1.weight", (d,), 0.1, 1.0), g.weight(f"{module}.ln_1.bias", (d,))],
+            axis=-1,
+            epsilon=1e-5,
+        )
         qkv = _conv1d(g, f"{block}/attn/c_attn", ln, f"{module}.attn.c_attn", d, 3 * d)
         attn = f"{block}/attn"
         q, k, v = g.node(attn, "Split", [qkv, g.const(attn, np.array([d, d, d], np.int64))], outputs=3, axis=2)
@@ -204,21 +234,30 @@ def gpt2_model(layers: int = 12, d: int = 768, heads: int = 12, vocab: int = 502
         context_ = g.node(attn, "MatMul", [g.node(attn, "Softmax", [scores], axis=-1), v])
         merged = _merge_heads(g, attn, context_, ln)
         h = g.node(block, "Add", [h, _conv1d(g, f"{attn}/c_proj", merged, f"{module}.attn.c_proj", d, d)])
-        ln = g.node(f"{block}/ln_2", "LayerNormalization",
-                    [h, g.weight(f"{module}.ln_2.weight", (d,), 0.1, 1.0), g.weight(f"{module}.ln_2.bias", (d,))],
-                    axis=-1, epsilon=1e-5)
+        ln = g.node(
+            f"{block}/ln_2",
+            "LayerNormalization",
+            [h, g.weight(f"{module}.ln_2.weight", (d,), 0.1, 1.0), g.weight(f"{module}.ln_2.bias", (d,))],
+            axis=-1,
+            epsilon=1e-5,
+        )
         mlp = f"{block}/mlp"
         x = _conv1d(g, f"{mlp}/c_fc", ln, f"{module}.mlp.c_fc", d, 4 * d)
         act = f"{mlp}/act"  # gelu_new: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
-        cube = g.node(act, "Mul", [g.const(act, np.float32(0.044715)),
-                                   g.node(act, "Pow", [x, g.const(act, np.float32(3))])])
+        cube = g.node(
+            act, "Mul", [g.const(act, np.float32(0.044715)), g.node(act, "Pow", [x, g.const(act, np.float32(3))])]
+        )
         inner = g.node(act, "Mul", [g.const(act, np.float32(math.sqrt(2 / math.pi))), g.node(act, "Add", [x, cube])])
         one_plus = g.node(act, "Add", [g.const(act, np.float32(1)), g.node(act, "Tanh", [inner])])
         gelu = g.node(act, "Mul", [g.node(act, "Mul", [g.const(act, np.float32(0.5)), x]), one_plus])
         h = g.node(block, "Add", [h, _conv1d(g, f"{mlp}/c_proj", gelu, f"{module}.mlp.c_proj", 4 * d, d)])
-    ln = g.node("/transformer/ln_f", "LayerNormalization",
-                [h, g.weight("transformer.ln_f.weight", (d,), 0.1, 1.0), g.weight("transformer.ln_f.bias", (d,))],
-                axis=-1, epsilon=1e-5)
+    ln = g.node(
+        "/transformer/ln_f",
+        "LayerNormalization",
+        [h, g.weight("transformer.ln_f.weight", (d,), 0.1, 1.0), g.weight("transformer.ln_f.bias", (d,))],
+        axis=-1,
+        epsilon=1e-5,
+    )
     g.nodes.append(helper.make_node("MatMul", [ln, g.weight(None, (d, vocab))], ["logits"], name="/lm_head/MatMul"))
     return _model(g, ids, "logits", vocab, "main_graph")
 
@@ -235,16 +274,21 @@ def _rms_norm(g: _Graph, scope: str, x: str, weight: str, d: int) -> str:
 def _rotate(g: _Graph, scope: str, x: str, cos: str, sin: str, half: int) -> str:
     """``x·cos + rotate_half(x)·sin`` with ``rotate_half(x) = concat(-x[..., h:], x[..., :h])``."""
     axes = g.const(scope, np.array([3], np.int64))
-    first = g.node(scope, "Slice", [x, g.const(scope, np.array([0], np.int64)),
-                                    g.const(scope, np.array([half], np.int64)), axes])
-    second = g.node(scope, "Slice", [x, g.const(scope, np.array([half], np.int64)),
-                                     g.const(scope, np.array([INT64_MAX], np.int64)), axes])
+    first = g.node(
+        scope, "Slice", [x, g.const(scope, np.array([0], np.int64)), g.const(scope, np.array([half], np.int64)), axes]
+    )
+    second = g.node(
+        scope,
+        "Slice",
+        [x, g.const(scope, np.array([half], np.int64)), g.const(scope, np.array([INT64_MAX], np.int64)), axes],
+    )
     rotated = g.node(scope, "Concat", [g.node(scope, "Neg", [second]), first], axis=-1)
     return g.node(scope, "Add", [g.node(scope, "Mul", [x, cos]), g.node(scope, "Mul", [rotated, sin])])
 
 
-def llama_model(layers: int = 12, d: int = 768, heads: int = 12, ffn: int = 2048, vocab: int = 32000,
-                seed: int = 1) -> onnx.ModelProto:
+def llama_model(
+    layers: int = 12, d: int = 768, heads: int = 12, ffn: int = 2048, vocab: int = 32000, seed: int = 1
+) -> onnx.ModelProto:
     """Llama (eager attention) as PyTorch's classic exporter writes it; see the module docstring."""
     g = _Graph(seed)
     dh = d // heads
@@ -252,8 +296,12 @@ def llama_model(layers: int = 12, d: int = 768, heads: int = 12, ffn: int = 2048
     h = g.node("/model/embed_tokens", "Gather", [g.weight("model.embed_tokens.weight", (vocab, d)), ids], axis=0)
     rotary = "/model/rotary_emb"
     seq = g.node(rotary, "Gather", [g.node(rotary, "Shape", [ids]), g.const(rotary, np.int64(1))], axis=0)
-    positions = g.node(rotary, "Cast", [g.node(rotary, "Range", [g.const(rotary, np.int64(0)), seq,
-                                                                 g.const(rotary, np.int64(1))])], to=TensorProto.FLOAT)
+    positions = g.node(
+        rotary,
+        "Cast",
+        [g.node(rotary, "Range", [g.const(rotary, np.int64(0)), seq, g.const(rotary, np.int64(1))])],
+        to=TensorProto.FLOAT,
+    )
     positions = g.node(rotary, "Unsqueeze", [positions, g.const(rotary, np.array([0, 1], np.int64))])  # [1, 1, S]
     inv_freq = (1.0 / 10000 ** (np.arange(0, dh, 2, dtype=np.float32) / dh)).astype(np.float32).reshape(1, dh // 2, 1)
     freqs = g.node(rotary, "MatMul", [g.const(rotary, inv_freq), positions])
@@ -323,17 +371,20 @@ def build(folder: Path) -> tuple[Path, Path]:
     return paths
 
 
-def cases(gpt2: Path, llama: Path, work: Path, added: int, seq: int, samples: int, batch: int
-          ) -> list[tuple[str, list[str], str, list[str], float]]:
+def cases(
+    gpt2: Path, llama: Path, work: Path, added: int, seq: int, samples: int, batch: int
+) -> list[tuple[str, list[str], str, list[str], float]]:
     """(label, our command, baseline label, baseline command, target ratio) for each measurement."""
     base_out = work / "baseline.onnx"
     load, llama_load = (("onnx.load", _python(_LOAD, str(path))) for path in (gpt2, llama))
-    load_save, llama_load_save = (("onnx.load + onnx.save", _python(_LOAD_SAVE, str(path), str(base_out)))
-                                  for path in (gpt2, llama))
+    load_save, llama_load_save = (
+        ("onnx.load + onnx.save", _python(_LOAD_SAVE, str(path), str(base_out))) for path in (gpt2, llama)
+    )
 
     def widen(model: Path, out: str, layer: str) -> list[str]:
-        return _surgery("widen", str(model), "-o", str(work / out), "--no-verify", "--force",
-                        f"--layer={layer}={added}")
+        return _surgery(
+            "widen", str(model), "-o", str(work / out), "--no-verify", "--force", f"--layer={layer}={added}"
+        )
 
     return [
         ("inspect --json (GPT-2)", _surgery("inspect", "--json", str(gpt2)), *load, 1.5),
@@ -342,18 +393,31 @@ def cases(gpt2: Path, llama: Path, work: Path, added: int, seq: int, samples: in
         ("widen one FFN (Llama)", widen(llama, "llama_one.onnx", LLAMA_FFN.replace("*", "0")), *llama_load_save, 1.5),
         ("widen every FFN, glob (GPT-2)", widen(gpt2, "gpt2_all.onnx", GPT2_FFN), *load_save, 2.0),
         ("widen every FFN, glob (Llama)", widen(llama, "llama_all.onnx", LLAMA_FFN), *llama_load_save, 2.0),
-        (f"verify A B, {samples} samples (GPT-2)",
-         _surgery("verify", str(gpt2), str(work / "gpt2_all.onnx"), f"--dim=sequence={seq}", f"--samples={samples}",
-                  f"--batch={batch}"),
-         "2 sessions + runs", _python(_TWO_SESSIONS, str(gpt2), str(work / "gpt2_all.onnx"), str(batch), str(seq),
-                                      str(samples)), 1.3),
+        (
+            f"verify A B, {samples} samples (GPT-2)",
+            _surgery(
+                "verify",
+                str(gpt2),
+                str(work / "gpt2_all.onnx"),
+                f"--dim=sequence={seq}",
+                f"--samples={samples}",
+                f"--batch={batch}",
+            ),
+            "2 sessions + runs",
+            _python(_TWO_SESSIONS, str(gpt2), str(work / "gpt2_all.onnx"), str(batch), str(seq), str(samples)),
+            1.3,
+        ),
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "surgery-real-size",
-                        help="where the models are built and outputs written (kept with --keep)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "surgery-real-size",
+        help="where the models are built and outputs written (kept with --keep)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the built models for the next run")
     parser.add_argument("--added", type=int, default=256, help="units added to each widened SwiGLU")
@@ -366,23 +430,30 @@ def main() -> None:
         _measure(table[4][1])  # verify reads the widened GPT-2: write it once before the first repeat
         results: dict[int, tuple[list[dict], list[dict]]] = {i: ([], []) for i in range(len(table))}
         for repeat in range(args.repeats):
-            for index, (label, ours, _, baseline, _) in enumerate(table):
+            for index, (_label, ours, _, baseline, _) in enumerate(table):
                 order = [(0, ours), (1, baseline)] if repeat % 2 == 0 else [(1, baseline), (0, ours)]
                 for side, argv in order:
                     results[index][side].append(_measure(argv))
             print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
-        print(f"\nmedian of {args.repeats}, each run a fresh process, interleaved with its baseline "
-              f"(GPT-2 {gpt2.stat().st_size / 1e6:.0f} MB, Llama {llama.stat().st_size / 1e6:.0f} MB inline)\n")
-        print("| command | ours (wall, peak RSS) | baseline | baseline (wall, peak RSS) | ratio wall | ratio RSS "
-              "| target |")
+        print(
+            f"\nmedian of {args.repeats}, each run a fresh process, interleaved with its baseline "
+            f"(GPT-2 {gpt2.stat().st_size / 1e6:.0f} MB, Llama {llama.stat().st_size / 1e6:.0f} MB inline)\n"
+        )
+        print(
+            "| command | ours (wall, peak RSS) | baseline | baseline (wall, peak RSS) | ratio wall | ratio RSS "
+            "| target |"
+        )
         print("|---|---|---|---|---|---|---|")
         for index, (label, _, base_label, _, target) in enumerate(table):
-            ours, base = ({key: statistics.median(r[key] for r in runs) for key in ("wall", "rss")}
-                          for runs in results[index])
+            ours, base = (
+                {key: statistics.median(r[key] for r in runs) for key in ("wall", "rss")} for runs in results[index]
+            )
             wall, rss = ours["wall"] / base["wall"], ours["rss"] / base["rss"]
             met = "met" if max(wall, rss) <= target else "NOT met"
-            print(f"| {label} | {ours['wall']:.2f} s, {ours['rss']:.0f} MB | {base_label} | "
-                  f"{base['wall']:.2f} s, {base['rss']:.0f} MB | {wall:.2f}× | {rss:.2f}× | ≤ {target}× ({met}) |")
+            print(
+                f"| {label} | {ours['wall']:.2f} s, {ours['rss']:.0f} MB | {base_label} | "
+                f"{base['wall']:.2f} s, {base['rss']:.0f} MB | {wall:.2f}× | {rss:.2f}× | ≤ {target}× ({met}) |"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if not args.keep:

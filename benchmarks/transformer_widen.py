@@ -65,16 +65,21 @@ def main() -> None:
                 for side, argv in order:
                     results[label][side].append(_measure(argv))
             print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
-        print(f"\nmedian of {args.repeats}, each run a fresh process, interleaved with onnx.load + onnx.save "
-              f"of the same file ({model.stat().st_size / 1e6:.0f} MB)\n")
+        print(
+            f"\nmedian of {args.repeats}, each run a fresh process, interleaved with onnx.load + onnx.save "
+            f"of the same file ({model.stat().st_size / 1e6:.0f} MB)\n"
+        )
         print("| command | ours (wall, peak RSS) | onnx.load + onnx.save | ratio wall | ratio RSS |")
         print("|---|---|---|---|---|")
         for label, _ in table:
-            ours, base = ({key: statistics.median(r[key] for r in runs) for key in ("wall", "rss")}
-                          for runs in results[label])
-            print(f"| {label} | {ours['wall']:.2f} s, {ours['rss']:.0f} MB | "
-                  f"{base['wall']:.2f} s, {base['rss']:.0f} MB | "
-                  f"{ours['wall'] / base['wall']:.2f}× | {ours['rss'] / base['rss']:.2f}× |")
+            ours, base = (
+                {key: statistics.median(r[key] for r in runs) for key in ("wall", "rss")} for runs in results[label]
+            )
+            print(
+                f"| {label} | {ours['wall']:.2f} s, {ours['rss']:.0f} MB | "
+                f"{base['wall']:.2f} s, {base['rss']:.0f} MB | "
+                f"{ours['wall'] / base['wall']:.2f}× | {ours['rss'] / base['rss']:.2f}× |"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if not args.keep:

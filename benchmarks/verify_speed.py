@@ -51,11 +51,14 @@ def reference_mlp() -> onnx.ModelProto:
         helper.make_node("Softmax", ["logits"], ["output"], name="dense_2/Softmax", axis=-1),
     ]
     weights = {
-        "W1": rng.normal(0, 0.05, (784, HIDDEN)).astype(f32), "B1": rng.normal(0, 0.05, HIDDEN).astype(f32),
-        "W2": rng.normal(0, 0.1, (HIDDEN, CLASSES)).astype(f32), "B2": rng.normal(0, 0.05, CLASSES).astype(f32),
+        "W1": rng.normal(0, 0.05, (784, HIDDEN)).astype(f32),
+        "B1": rng.normal(0, 0.05, HIDDEN).astype(f32),
+        "W2": rng.normal(0, 0.1, (HIDDEN, CLASSES)).astype(f32),
+        "B2": rng.normal(0, 0.05, CLASSES).astype(f32),
     }
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 28, 28])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", CLASSES])],
         [numpy_helper.from_array(array, name) for name, array in weights.items()],
@@ -67,8 +70,8 @@ def reference_mlp() -> onnx.ModelProto:
 
 def widened_mlp(reference: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """The reference with ADDED more hidden units; returns the model and how it was made."""
-    from surgery.layers import find_layers
     from surgery.graph import as_ir
+    from surgery.layers import find_layers
 
     first = find_layers(as_ir(reference))[0]
     try:
@@ -160,12 +163,17 @@ def main() -> None:
     bare_s, verifier_s = statistics.median(wall["bare"]), statistics.median(wall["verifier"])
     pair_ratio = statistics.median(v / b for v, b in zip(wall["verifier"], wall["bare"]))
     cpu_ratio = statistics.median(cpu["verifier"]) / statistics.median(cpu["bare"])
-    print(f"model: {'models/mlp.onnx' if (ROOT / 'models' / 'mlp.onnx').exists() else 'built MLP'}; widened {how} (+{ADDED} units)")
-    print(f"{args.samples} samples, batch {args.batch}, median of {args.repeats} interleaved runs (optimizations disabled, CPU)")
+    print(
+        f"model: {'models/mlp.onnx' if (ROOT / 'models' / 'mlp.onnx').exists() else 'built MLP'}; widened {how} (+{ADDED} units)"
+    )
+    print(
+        f"{args.samples} samples, batch {args.batch}, median of {args.repeats} interleaved runs (optimizations disabled, CPU)"
+    )
     print(f"bare inference (2 runs per batch): {bare_s * 1000:.1f} ms wall")
     print(f"verifier (surgery.verify):         {verifier_s * 1000:.1f} ms wall")
     print(f"median of per-run ratios: {pair_ratio:.3f}; CPU-time ratio: {cpu_ratio:.3f}")
     print(f"ratio verifier / bare: {verifier_s / bare_s:.3f} (target <= 1.15)")
+
 
 if __name__ == "__main__":
     main()

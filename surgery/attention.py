@@ -81,8 +81,21 @@ _PROBABILITY_OPS = frozenset({"Cast", "Identity", "Dropout", "Where", "IsNaN", "
 #: Elementwise ops with one data input whose positions stay where they are.
 _UNARY = frozenset(op for op, info in CATALOGUE.items() if info.kind == "unary") | POSITIONAL
 #: Elementwise ops joining several inputs (broadcasting); the neutral value of a per-unit constant.
-_ELEMENTWISE = {"Add": 0.0, "Sub": 0.0, "Mul": 1.0, "Div": 1.0, "Where": None, "Equal": None, "Max": None,
-                "Min": None, "Pow": None, "And": None, "Or": None, "Less": None, "Greater": None}
+_ELEMENTWISE = {
+    "Add": 0.0,
+    "Sub": 0.0,
+    "Mul": 1.0,
+    "Div": 1.0,
+    "Where": None,
+    "Equal": None,
+    "Max": None,
+    "Min": None,
+    "Pow": None,
+    "And": None,
+    "Or": None,
+    "Less": None,
+    "Greater": None,
+}
 
 _SEARCH_DEPTH = 48
 
@@ -119,8 +132,16 @@ class Block:
     dims: tuple[int, int, int] = field(default=(0, 0, 0), repr=False, compare=False)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "heads": self.heads, "kv_heads": self.kv_heads, "head_dim": self.head_dim,
-                "q": self.q, "k": self.k, "v": self.v, "o": self.o}
+        return {
+            "name": self.name,
+            "heads": self.heads,
+            "kv_heads": self.kv_heads,
+            "head_dim": self.head_dim,
+            "q": self.q,
+            "k": self.k,
+            "v": self.v,
+            "o": self.o,
+        }
 
 
 def _site_outputs(sites: list[LayerSite]) -> dict[ir.Value, LayerSite]:
@@ -199,8 +220,14 @@ def _projection(value: ir.Value, outputs: dict[ir.Value, LayerSite]) -> tuple[La
 def _kernel_site(node: ir.Node, names: dict[str, str]) -> LayerSite:
     """A layer site for an output projection whose weight is reshaped at run time (`_reshaped_kernel`)."""
     dims = _dims(node.outputs[0]) or [None]
-    layer = Layer(node.name or "", names.get(node.name or "", node.name or ""), node.op_type, dims[-1] or 0, None,
-                  [user.name or user.op_type for user in consumers(node.outputs[0])])
+    layer = Layer(
+        node.name or "",
+        names.get(node.name or "", node.name or ""),
+        node.op_type,
+        dims[-1] or 0,
+        None,
+        [user.name or user.op_type for user in consumers(node.outputs[0])],
+    )
     return LayerSite(layer, node, None, node.outputs[0])
 
 
@@ -291,8 +318,21 @@ def survey(model: ir.Model) -> tuple[list[Block], dict[str, str]]:
         parts = candidate["parts"]
         origins = [f"qkv#{part}" for part in parts] if parts is not None else ["q", "k", "v"]
         dims = tuple(trace.split_dims.get(origin, trace.head_dim) for origin in origins)
-        blocks.append(Block(name, trace.heads, trace.kv_heads, trace.head_dim, q.layer.name, k.layer.name,
-                            v.layer.name, o.layer.name, candidate["sites"], parts, dims))
+        blocks.append(
+            Block(
+                name,
+                trace.heads,
+                trace.kv_heads,
+                trace.head_dim,
+                q.layer.name,
+                k.layer.name,
+                v.layer.name,
+                o.layer.name,
+                candidate["sites"],
+                parts,
+                dims,
+            )
+        )
     return blocks, refused
 
 
@@ -465,8 +505,14 @@ def _entries(node: ir.Node, index: int, depth: int = 0) -> list[tuple] | None:
                 if inner is None:
                     return None
                 c = int(np.asarray(scale).reshape(-1)[0])
-                return [("const", e[1] * c, None) if e[0] == "const" else ("dim", e[1], e[2], e[3] * c)
-                        if e[0] == "dim" else ("prod", (e, ("const", c, None))) for e in inner]
+                return [
+                    ("const", e[1] * c, None)
+                    if e[0] == "const"
+                    else ("dim", e[1], e[2], e[3] * c)
+                    if e[0] == "dim"
+                    else ("prod", (e, ("const", c, None)))
+                    for e in inner
+                ]
         return None
     if op == "Where":
         # torch's expand: Where(Equal(shape, -1), 1, shape) — the shape itself when it holds no -1.
@@ -554,8 +600,15 @@ class _Walk:
         was, now = self.values(entry)
         return was == old and now == new
 
-    def grow(self, constant: ir.Value, axis: int, original: np.ndarray, readers: set[ir.Node],
-             node: ir.Node, data: ir.Node | None = None) -> None:
+    def grow(
+        self,
+        constant: ir.Value,
+        axis: int,
+        original: np.ndarray,
+        readers: set[ir.Node],
+        node: ir.Node,
+        data: ir.Node | None = None,
+    ) -> None:
         """Grow `constant` along `axis` to `original`'s positions for every ``Shape`` that reads it
         (zero-filled: only its shape is read there). The shapes read from it may only reach
         `readers` or targets that do not read `axis`; `data` is the one node that may read it as data."""
@@ -574,8 +627,11 @@ class _Walk:
                     continue
                 entries = _entries(reader, 1) if reader.op_type in ("Reshape", "Expand") and index == 1 else None
                 if entries is None or any(self.reads_heads(e) for e in entries):
-                    raise _fail(node, f"reads the shape of {constant.name!r}, which {reader.op_type} node "
-                                      f"{reader.name!r} reads as well")
+                    raise _fail(
+                        node,
+                        f"reads the shape of {constant.name!r}, which {reader.op_type} node "
+                        f"{reader.name!r} reads as well",
+                    )
             self.trace.edits.append(("grow", shape, 0, axis, original))
 
     # -- rules --------------------------------------------------------------------------
@@ -704,10 +760,14 @@ class _Walk:
         # tf2onnx's einsum: the head axis merged into the batch axis before it, [B, H, …] → [B·H, …]
         # with the product read at run time.
         for m, entry in enumerate(entries):
-            if entry[0] == "prod" and a > 0 and len(entry[1]) == 2 \
-                    and all(p[0] == "dim" and p[1] is node.inputs[0] and p[3] == 1 for p in entry[1]) \
-                    and [p[2] for p in entry[1]] == [a - 1, a] \
-                    and not any(self.reads_heads(e) for j, e in enumerate(entries) if j != m):
+            if (
+                entry[0] == "prod"
+                and a > 0
+                and len(entry[1]) == 2
+                and all(p[0] == "dim" and p[1] is node.inputs[0] and p[3] == 1 for p in entry[1])
+                and [p[2] for p in entry[1]] == [a - 1, a]
+                and not any(self.reads_heads(e) for j, e in enumerate(entries) if j != m)
+            ):
                 return {0: Track(m, out_rank, track.original, track.origin, merged=True)}
         # Merge the tracked axis with the k static axes after it (k = 0: keep it), into entry m.
         for k in range(in_rank - a):
@@ -758,25 +818,35 @@ class _Walk:
         self.trace.split_heads.setdefault(track.origin, track.old // d)
         return {0: Track(m, rank, heads, track.origin)}
 
-    def split_elsewhere(self, node: ir.Node, track: Track, entries: list[tuple],
-                        in_dims: list[int | None]) -> dict[int, Track] | None:
+    def split_elsewhere(
+        self, node: ir.Node, track: Track, entries: list[tuple], in_dims: list[int | None]
+    ) -> dict[int, Track] | None:
         """tf2onnx's einsum split ``[B·S, H·dh] → [B, S, H, dh, 1]``: the tracked axis becomes the
         entries (m, m + 1) = (n, d) with d static, when the static sizes after them multiply to the
         input's after the tracked axis (so the entries before them cover the axes before it)."""
-        after = in_dims[track.axis + 1:]
+        after = in_dims[track.axis + 1 :]
         if None in after:
             return None
         for m in range(len(entries) - 1):
             d = self.values(entries[m + 1])
-            rest = [self.values(e) for e in entries[m + 2:]]
+            rest = [self.values(e) for e in entries[m + 2 :]]
             static = all(r[0] is not None and r[0] == r[1] for r in rest)
-            if d[0] is None or d[0] <= 0 or d[0] != d[1] or track.old % d[0] or not static \
-                    or math.prod(r[0] for r in rest) != math.prod(after):
+            if (
+                d[0] is None
+                or d[0] <= 0
+                or d[0] != d[1]
+                or track.old % d[0]
+                or not static
+                or math.prod(r[0] for r in rest) != math.prod(after)
+            ):
                 continue
             heads = _unravel(track.original, d[0])
             others = [e for j, e in enumerate(entries) if j not in (m, m + 1)]
-            if heads is not None and not any(self.reads_heads(e) for e in others) \
-                    and self.set_entry(entries[m], track.old // d[0], heads.shape[0], node):
+            if (
+                heads is not None
+                and not any(self.reads_heads(e) for e in others)
+                and self.set_entry(entries[m], track.old // d[0], heads.shape[0], node)
+            ):
                 return self.split_heads(track, d[0], m, len(entries), heads)
         return None
 
@@ -825,9 +895,12 @@ class _Walk:
         out_rank = max(ranks.values())
         first = next(iter(tracked.values()))
         axis = first.axis + out_rank - first.rank
-        for i, track in tracked.items():
-            if track.axis + out_rank - track.rank != axis or track.merged != first.merged \
-                    or not np.array_equal(track.original, first.original):
+        for track in tracked.values():
+            if (
+                track.axis + out_rank - track.rank != axis
+                or track.merged != first.merged
+                or not np.array_equal(track.original, first.original)
+            ):
                 raise _fail(node, "joins tensors whose heads differ")
         for i, value in enumerate(node.inputs):
             if i in tracked or value is None:
@@ -871,9 +944,13 @@ class _Walk:
             raise _fail(node, "multiplies tracked heads by an untracked tensor")
         left, right = tracked[0], tracked[1]
         rank = max(left.rank, right.rank)
-        if left.merged != right.merged or left.axis >= left.rank - 2 or right.axis >= right.rank - 2 \
-                or left.axis + rank - left.rank != right.axis + rank - right.rank \
-                or not np.array_equal(left.original, right.original):
+        if (
+            left.merged != right.merged
+            or left.axis >= left.rank - 2
+            or right.axis >= right.rank - 2
+            or left.axis + rank - left.rank != right.axis + rank - right.rank
+            or not np.array_equal(left.original, right.original)
+        ):
             raise _fail(node, "multiplies tensors whose heads are not the same batch axis")
         self.record(left, right)
         return {0: left.moved(left.axis + rank - left.rank, rank)}

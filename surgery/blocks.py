@@ -194,8 +194,10 @@ def _own(nodes: list[ir.Node], entry: ir.Value, last: ir.Node) -> list[ir.Node]:
         if node.op_type not in ("Shape", "Size") and any(v is not None and id(v) in by_value for v in node.inputs):
             by_value.update(id(v) for v in node.outputs)
     shared = {
-        id(node) for node in nodes
-        if node is not last and not any(id(v) in by_value for v in node.outputs)
+        id(node)
+        for node in nodes
+        if node is not last
+        and not any(id(v) in by_value for v in node.outputs)
         and any(v.is_graph_output() or any(id(use.node) not in members for use in v.uses()) for v in node.outputs)
     }
     keep, stack = set(), [last]
@@ -243,8 +245,11 @@ def _residual_operands(add: ir.Node, order: _Order, earlier: set[int]) -> tuple[
         if producer is None or order.of(skip) >= order.index[id(producer)]:
             continue
         nodes = _between(skip, producer, order)
-        if nodes and _has_layer(nodes, order) and _same_shape(skip, add.outputs[0]) and not any(
-            id(node) in earlier for node in nodes
+        if (
+            nodes
+            and _has_layer(nodes, order)
+            and _same_shape(skip, add.outputs[0])
+            and not any(id(node) in earlier for node in nodes)
         ):
             return skip, branch
     return None
@@ -268,8 +273,27 @@ def _tail(add: ir.Node, skip: ir.Value, next_skips: set[int]) -> ir.Node | None:
 #: Ops whose output has the type of their first input (what `_dtype` looks through).
 _SAME_TYPE = frozenset(
     {
-        "Add", "Sub", "Mul", "Div", "Relu", "Neg", "Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
-        "Flatten", "Gather", "MatMul", "Gemm", "Conv", "LayerNormalization", "Softmax", "Concat", "Slice", "Expand",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Relu",
+        "Neg",
+        "Identity",
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Flatten",
+        "Gather",
+        "MatMul",
+        "Gemm",
+        "Conv",
+        "LayerNormalization",
+        "Softmax",
+        "Concat",
+        "Slice",
+        "Expand",
     }
 )
 
@@ -346,8 +370,9 @@ def _common(lists: list[list[str]]) -> list[str]:
     return common
 
 
-def _name(nodes: tuple[ir.Node, ...], residual_adds: list[ir.Node], keras: dict[str, str],
-          order: _Order) -> tuple[str | None, str | None, str | None]:
+def _name(
+    nodes: tuple[ir.Node, ...], residual_adds: list[ir.Node], keras: dict[str, str], order: _Order
+) -> tuple[str | None, str | None, str | None]:
     """(name, PyTorch scope, grown prefix) of a block by the naming rules of the module docstring."""
     names = [node.name or "" for node in nodes]
     firsts = {name.split("/", 1)[0] for name in names}
@@ -361,7 +386,9 @@ def _name(nodes: tuple[ir.Node, ...], residual_adds: list[ir.Node], keras: dict[
         if common:
             return _module_path(common), "/" + "/".join(common) + "/", None
     dotted = [
-        value.name.split(".")[:-1] for node in nodes for value in node.inputs
+        value.name.split(".")[:-1]
+        for node in nodes
+        for value in node.inputs
         if value is not None and value.const_value is not None and value.name and _DOTTED.match(value.name)
     ]
     common = _common(dotted)
@@ -380,7 +407,8 @@ def _wrapper(model: ir.Model) -> str | None:
     around the model), which `surgery.naming` leaves out of layer names too."""
     paths = [
         module_path(node.name or "") or parameter_path(node.inputs[1] if len(node.inputs) > 1 else None)
-        for node in model.graph if node.op_type in LAYER_OPS
+        for node in model.graph
+        if node.op_type in LAYER_OPS
     ]
     paths = [path for path in paths if path]
     firsts = {path.split(".", 1)[0] for path in paths}
@@ -428,7 +456,7 @@ def block_sites(model: ir.Model) -> list[BlockSite]:
         adds = [node for sub in group for node in (sub.add, sub.tail) if node is not None]
         name, scope, prefix = _name(nodes, adds, keras, order)
         if name is not None and wrapper is not None and name.startswith(wrapper) and name not in keras.values():
-            name = name[len(wrapper):]
+            name = name[len(wrapper) :]
         kind = "transformer" if any(sub.attention for sub in group) else "residual"
         drafts.append((name or f"block.{position}", kind, entry, exit_, nodes, group, scope, prefix))
     counts: dict[str, int] = {}

@@ -126,7 +126,9 @@ def export(model: str, output: str, opset: int, batch: int | None, unsafe: bool,
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the layer list as JSON.")
-@click.option("--symmetry", "symmetry_layer", default=None, metavar="NAME", help="Report groups of identical units in layer NAME.")
+@click.option(
+    "--symmetry", "symmetry_layer", default=None, metavar="NAME", help="Report groups of identical units in layer NAME."
+)
 @debug_option
 def inspect(model: str, as_json: bool, symmetry_layer: str | None) -> None:
     """List the layers whose units can be grown (Gemm, MatMul(+Add), Conv) and the attention blocks."""
@@ -143,7 +145,9 @@ def inspect(model: str, as_json: bool, symmetry_layer: str | None) -> None:
             if not groups:
                 click.echo(f"{symmetry_layer}: no two units compute the same function")
             for group in groups:
-                click.echo(f"{symmetry_layer}: units {', '.join(map(str, group))} are identical (same fan-in, bias and fan-out)")
+                click.echo(
+                    f"{symmetry_layer}: units {', '.join(map(str, group))} are identical (same fan-in, bias and fan-out)"
+                )
         return
     from surgery.inspection import inspect_document
 
@@ -159,8 +163,15 @@ def inspect(model: str, as_json: bool, symmetry_layer: str | None) -> None:
     for column in ("name", "node", "op", "width", "activation", "grows", "consumers"):
         table.add_column(column, justify="right" if column == "width" else "left")
     for layer in layers:
-        table.add_row(layer["name"], layer["node"], layer["op"], str(layer["width"]), layer["activation"] or "-",
-                      "yes" if layer["widenable"] else "no", ", ".join(layer["consumers"]))
+        table.add_row(
+            layer["name"],
+            layer["node"],
+            layer["op"],
+            str(layer["width"]),
+            layer["activation"] or "-",
+            "yes" if layer["widenable"] else "no",
+            ", ".join(layer["consumers"]),
+        )
     console.print(table)
     for layer in layers:
         if layer["blocked_by"]:
@@ -217,12 +228,22 @@ def _parse_dims(items: tuple[str, ...]) -> dict[str, int]:
 def verification_inputs(command):
     """The options that choose what a verification feeds the models (shared by `verify` and `widen`)."""
     options = [
-        click.option("--inputs", "inputs_file", type=click.Path(), default=None,
-                     help="Input arrays (.npz, names -> arrays) instead of random ones."),
+        click.option(
+            "--inputs",
+            "inputs_file",
+            type=click.Path(),
+            default=None,
+            help="Input arrays (.npz, names -> arrays) instead of random ones.",
+        ),
         click.option("--samples", default=16, show_default=True, help="Random samples in all."),
-        click.option("--dim", "dim_values", multiple=True, metavar="NAME=VALUE",
-                     help=f"Value of a symbolic dimension (repeatable; default: the batch for the leading one, "
-                          f"{SYMBOLIC_DEFAULT} for others)."),
+        click.option(
+            "--dim",
+            "dim_values",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help=f"Value of a symbolic dimension (repeatable; default: the batch for the leading one, "
+            f"{SYMBOLIC_DEFAULT} for others).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -239,27 +260,62 @@ def _read_verification_inputs(inputs_file: str | None, dim_values: tuple[str, ..
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write.")
-@click.option("--layer", "layers", multiple=True, metavar="NAME=K",
-              help="Add K units to layer NAME, or to every layer a glob matches (repeatable).")
-@click.option("--heads", "heads", multiple=True, metavar="NAME=K",
-              help="Add K key/value heads to attention block NAME or every block a glob matches (repeatable).")
-@click.option("--init", default="output-zero", show_default=True, type=click.Choice(STRATEGIES),
-              help="How the new units start.")
-@click.option("--fan-in", type=click.Choice(FAN_IN_INITS), default=None,
-              help="Random fan-in initializer (default: He after ReLU-like activations, else Glorot).")
+@click.option(
+    "--layer",
+    "layers",
+    multiple=True,
+    metavar="NAME=K",
+    help="Add K units to layer NAME, or to every layer a glob matches (repeatable).",
+)
+@click.option(
+    "--heads",
+    "heads",
+    multiple=True,
+    metavar="NAME=K",
+    help="Add K key/value heads to attention block NAME or every block a glob matches (repeatable).",
+)
+@click.option(
+    "--init", default="output-zero", show_default=True, type=click.Choice(STRATEGIES), help="How the new units start."
+)
+@click.option(
+    "--fan-in",
+    type=click.Choice(FAN_IN_INITS),
+    default=None,
+    help="Random fan-in initializer (default: He after ReLU-like activations, else Glorot).",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every random draw.")
 @click.option("--no-verify", is_flag=True, help="Skip running both models with onnxruntime.")
-@click.option("--allow-output-change", is_flag=True,
-              help="Let a widened tensor be a graph output (its shape changes; verified on its original units).")
+@click.option(
+    "--allow-output-change",
+    is_flag=True,
+    help="Let a widened tensor be a graph output (its shape changes; verified on its original units).",
+)
 @click.option("--align", type=click.IntRange(min=1), default=None, help="Round every new width up to a multiple of N.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-@click.option("--share-external-data", is_flag=True,
-              help="Write only changed tensors; the output reads the input's unchanged external data in place (keep the input unchanged).")
+@click.option(
+    "--share-external-data",
+    is_flag=True,
+    help="Write only changed tensors; the output reads the input's unchanged external data in place (keep the input unchanged).",
+)
 @verification_inputs
 @debug_option
-def widen(model: str, output: str, layers: tuple[str, ...], heads: tuple[str, ...], init: str, fan_in: str | None,
-          seed: int, no_verify: bool, allow_output_change: bool, align: int | None, force: bool,
-          share_external_data: bool, inputs_file: str | None, samples: int, dim_values: tuple[str, ...]) -> None:
+def widen(
+    model: str,
+    output: str,
+    layers: tuple[str, ...],
+    heads: tuple[str, ...],
+    init: str,
+    fan_in: str | None,
+    seed: int,
+    no_verify: bool,
+    allow_output_change: bool,
+    align: int | None,
+    force: bool,
+    share_external_data: bool,
+    inputs_file: str | None,
+    samples: int,
+    dim_values: tuple[str, ...],
+) -> None:
     """Add units to layers or heads to attention blocks; the outputs stay bitwise equal (output-zero, all-zero)."""
     from surgery.widening import widen_verified
 
@@ -267,10 +323,23 @@ def widen(model: str, output: str, layers: tuple[str, ...], heads: tuple[str, ..
     if not plan and not head_plan:
         raise SurgeryError("nothing to widen: give --layer NAME=K or --heads NAME=K")
     dims, inputs = _read_verification_inputs(inputs_file, dim_values)
-    outcome = widen_verified(model, output, plan, heads=head_plan, init=init, fan_in=fan_in, seed=seed,
-                             allow_output_change=allow_output_change, align=align, verify=not no_verify,
-                             force=force, share_external_data=share_external_data,
-                             dims=dims, inputs=inputs, samples=samples)
+    outcome = widen_verified(
+        model,
+        output,
+        plan,
+        heads=head_plan,
+        init=init,
+        fan_in=fan_in,
+        seed=seed,
+        allow_output_change=allow_output_change,
+        align=align,
+        verify=not no_verify,
+        force=force,
+        share_external_data=share_external_data,
+        dims=dims,
+        inputs=inputs,
+        samples=samples,
+    )
     for line in outcome.lines:  # printed once the file is written: nothing claims a growth that failed
         click.echo(line)
 
@@ -278,19 +347,31 @@ def widen(model: str, output: str, layers: tuple[str, ...], heads: tuple[str, ..
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="ONNX file to write.")
-@click.option("--after", required=True, metavar="NAME",
-              help="Residual block (or, with --kind identity, layer) to insert after.")
+@click.option(
+    "--after", required=True, metavar="NAME", help="Residual block (or, with --kind identity, layer) to insert after."
+)
 @click.option("--count", type=int, default=1, show_default=True, help="How many new blocks, one after another.")
-@click.option("--init", type=click.Choice(["copy", "random"]), default="copy", show_default=True,
-              help="New parameters: the block's, or drawn; output projections start at zero either way.")
-@click.option("--kind", type=click.Choice(["block", "identity"]), default="block", show_default=True,
-              help="Copy a residual block, or insert an identity layer + ReLU after a ReLU layer.")
+@click.option(
+    "--init",
+    type=click.Choice(["copy", "random"]),
+    default="copy",
+    show_default=True,
+    help="New parameters: the block's, or drawn; output projections start at zero either way.",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(["block", "identity"]),
+    default="block",
+    show_default=True,
+    help="Copy a residual block, or insert an identity layer + ReLU after a ReLU layer.",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every random draw.")
 @click.option("--no-verify", is_flag=True, help="Skip running both models with onnxruntime.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @debug_option
-def deepen(model: str, output: str, after: str, count: int, init: str, kind: str, seed: int, no_verify: bool,
-           force: bool) -> None:
+def deepen(
+    model: str, output: str, after: str, count: int, init: str, kind: str, seed: int, no_verify: bool, force: bool
+) -> None:
     """Insert new blocks that start as the identity; the outputs stay bitwise equal."""
     from surgery.deepening import deepen_in_place
     from surgery.modelio import check_output, input_files, load_model, staged_save
@@ -301,8 +382,10 @@ def deepen(model: str, output: str, after: str, count: int, init: str, kind: str
     check_output(output, inputs=input_files(model, ir_model), suffix=".onnx", force=force)
     record = deepen_in_place(ir_model, after=after, count=count, init=init, seed=seed, kind=kind).record
     what = ("block" if kind == "block" else "identity layer") + ("s" if count > 1 else "")
-    click.echo(f"{after}: {count} new {what} after it: {', '.join(record['added'])} "
-               f"({record['nodes']} nodes, {record['parameters']} parameters each)")
+    click.echo(
+        f"{after}: {count} new {what} after it: {', '.join(record['added'])} "
+        f"({record['nodes']} nodes, {record['parameters']} parameters each)"
+    )
     if record["zeroed"]:
         click.echo(f"output projections starting at zero: {', '.join(record['zeroed'])} (in each copy)")
     with staged_save(ir_model, output, force=force) as staged:
@@ -315,8 +398,9 @@ def deepen(model: str, output: str, after: str, count: int, init: str, kind: str
                 raise NotEquivalentError(
                     f"outputs are not bitwise equal after deepening (max |diff| {diff:.3g}); {output} not written"
                 )
-            click.echo(f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, "
-                       "optimizations off)")
+            click.echo(
+                f"verified: outputs bitwise equal ({report.samples} samples, onnxruntime CPU, optimizations off)"
+            )
     click.echo(f"wrote {output}")
 
 
@@ -328,19 +412,51 @@ def deepen(model: str, output: str, after: str, count: int, init: str, kind: str
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--atol", type=float, default=None, help="Tolerance mode: absolute tolerance.")
 @click.option("--rtol", type=float, default=None, help="Tolerance mode: relative tolerance.")
-@click.option("--provider", type=click.Choice(list(PROVIDERS)), default="cpu", show_default=True,
-              help="onnxruntime execution provider.")
-@click.option("--optimization", type=click.Choice(list(OPTIMIZATION_LEVELS)), default="disable", show_default=True,
-              help="Graph optimization level for both models.")
-@click.option("--deployed", is_flag=True, help="Also run both at the default optimization level and report the ULP distance there.")
-@click.option("--json", "json_path", default=None, metavar="PATH|-", help="Write the full report as JSON (- for stdout, which also silences the table).")
+@click.option(
+    "--provider",
+    type=click.Choice(list(PROVIDERS)),
+    default="cpu",
+    show_default=True,
+    help="onnxruntime execution provider.",
+)
+@click.option(
+    "--optimization",
+    type=click.Choice(list(OPTIMIZATION_LEVELS)),
+    default="disable",
+    show_default=True,
+    help="Graph optimization level for both models.",
+)
+@click.option(
+    "--deployed",
+    is_flag=True,
+    help="Also run both at the default optimization level and report the ULP distance there.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    default=None,
+    metavar="PATH|-",
+    help="Write the full report as JSON (- for stdout, which also silences the table).",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
 @click.option("--locate", is_flag=True, help="When outputs differ, name the first node whose output differs.")
 @debug_option
 def verify(
-    reference: str, candidate: str, inputs_file: str | None, samples: int, dim_values: tuple[str, ...], batch: int,
-    seed: int, atol: float | None, rtol: float | None, provider: str, optimization: str, deployed: bool,
-    json_path: str | None, force: bool, locate: bool,
+    reference: str,
+    candidate: str,
+    inputs_file: str | None,
+    samples: int,
+    dim_values: tuple[str, ...],
+    batch: int,
+    seed: int,
+    atol: float | None,
+    rtol: float | None,
+    provider: str,
+    optimization: str,
+    deployed: bool,
+    json_path: str | None,
+    force: bool,
+    locate: bool,
 ) -> None:
     """Prove two models compute the same outputs (exit 0), or show where they differ (exit 1)."""
     from surgery.modelio import atomic_output, check_output
@@ -359,9 +475,22 @@ def verify(
         progress = lambda done, total: bar.update(task, completed=done)  # noqa: E731
         bar.start()
     try:
-        report = run_verify(reference, candidate, inputs=inputs, samples=samples, batch=batch, dims=dims, seed=seed,
-                            atol=atol, rtol=rtol, provider=provider, optimization=optimization, deployed=deployed,
-                            locate=locate, progress=progress)
+        report = run_verify(
+            reference,
+            candidate,
+            inputs=inputs,
+            samples=samples,
+            batch=batch,
+            dims=dims,
+            seed=seed,
+            atol=atol,
+            rtol=rtol,
+            provider=provider,
+            optimization=optimization,
+            deployed=deployed,
+            locate=locate,
+            progress=progress,
+        )
     finally:
         if progress is not None:
             bar.stop()
@@ -407,19 +536,38 @@ def _print_report(document: dict) -> None:
             where = f"only in {output['present_in']}" + (" (dropped by the Keras model)" if output["dropped"] else "")
             table.add_row(output["name"], where, "", "-" if output["dropped"] else "[red]no[/]", "", "", "", "")
             continue
-        shape = str(output["shape"]) if output["shape"] == output["candidate_shape"] else f"{output['shape']} vs {output['candidate_shape']}"
-        dtype = output["dtype"] if output["dtype"] == output["candidate_dtype"] else f"{output['dtype']} vs {output['candidate_dtype']}"
+        shape = (
+            str(output["shape"])
+            if output["shape"] == output["candidate_shape"]
+            else f"{output['shape']} vs {output['candidate_shape']}"
+        )
+        dtype = (
+            output["dtype"]
+            if output["dtype"] == output["candidate_dtype"]
+            else f"{output['dtype']} vs {output['candidate_dtype']}"
+        )
         bitwise = "[green]yes[/]" if output["bitwise_equal"] else "[red]no[/]"
         mismatches = f"{output['mismatches']} ({output['mismatch_fraction']:.3%})"
         if output["nan_mismatches"]:
             mismatches += f", {output['nan_mismatches']} NaN"
         number = lambda value: value if isinstance(value, str) else f"{value:.3g}"  # noqa: E731 - "inf"/"nan" strings
         ulp = "-" if output["max_ulp"] is None else str(output["max_ulp"])
-        table.add_row(output["name"], shape, dtype, bitwise, mismatches, number(output["max_abs_diff"]), number(output["max_rel_diff"]), ulp)
+        table.add_row(
+            output["name"],
+            shape,
+            dtype,
+            bitwise,
+            mismatches,
+            number(output["max_abs_diff"]),
+            number(output["max_rel_diff"]),
+            ulp,
+        )
     console.print(table)
     console.print(caption, highlight=False, soft_wrap=True)
     if document["deployed"] is not None:
-        parts = [f"{o['name']}: max ULP {o['max_ulp']}, {o['mismatches']} differing" for o in document["deployed"]["outputs"]]
+        parts = [
+            f"{o['name']}: max ULP {o['max_ulp']}, {o['mismatches']} differing" for o in document["deployed"]["outputs"]
+        ]
         console.print(f"deployed (optimization all): {'; '.join(parts)}", highlight=False, soft_wrap=True)
     located = document["located"]
     if located is not None:
@@ -431,10 +579,16 @@ def _print_report(document: dict) -> None:
             console.print(f"located: no intermediate tensor differs ({counts})", highlight=False, soft_wrap=True)
         else:
             diff = located["diff"]
-            detail = f"{diff['mismatches']} differing, max ULP {diff['max_ulp']}" if diff and diff["shape"] == diff["candidate_shape"] else "incomparable"
+            detail = (
+                f"{diff['mismatches']} differing, max ULP {diff['max_ulp']}"
+                if diff and diff["shape"] == diff["candidate_shape"]
+                else "incomparable"
+            )
             console.print(
                 f"located: first differing node {located['node']!r} ({located['op']}), output {located['output']!r}: "
-                f"{detail} ({counts})", highlight=False, soft_wrap=True,
+                f"{detail} ({counts})",
+                highlight=False,
+                soft_wrap=True,
             )
     console.print("[bold green]EQUIVALENT[/]" if document["equivalent"] else "[bold red]NOT EQUIVALENT[/]")
 
@@ -448,8 +602,15 @@ def _names(values: tuple[str, ...]) -> list[str]:
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Keras file to write (.keras).")
 @click.option("--freeze", multiple=True, metavar="NAME", help="Make layer NAME non-trainable (repeatable; or a,b,c).")
-@click.option("--reinit", multiple=True, metavar="NAME", help="Redraw layer NAME's weights from its initializers (repeatable; or a,b,c).")
-@click.option("--head", type=int, default=None, metavar="UNITS", help="Replace the final Dense with a fresh one of UNITS outputs.")
+@click.option(
+    "--reinit",
+    multiple=True,
+    metavar="NAME",
+    help="Redraw layer NAME's weights from its initializers (repeatable; or a,b,c).",
+)
+@click.option(
+    "--head", type=int, default=None, metavar="UNITS", help="Replace the final Dense with a fresh one of UNITS outputs."
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the redrawn weights (--reinit, --head).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @debug_option
@@ -484,7 +645,9 @@ def to_keras(
             "random inputs, batch 3, other free dimensions 7)"
         )
         if difference > FAITHFUL_TOLERANCE:
-            raise SurgeryError(f"the Keras model differs from the ONNX model by {difference:.3g} (> {FAITHFUL_TOLERANCE:g}); nothing written")
+            raise SurgeryError(
+                f"the Keras model differs from the ONNX model by {difference:.3g} (> {FAITHFUL_TOLERANCE:g}); nothing written"
+            )
     with atomic_output(output, force=force) as tmp:
         staged = tmp.with_name(tmp.name + ".keras")  # Keras refuses any other suffix
         try:

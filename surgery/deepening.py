@@ -68,7 +68,7 @@ import onnx_ir as ir
 
 from surgery.blocks import BlockSite, Residual, block_sites
 from surgery.errors import SurgeryError
-from surgery.graph import ModelLike, as_ir, attribute, consumers, constant_array, constant_shape, like
+from surgery.graph import ModelLike, as_ir, attribute, constant_array, constant_shape, consumers, like
 from surgery.initializers import draw_weight
 from surgery.layers import LayerSite, layer_sites
 from surgery.metadata import DEEPEN_HISTORY_KEY, KERAS_CONFIG_KEY, LAYER_MAP_KEY, WIDENED_TENSORS_KEY
@@ -314,8 +314,9 @@ def _relu_after(site: LayerSite) -> ir.Node | None:
     return None
 
 
-def plan_deepen(model: ir.Model, *, after: str, count: int = 1, init: str = "copy", seed: int = 0,
-                kind: str = "block") -> DeepenPlan:
+def plan_deepen(
+    model: ir.Model, *, after: str, count: int = 1, init: str = "copy", seed: int = 0, kind: str = "block"
+) -> DeepenPlan:
     """Work out a deepening without changing `model` (see `deepen` for the arguments).
 
     Raises:
@@ -341,8 +342,16 @@ def plan_deepen(model: ir.Model, *, after: str, count: int = 1, init: str = "cop
             )
         if site.node.op_type == "Conv" and attribute(site.node, "group", 1) != 1:
             raise SurgeryError(f"layer {after!r} is a grouped Conv; an identity layer after it is not supported")
-        return DeepenPlan("identity", after, int(count), init, int(seed), _fresh_names(site.layer.name, count, taken),
-                          layer=site, relu=relu)
+        return DeepenPlan(
+            "identity",
+            after,
+            int(count),
+            init,
+            int(seed),
+            _fresh_names(site.layer.name, count, taken),
+            layer=site,
+            relu=relu,
+        )
     sites = block_sites(model)
     site = _resolve_block(model, after, sites)
     name = site.block.name
@@ -369,8 +378,17 @@ def plan_deepen(model: ir.Model, *, after: str, count: int = 1, init: str = "cop
             if use.node.op_type in ("Shape", "Size") and id(use.node) in members:
                 edits.setdefault((id(use.node), use.idx), replace(edit, node=use.node, index=use.idx))
     taken |= {s.block.name for s in sites}
-    return DeepenPlan("block", after, int(count), init, int(seed), _fresh_names(name, count, taken), site=site,
-                      edits=edits, projections=tuple(projections))
+    return DeepenPlan(
+        "block",
+        after,
+        int(count),
+        init,
+        int(seed),
+        _fresh_names(name, count, taken),
+        site=site,
+        edits=edits,
+        projections=tuple(projections),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,7 +402,7 @@ class _Renamer:
         old = site.block.name
         self.new, self.taken = new, taken
         self.scope = site.scope
-        self.new_scope = None if site.scope is None else site.scope[:-1] + new[len(old):] + "/"
+        self.new_scope = None if site.scope is None else site.scope[:-1] + new[len(old) :] + "/"
         self.prefix = None if site.prefix is None else site.prefix + "/"
         self.path = re.compile(rf"(?<!\w){re.escape(old)}(?=[./]|$)")
 
@@ -395,9 +413,9 @@ class _Renamer:
     def __call__(self, name: str | None, fallback: str = "") -> str:
         name = name or fallback
         if self.scope is not None and name.startswith(self.scope):
-            fresh = self.new_scope + name[len(self.scope):]
+            fresh = self.new_scope + name[len(self.scope) :]
         elif self.prefix is not None and name.startswith(self.prefix):
-            fresh = self.new + "/" + name[len(self.prefix):]
+            fresh = self.new + "/" + name[len(self.prefix) :]
         elif self.path.search(name):
             fresh = self.path.sub(self.new, name, count=1)
         else:
@@ -443,8 +461,9 @@ def _copy_attributes(node: ir.Node, rename: _Renamer) -> list[ir.Attr]:
     return copies
 
 
-def _copy_block(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value,
-                rename: _Renamer) -> tuple[list[ir.Node], ir.Value, dict[str, str]]:
+def _copy_block(
+    graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, rename: _Renamer
+) -> tuple[list[ir.Node], ir.Value, dict[str, str]]:
     """One copy of the block reading `entry`: its nodes (not yet in the graph), its output, and
     the names of the copied nodes and of their outputs, by the originals'."""
     site = plan.site
@@ -466,14 +485,26 @@ def _copy_block(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value,
             else:
                 inputs.append(value)  # read from outside the block: a mask, rotary tables, a graph input
         outputs = [
-            ir.Value(name=rename(old.name, "output"), type=old.type,
-                     shape=None if old.shape is None else ir.Shape(old.shape.dims))
+            ir.Value(
+                name=rename(old.name, "output"),
+                type=old.type,
+                shape=None if old.shape is None else ir.Shape(old.shape.dims),
+            )
             for old in node.outputs
         ]
         metadata = {key: rename.text(text) for key, text in node.metadata_props.items()}
-        copy = ir.Node(node.domain, node.op_type, inputs, _copy_attributes(node, rename), overload=node.overload,
-                       outputs=outputs, version=node.version, name=rename(node.name, node.op_type),
-                       doc_string=node.doc_string, metadata_props=metadata)
+        copy = ir.Node(
+            node.domain,
+            node.op_type,
+            inputs,
+            _copy_attributes(node, rename),
+            overload=node.overload,
+            outputs=outputs,
+            version=node.version,
+            name=rename(node.name, node.op_type),
+            doc_string=node.doc_string,
+            metadata_props=metadata,
+        )
         mapping.update((id(old), new) for old, new in zip(node.outputs, copy.outputs))
         nodes.append(copy)
     kept = _without_unread(nodes, mapping[id(site.exit)])
@@ -502,8 +533,9 @@ def _identity_kernel(conv: ir.Node) -> list[int]:
     return [1] * len(kernel) if any(k % 2 == 0 for k in kernel) else kernel
 
 
-def _identity_layer(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, name: str,
-                    taken: set[str]) -> tuple[list[ir.Node], ir.Value]:
+def _identity_layer(
+    graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, name: str, taken: set[str]
+) -> tuple[list[ir.Node], ir.Value]:
     """Net2DeeperNet: a layer of the same op with an identity weight and a zero bias, then a Relu."""
     site = plan.layer
     node, width = site.node, site.layer.width
@@ -512,8 +544,11 @@ def _identity_layer(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, name: st
     nodes: list[ir.Node] = []
 
     def make(op: str, inputs: list[ir.Value], attributes: list[ir.Attr] = ()) -> ir.Value:
-        out = ir.Value(name=unique(f"{name}/{op}_output_0", taken), type=entry.type,
-                       shape=None if entry.shape is None else ir.Shape(entry.shape.dims))
+        out = ir.Value(
+            name=unique(f"{name}/{op}_output_0", taken),
+            type=entry.type,
+            shape=None if entry.shape is None else ir.Shape(entry.shape.dims),
+        )
         nodes.append(ir.Node("", op, inputs, attributes, outputs=[out], name=unique(f"{name}/{op}", taken)))
         return out
 
@@ -522,8 +557,11 @@ def _identity_layer(graph: ir.Graph, plan: DeepenPlan, entry: ir.Value, name: st
         weight = np.zeros([width, width, *kernel], dtype=dtype)
         weight[(np.arange(width), np.arange(width), *(k // 2 for k in kernel))] = 1
         pads = [k // 2 for k in kernel] * 2
-        value = make("Conv", [entry, _initializer(graph, unique(f"{name}.weight", taken), weight), bias],
-                     [ir.AttrInt64s("kernel_shape", kernel), ir.AttrInt64s("pads", pads)])
+        value = make(
+            "Conv",
+            [entry, _initializer(graph, unique(f"{name}.weight", taken), weight), bias],
+            [ir.AttrInt64s("kernel_shape", kernel), ir.AttrInt64s("pads", pads)],
+        )
     elif node.op_type == "Gemm":
         weight = _initializer(graph, unique(f"{name}.weight", taken), np.eye(width, dtype=dtype))
         value = make("Gemm", [entry, weight, bias])
@@ -576,8 +614,12 @@ def _copy_keras_layers(model: ir.Model, plan: DeepenPlan, copies: list[dict[str,
         producer = site.entry.producer()
         source = by_node.get(producer.name) if producer is not None else site.entry.name
         sink = by_node.get(site.exit.producer().name)
-        if (source is None or source in block or sink not in block
-                or any(len(entry.get("inbound_nodes", ())) != 1 for entry in members)):
+        if (
+            source is None
+            or source in block
+            or sink not in block
+            or any(len(entry.get("inbound_nodes", ())) != 1 for entry in members)
+        ):
             raise KeyError("block layers")
     except (KeyError, TypeError, ValueError, AttributeError):
         model.metadata_props.pop(KERAS_CONFIG_KEY, None)
@@ -589,7 +631,7 @@ def _copy_keras_layers(model: ir.Model, plan: DeepenPlan, copies: list[dict[str,
     for new, nodes in zip(plan.names, copies):
         prefix = site.block.name
         renamed = {
-            layer: unique(new + layer[len(prefix):] if layer.startswith(prefix) else f"{new}_{layer}", taken)
+            layer: unique(new + layer[len(prefix) :] if layer.startswith(prefix) else f"{new}_{layer}", taken)
             for layer in sorted(block)
         }
         for entry in members:
@@ -641,16 +683,25 @@ def _identity_keras_layers(model: ir.Model, plan: DeepenPlan, layers: list[dict[
         layer["config"]["name"] = name
         layer["config"].update(activation="relu", use_bias=True)
         if source["class_name"] == "Conv2D":
-            layer["config"].update(kernel_size=_identity_kernel(plan.layer.node), padding="same", strides=[1, 1],
-                                   dilation_rate=[1, 1], groups=1)
+            layer["config"].update(
+                kernel_size=_identity_kernel(plan.layer.node),
+                padding="same",
+                strides=[1, 1],
+                dilation_rate=[1, 1],
+                groups=1,
+            )
         else:
             layer["config"]["units"] = width
         if not sequential:
             shape = list(tensor["config"]["shape"])
             shape[-1] = width  # Keras is channels-last
             layer["name"] = name
-            layer["inbound_nodes"] = [{"args": [{**tensor, "config": {**tensor["config"], "shape": shape,
-                                                                    "keras_history": [last, 0, 0]}}], "kwargs": {}}]
+            layer["inbound_nodes"] = [
+                {
+                    "args": [{**tensor, "config": {**tensor["config"], "shape": shape, "keras_history": [last, 0, 0]}}],
+                    "kwargs": {},
+                }
+            ]
         entries.insert(position, layer)
         position += 1
         layer_map[name] = [node for op, node in nodes.items() if op]
@@ -670,8 +721,9 @@ def _parameters(values: list[ir.Value]) -> int:
     return sum(v.const_value.size for v in values if v.const_value.dtype.is_floating_point())
 
 
-def deepen_in_place(model: ir.Model, *, after: str, count: int = 1, init: str = "copy", seed: int = 0,
-                    kind: str = "block") -> DeepenResult:
+def deepen_in_place(
+    model: ir.Model, *, after: str, count: int = 1, init: str = "copy", seed: int = 0, kind: str = "block"
+) -> DeepenResult:
     """Deepen `model` itself (no copy): see `deepen` for the arguments. On a `SurgeryError`
     nothing has changed."""
     plan = plan_deepen(model, after=after, count=count, init=init, seed=seed, kind=kind)
@@ -730,8 +782,9 @@ def deepen_in_place(model: ir.Model, *, after: str, count: int = 1, init: str = 
     return DeepenResult(plan, record)
 
 
-def deepen(model: ModelLike, *, after: str, count: int = 1, init: str = "copy", seed: int = 0,
-           kind: str = "block") -> ModelLike:
+def deepen(
+    model: ModelLike, *, after: str, count: int = 1, init: str = "copy", seed: int = 0, kind: str = "block"
+) -> ModelLike:
     """Insert `count` blocks after block `after` that start as the identity (bitwise-equal outputs).
 
     Args:

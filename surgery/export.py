@@ -36,7 +36,7 @@ DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(13, 19)
 
 
-def load_keras(path: str, *, unsafe: bool = False) -> "keras.Model":
+def load_keras(path: str, *, unsafe: bool = False) -> keras.Model:
     """Load a `.keras` (or `.h5`) file with Keras's safe mode unless `unsafe`.
 
     Safe mode refuses to deserialise Lambda layers' Python code; `unsafe=True` allows it and
@@ -55,7 +55,9 @@ def load_keras(path: str, *, unsafe: bool = False) -> "keras.Model":
         raise SurgeryError(f"{file}: empty file, not a Keras model")
     # Keras reports a damaged .keras archive as "File not found"; say what is wrong instead.
     if file.suffix == ".keras" and not zipfile.is_zipfile(file):
-        raise SurgeryError(f"{file}: not a .keras file (a .keras file is a zip archive; this one is damaged or something else)")
+        raise SurgeryError(
+            f"{file}: not a .keras file (a .keras file is a zip archive; this one is damaged or something else)"
+        )
     import_tensorflow()
     import keras
 
@@ -89,7 +91,7 @@ def layer_for_scope(scope: str, layer_names: set[str]) -> str | None:
     return min(candidates)[1] if candidates else None
 
 
-def layer_map(proto: onnx.ModelProto, model: "keras.Model") -> dict[str, list[str]]:
+def layer_map(proto: onnx.ModelProto, model: keras.Model) -> dict[str, list[str]]:
     """Keras layer name → ONNX node names made from it (by tf2onnx's name scopes)."""
     names = {layer.name for layer in model.layers}
     mapping: dict[str, list[str]] = {}
@@ -111,9 +113,7 @@ def _input_name(tensor, index: int, count: int) -> str:
     return name
 
 
-def export_keras(
-    model: "keras.Model", *, opset: int = DEFAULT_OPSET, batch: int | None = None
-) -> onnx.ModelProto:
+def export_keras(model: keras.Model, *, opset: int = DEFAULT_OPSET, batch: int | None = None) -> onnx.ModelProto:
     """Convert a Keras 3 model to ONNX with provenance metadata (see the module docstring).
 
     Args:
@@ -176,7 +176,7 @@ def _rename_outputs(proto: onnx.ModelProto, count: int, keras_names: list[str]) 
         output.name = new
 
 
-def self_check(model: "keras.Model", proto: onnx.ModelProto, *, batch: int = 4, seed: int = 0) -> float:
+def self_check(model: keras.Model, proto: onnx.ModelProto, *, batch: int = 4, seed: int = 0) -> float:
     """The Keras-vs-ONNX rule (`surgery.verification.keras_difference`) on one batch of random inputs.
 
     The batch has `batch` rows, or the ONNX model's fixed batch size when it has one.

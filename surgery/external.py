@@ -37,7 +37,6 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import onnx
@@ -58,7 +57,7 @@ INLINE_MODEL_LIMIT = (1 << 31) - (64 << 20)
 
 _COPY_RANGE_FALLBACK_ERRNOS = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM}
 
-Part = Union[np.ndarray, ir.TensorProtocol, tuple[ir.TensorProtocol, int, int]]
+Part = np.ndarray | ir.TensorProtocol | tuple[ir.TensorProtocol, int, int]
 
 
 def _data_file(tensor: ir.ExternalTensor) -> str:
@@ -74,7 +73,9 @@ def _data_length(tensor: ir.ExternalTensor) -> int:
 def _external_source_path(tensor: ir.ExternalTensor) -> tuple[Path, Path]:
     """(folder, file) of an external tensor, refusing locations that leave the folder."""
     if not tensor.base_dir or not os.path.isabs(tensor.base_dir):
-        raise SurgeryError(f"external tensor {tensor.name!r} has no known model folder; load it with surgery.modelio.load_model")
+        raise SurgeryError(
+            f"external tensor {tensor.name!r} has no known model folder; load it with surgery.modelio.load_model"
+        )
     folder = Path(tensor.base_dir)
     location = Path(os.fspath(tensor.location))
     if location.is_absolute() or ".." in location.parts or not location.parts:
@@ -91,22 +92,32 @@ def open_checked_source(tensor: ir.ExternalTensor) -> int:
     """
     folder, path = _external_source_path(tensor)
     if not Path(os.path.realpath(path.parent)).is_relative_to(os.path.realpath(folder)):
-        raise SurgeryError(f"external data {str(tensor.location)!r} of tensor {tensor.name!r} is a link out of the model's folder")
+        raise SurgeryError(
+            f"external data {str(tensor.location)!r} of tensor {tensor.name!r} is a link out of the model's folder"
+        )
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(path, flags)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise SurgeryError(f"external data {str(tensor.location)!r} of tensor {tensor.name!r} is a symbolic link; refusing to read it") from None
-        raise SurgeryError(f"external data {str(tensor.location)!r} of tensor {tensor.name!r}: {error.strerror}") from None
+            raise SurgeryError(
+                f"external data {str(tensor.location)!r} of tensor {tensor.name!r} is a symbolic link; refusing to read it"
+            ) from None
+        raise SurgeryError(
+            f"external data {str(tensor.location)!r} of tensor {tensor.name!r}: {error.strerror}"
+        ) from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
         os.close(fd)
-        raise SurgeryError(f"external data {str(tensor.location)!r} of tensor {tensor.name!r} is not a plain file of the model's folder")
+        raise SurgeryError(
+            f"external data {str(tensor.location)!r} of tensor {tensor.name!r} is not a plain file of the model's folder"
+        )
     end = (tensor.offset or 0) + _data_length(tensor)
     if end > info.st_size:
         os.close(fd)
-        raise SurgeryError(f"external data {str(tensor.location)!r} is shorter than tensor {tensor.name!r} needs ({info.st_size} < {end} bytes)")
+        raise SurgeryError(
+            f"external data {str(tensor.location)!r} is shorter than tensor {tensor.name!r} needs ({info.st_size} < {end} bytes)"
+        )
     return fd
 
 
@@ -123,14 +134,18 @@ class _Sources:
         else:  # the file is already checked; the tensor's own range still has to fit in it
             end = (tensor.offset or 0) + _data_length(tensor)
             if end > os.fstat(self._fds[key]).st_size:
-                raise SurgeryError(f"external data {str(tensor.location)!r} is shorter than tensor {tensor.name!r} needs")
+                raise SurgeryError(
+                    f"external data {str(tensor.location)!r} is shorter than tensor {tensor.name!r} needs"
+                )
         return self._fds[key]
 
     def read(self, tensor: ir.ExternalTensor, start: int, length: int) -> bytes:
         fd = self.fd(tensor)
         data = os.pread(fd, length, (tensor.offset or 0) + start)
         if len(data) != length:
-            raise SurgeryError(f"external data {str(tensor.location)!r} ended early while reading tensor {tensor.name!r}")
+            raise SurgeryError(
+                f"external data {str(tensor.location)!r} ended early while reading tensor {tensor.name!r}"
+            )
         return data
 
     def close(self) -> None:
@@ -153,7 +168,7 @@ class _Sink:
     def write(self, data) -> None:
         view = memoryview(data).cast("B")
         while view:
-            written = os.pwrite(self.fd, view[:CHUNK_BYTES * 8], self.size)
+            written = os.pwrite(self.fd, view[: CHUNK_BYTES * 8], self.size)
             self.size += written
             view = view[written:]
 
@@ -162,7 +177,9 @@ class _Sink:
         if self._kernel_copy:
             try:
                 while done < length:
-                    copied = os.copy_file_range(source_fd, self.fd, min(1 << 30, length - done), offset + done, self.size + done)
+                    copied = os.copy_file_range(
+                        source_fd, self.fd, min(1 << 30, length - done), offset + done, self.size + done
+                    )
                     if copied == 0:
                         break
                     done += copied
@@ -208,7 +225,9 @@ class ConcatenatedTensor(ir.LazyTensor):
 
     __slots__ = ("_axis", "_parts")
 
-    def __init__(self, parts: Sequence[Part], axis: int, *, name: str | None = None, doc_string: str | None = None) -> None:
+    def __init__(
+        self, parts: Sequence[Part], axis: int, *, name: str | None = None, doc_string: str | None = None
+    ) -> None:
         if not parts:
             raise ValueError("ConcatenatedTensor needs at least one part")
         normalised: list[tuple[ir.TensorProtocol | np.ndarray, int, int]] = []
@@ -222,8 +241,14 @@ class ConcatenatedTensor(ir.LazyTensor):
                 dtype, dims = part_dtype, list(part_dims)
                 axis = axis % len(dims)
                 dims[axis] = 0
-            if part_dtype != dtype or len(part_dims) != len(dims) or any(a != b for i, (a, b) in enumerate(zip(part_dims, dims)) if i != axis):
-                raise ValueError(f"part of {name!r} has dtype {part_dtype} shape {part_dims}, expected {dtype} and {dims} outside axis {axis}")
+            if (
+                part_dtype != dtype
+                or len(part_dims) != len(dims)
+                or any(a != b for i, (a, b) in enumerate(zip(part_dims, dims)) if i != axis)
+            ):
+                raise ValueError(
+                    f"part of {name!r} has dtype {part_dtype} shape {part_dims}, expected {dtype} and {dims} outside axis {axis}"
+                )
             stop = part_dims[axis] if stop is None else stop
             if not 0 <= start <= stop <= part_dims[axis]:
                 raise ValueError(f"slice {start}:{stop} out of range for a part of {name!r}")
@@ -269,7 +294,11 @@ class ConcatenatedTensor(ir.LazyTensor):
         if outer == 1:  # each part is one contiguous byte range
             for index, (source, start, stop) in enumerate(self._parts):
                 if isinstance(source, ir.ExternalTensor):
-                    sink.copy(sources.fd(source), (source.offset or 0) + start * inner * itemsize, (stop - start) * inner * itemsize)
+                    sink.copy(
+                        sources.fd(source),
+                        (source.offset or 0) + start * inner * itemsize,
+                        (stop - start) * inner * itemsize,
+                    )
                 else:
                     sink.write(_little_endian_bytes(self._part_array(index)).reshape(-1).view(np.uint8))
             return
@@ -280,7 +309,9 @@ class ConcatenatedTensor(ir.LazyTensor):
             count = min(rows, outer - first)
             blocks = []
             for source, start, stop in self._parts:
-                extent = source.shape[self._axis] if isinstance(source, np.ndarray) else source.shape.numpy()[self._axis]
+                extent = (
+                    source.shape[self._axis] if isinstance(source, np.ndarray) else source.shape.numpy()[self._axis]
+                )
                 if isinstance(source, ir.ExternalTensor):
                     size = extent * inner * itemsize
                     data = sources.read(source, first * size, count * size)
@@ -328,7 +359,9 @@ def _slots(model: ir.Model) -> list[_Slot]:
             if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
                 slots.append(_Slot(attr.value, node=node, attribute=attr.name))
             elif attr.type == ir.AttributeType.TENSORS and any(isinstance(t, ir.ExternalTensor) for t in attr.value):
-                raise SurgeryError(f"node {node.name!r}: external data inside a list-of-tensors attribute is not supported")
+                raise SurgeryError(
+                    f"node {node.name!r}: external data inside a list-of-tensors attribute is not supported"
+                )
     return slots
 
 
@@ -453,14 +486,29 @@ def _write_tensors(model: ir.Model, data_name: str, folder: Path, data_fd: int, 
             else:
                 length = tensor.nbytes
                 offset, location = place(length), data_name
-                if tensor.dtype.bitwidth % 8 == 0 and isinstance(tensor, ir.Tensor) and isinstance(tensor.raw, np.ndarray):
-                    jobs.append((offset, lambda sink, a=tensor.raw: sink.write(_little_endian_bytes(a).reshape(-1).view(np.uint8))))
+                if (
+                    tensor.dtype.bitwidth % 8 == 0
+                    and isinstance(tensor, ir.Tensor)
+                    and isinstance(tensor.raw, np.ndarray)
+                ):
+                    jobs.append(
+                        (
+                            offset,
+                            lambda sink, a=tensor.raw: sink.write(_little_endian_bytes(a).reshape(-1).view(np.uint8)),
+                        )
+                    )
                 else:  # packed 4/2-bit types, tensors from other libraries
                     jobs.append((offset, lambda sink, t=tensor: sink.write(t.tobytes())))
             replacement = ir.ExternalTensor(
-                location, offset, length, tensor.dtype,
-                shape=tensor.shape.copy(), name=tensor.name or (slot.value.name if slot.value else slot.attribute) or "",
-                doc_string=tensor.doc_string, metadata_props=dict(tensor.metadata_props) or None, base_dir=folder,
+                location,
+                offset,
+                length,
+                tensor.dtype,
+                shape=tensor.shape.copy(),
+                name=tensor.name or (slot.value.name if slot.value else slot.attribute) or "",
+                doc_string=tensor.doc_string,
+                metadata_props=dict(tensor.metadata_props) or None,
+                base_dir=folder,
             )
             written[id(tensor)] = replacement
             slot.put(replacement)
@@ -544,8 +592,9 @@ def _staged(model: ir.Model, path: Path, force: bool, share_external_data: bool)
 
 
 @contextlib.contextmanager
-def staged_model(model: ir.Model, path: str | os.PathLike, *, force: bool = False,
-                 share_external_data: bool = False) -> Iterator[Path]:
+def staged_model(
+    model: ir.Model, path: str | os.PathLike, *, force: bool = False, share_external_data: bool = False
+) -> Iterator[Path]:
     """Write `model` as hidden temporary files beside `path`; commit them when the block succeeds.
 
     Yields the temporary ``.onnx``: a complete model that onnxruntime (or `surgery.verification`)
@@ -565,7 +614,9 @@ def staged_model(model: ir.Model, path: str | os.PathLike, *, force: bool = Fals
         yield staged
 
 
-def write_model(model: ir.Model, path: str | os.PathLike, *, force: bool = False, share_external_data: bool = False) -> Path | None:
+def write_model(
+    model: ir.Model, path: str | os.PathLike, *, force: bool = False, share_external_data: bool = False
+) -> Path | None:
     """Write `model` as ``path`` plus its data file ``path + ".data"``, both or neither.
 
     Order of events: both files are written as hidden temporary files in the destination folder;

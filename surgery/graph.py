@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 ModelLike: TypeAlias = "onnx.ModelProto | ir.Model"
 
+
 def as_ir(model: ModelLike) -> ir.Model:
     """A fresh `ir.Model` for `model`: a proto is deserialised, an `ir.Model` is returned as is."""
     if isinstance(model, onnx.ModelProto):

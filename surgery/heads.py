@@ -77,8 +77,15 @@ class HeadPlan:
 
 def _layout(original: np.ndarray, axis: int, rank: int) -> Layout:
     size = original.shape[0]
-    return Layout(axis, rank, np.asarray(original, dtype=np.int64), np.zeros(size, dtype=np.int64),
-                  np.arange(size, dtype=np.int64), np.zeros(size, dtype=np.int64), np.ones(size, dtype=np.int64))
+    return Layout(
+        axis,
+        rank,
+        np.asarray(original, dtype=np.int64),
+        np.zeros(size, dtype=np.int64),
+        np.arange(size, dtype=np.int64),
+        np.zeros(size, dtype=np.int64),
+        np.ones(size, dtype=np.int64),
+    )
 
 
 def resolve_blocks(model: ir.Model, requests: Mapping[str, int]) -> list[tuple[Block, int]]:
@@ -95,8 +102,9 @@ def resolve_blocks(model: ir.Model, requests: Mapping[str, int]) -> list[tuple[B
             raise SurgeryError(f"{name}: {refused[name]}")
         if name not in by_name:
             close = get_close_matches(name, sorted(by_name), n=3) or sorted(by_name)[:5]
-            hint = (f"; did you mean {', '.join(close)}?" if close
-                    else "; the model has no attention block this can grow")
+            hint = (
+                f"; did you mean {', '.join(close)}?" if close else "; the model has no attention block this can grow"
+            )
             raise SurgeryError(f"no attention block named {name!r}{hint}")
         resolved.append((by_name[name], int(added)))
     return resolved
@@ -110,25 +118,41 @@ def plan_heads(model: ir.Model, requests: Mapping[str, int], *, init: str) -> He
             head tracking cannot follow (one line naming it).
     """
     if init == "net2net":
-        raise SurgeryError("{param} net2net does not apply to heads (a copied head would change the softmax's "
-                           "inputs); use output-zero", param="init")
+        raise SurgeryError(
+            "{param} net2net does not apply to heads (a copied head would change the softmax's "
+            "inputs); use output-zero",
+            param="init",
+        )
     edits: list[Edit] = []
     tensors: list[tuple[ir.Value, Layout]] = []
     records: list[dict] = []
     literals: dict[tuple[int, int], tuple[ir.Node, int, dict[int, int], list[ir.Node]]] = {}
     for block, added in resolve_blocks(model, requests):
-        candidate = {"sites": block.sites, "parts": block.parts, "dims": block.dims,
-                     "n_rep": block.heads // block.kv_heads}
+        candidate = {
+            "sites": block.sites,
+            "parts": block.parts,
+            "dims": block.dims,
+            "n_rep": block.heads // block.kv_heads,
+        }
         trace = trace_heads(model, candidate, added)
         for record in trace.edits:
             _add_edit(record, edits, literals)
-        tensors.extend((value, _layout(track.original, track.axis, track.rank))
-                       for value, track in trace.tracks.items() if not track.merged)
-        records.append({
-            "block": block.name, "added_kv_heads": added, "old_heads": block.heads,
-            "new_heads": block.heads + added * candidate["n_rep"], "old_kv_heads": block.kv_heads,
-            "new_kv_heads": block.kv_heads + added, "head_dim": block.head_dim,
-        })
+        tensors.extend(
+            (value, _layout(track.original, track.axis, track.rank))
+            for value, track in trace.tracks.items()
+            if not track.merged
+        )
+        records.append(
+            {
+                "block": block.name,
+                "added_kv_heads": added,
+                "old_heads": block.heads,
+                "new_heads": block.heads + added * candidate["n_rep"],
+                "old_kv_heads": block.kv_heads,
+                "new_kv_heads": block.kv_heads + added,
+                "head_dim": block.head_dim,
+            }
+        )
     for node, index, positions, readers in literals.values():
         literal = np.array(constant_array(node.inputs[index]), copy=True)
         for position, new in positions.items():
@@ -147,8 +171,10 @@ def _add_edit(record: tuple, edits: list[Edit], literals: dict) -> None:
         if reader not in readers:
             readers.append(reader)
         if positions.get(position, new) != new:
-            raise SurgeryError(f"{node.op_type} node {node.name!r} builds a shape for several blocks that would need "
-                               "different head counts; add the same number of heads to each")
+            raise SurgeryError(
+                f"{node.op_type} node {node.name!r} builds a shape for several blocks that would need "
+                "different head counts; add the same number of heads to each"
+            )
         positions[position] = new
     elif kind == "sizes":
         edits.append(Edit(node, index, "literal", literal=record[3]))

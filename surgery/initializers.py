@@ -55,11 +55,13 @@ _ORDER = {
 def check_strategy(init: str, fan_in: str | None) -> None:
     """Refuse an unknown `init` or `fan_in` with one line naming the parameter."""
     if init not in STRATEGIES:
-        raise SurgeryError(f"{{param}}: unknown init strategy {init!r}; choose one of {', '.join(STRATEGIES)}",
-                           param="init")
+        raise SurgeryError(
+            f"{{param}}: unknown init strategy {init!r}; choose one of {', '.join(STRATEGIES)}", param="init"
+        )
     if fan_in is not None and fan_in not in FAN_IN_INITS:
-        raise SurgeryError(f"{{param}}: unknown fan-in initializer {fan_in!r}; choose one of {', '.join(FAN_IN_INITS)}",
-                           param="fan_in")
+        raise SurgeryError(
+            f"{{param}}: unknown fan-in initializer {fan_in!r}; choose one of {', '.join(FAN_IN_INITS)}", param="fan_in"
+        )
 
 
 def _rng(seed: int, *key: str) -> np.random.Generator:
@@ -84,8 +86,9 @@ def _fans(shape: Sequence[int], weight_axes: tuple[int, int] | None) -> tuple[in
     return shape[in_axis] * receptive, shape[unit_axis] * receptive
 
 
-def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype, kind: str,
-            fans: tuple[int, int]) -> np.ndarray:
+def _random(
+    rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype, kind: str, fans: tuple[int, int]
+) -> np.ndarray:
     if not np.issubdtype(dtype, np.floating):
         raise SurgeryError(f"cannot draw random {dtype} weights; use {{param}} all-zero or net2net", param="init")
     fan_in, fan_out = max(fans[0], 1), max(fans[1], 1)
@@ -104,8 +107,17 @@ def _along(axis: int, ndim: int, index) -> tuple:
     return (slice(None),) * axis + (index,) + (slice(None),) * (ndim - axis - 1)
 
 
-def extend(array: np.ndarray, edits: Sequence[Edit], final_shape: Sequence[int], *, strategy: str,
-           fan_in: str | None, seed: int, sources: Mapping[int, np.ndarray], key: str) -> np.ndarray:
+def extend(
+    array: np.ndarray,
+    edits: Sequence[Edit],
+    final_shape: Sequence[int],
+    *,
+    strategy: str,
+    fan_in: str | None,
+    seed: int,
+    sources: Mapping[int, np.ndarray],
+    key: str,
+) -> np.ndarray:
     """The new contents of one parameter: `array` grown by all its `edits` (see the module docstring).
 
     Args:
@@ -139,13 +151,23 @@ def extend(array: np.ndarray, edits: Sequence[Edit], final_shape: Sequence[int],
         shape = list(grown.shape)
         shape[axis] = new.size
         grown[_along(axis, grown.ndim, new)] = new_unit_values(
-            edit, shape, grown.dtype, final_shape, strategy=strategy, fan_in=fan_in, seed=seed, key=key)
+            edit, shape, grown.dtype, final_shape, strategy=strategy, fan_in=fan_in, seed=seed, key=key
+        )
         result = grown
     return result
 
 
-def new_unit_values(edit: Edit, shape: Sequence[int], dtype: np.dtype, final_shape: Sequence[int], *, strategy: str,
-                    fan_in: str | None, seed: int, key: str) -> np.ndarray:
+def new_unit_values(
+    edit: Edit,
+    shape: Sequence[int],
+    dtype: np.dtype,
+    final_shape: Sequence[int],
+    *,
+    strategy: str,
+    fan_in: str | None,
+    seed: int,
+    key: str,
+) -> np.ndarray:
     """What one edit puts into its new positions, for every strategy but net2net.
 
     `extend` writes this block over the new positions along ``edit.axis`` (in their order);
@@ -171,8 +193,9 @@ def new_unit_values(edit: Edit, shape: Sequence[int], dtype: np.dtype, final_sha
     return np.zeros(shape, dtype=dtype)
 
 
-def draw_weight(shape: Sequence[int], dtype: np.dtype, *, kind: str, weight_axes: tuple[int, int] | None, seed: int,
-                key: str) -> np.ndarray:
+def draw_weight(
+    shape: Sequence[int], dtype: np.dtype, *, kind: str, weight_axes: tuple[int, int] | None, seed: int, key: str
+) -> np.ndarray:
     """A whole weight drawn the way new units' fan-in is (`surgery deepen --init random`).
 
     Args:
@@ -186,6 +209,12 @@ def draw_weight(shape: Sequence[int], dtype: np.dtype, *, kind: str, weight_axes
 
 
 __all__ = [
-    "STRATEGIES", "EXACT_STRATEGIES", "FAN_IN_INITS", "check_strategy", "unit_sources", "extend", "new_unit_values",
+    "STRATEGIES",
+    "EXACT_STRATEGIES",
+    "FAN_IN_INITS",
+    "check_strategy",
+    "unit_sources",
+    "extend",
+    "new_unit_values",
     "draw_weight",
 ]

@@ -117,8 +117,9 @@ def split_weights(buf) -> tuple[bytes, dict[str, Weight]] | None:
     if sys.byteorder != "little":
         return None
     try:
-        graphs = [(first, value, stop) for number, first, value, stop in _fields(buf, 0, len(buf))
-                  if number == _MODEL_GRAPH]
+        graphs = [
+            (first, value, stop) for number, first, value, stop in _fields(buf, 0, len(buf)) if number == _MODEL_GRAPH
+        ]
         if len(graphs) != 1:
             return None
         first, start, stop = graphs[0]
@@ -145,8 +146,9 @@ def split_weights(buf) -> tuple[bytes, dict[str, Weight]] | None:
 
 def _weight(buf, start: int, end: int) -> tuple[bytes, Weight] | None:
     """A tensor message with exactly one raw_data longer than WEIGHT_BYTES: its header and data span."""
-    raw = [(first, value, stop) for number, first, value, stop in _fields(buf, start, end)
-           if number == _TENSOR_RAW_DATA]
+    raw = [
+        (first, value, stop) for number, first, value, stop in _fields(buf, start, end) if number == _TENSOR_RAW_DATA
+    ]
     if len(raw) != 1 or raw[0][2] - raw[0][1] <= WEIGHT_BYTES:
         return None
     first, value, stop = raw[0]
@@ -181,7 +183,10 @@ class InlineTensor(ir.LazyTensor):
     def __init__(self, weight: Weight, source: MappedFile) -> None:
         header = weight.header
         super().__init__(
-            self._view, ir.DataType(header.data_type), ir.Shape(list(header.dims), frozen=True), name=header.name,
+            self._view,
+            ir.DataType(header.data_type),
+            ir.Shape(list(header.dims), frozen=True),
+            name=header.name,
             doc_string=header.doc_string or None,
             metadata_props={entry.key: entry.value for entry in header.metadata_props} or None,
         )
@@ -215,8 +220,11 @@ def _header(value: ir.Value, tensor: ir.TensorProtocol, exact: bool) -> onnx.Ten
         return header
     if tensor.dtype == ir.DataType.STRING or tensor.nbytes <= WEIGHT_BYTES:
         return None
-    if exact and (isinstance(tensor, (ir.serde.TensorProtoTensor, ir.ExternalTensor))
-                  or tensor.dtype.bitwidth % 8 or tensor.metadata_props):
+    if exact and (
+        isinstance(tensor, (ir.serde.TensorProtoTensor, ir.ExternalTensor))
+        or tensor.dtype.bitwidth % 8
+        or tensor.metadata_props
+    ):
         return None
     header = onnx.TensorProto(name=value.name, data_type=tensor.dtype.value, dims=tensor.shape.numpy())
     if tensor.doc_string and exact:
@@ -284,8 +292,14 @@ def _splice(skeleton: bytes, aside: dict[str, ir.TensorProtocol], sink: _Sink) -
     for number, field, value, end in _fields(skeleton, start, stop):
         if number != _GRAPH_INITIALIZER:
             continue
-        name = next((skeleton[v:s].decode(errors="replace") for n, _, v, s in _fields(skeleton, value, end)
-                     if n == _TENSOR_NAME), None)
+        name = next(
+            (
+                skeleton[v:s].decode(errors="replace")
+                for n, _, v, s in _fields(skeleton, value, end)
+                if n == _TENSOR_NAME
+            ),
+            None,
+        )
         tensor = aside.pop(name, None)
         if tensor is None:
             continue
@@ -308,5 +322,13 @@ def _splice(skeleton: bytes, aside: dict[str, ir.TensorProtocol], sink: _Sink) -
     sink.write(skeleton[stop:])
 
 
-__all__ = ["WEIGHT_BYTES", "InlineTensor", "MappedFile", "Weight", "attach_weights", "headers_only", "split_weights",
-           "write_inline"]
+__all__ = [
+    "WEIGHT_BYTES",
+    "InlineTensor",
+    "MappedFile",
+    "Weight",
+    "attach_weights",
+    "headers_only",
+    "split_weights",
+    "write_inline",
+]

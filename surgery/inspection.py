@@ -25,8 +25,12 @@ from surgery.errors import SurgeryError
 from surgery.layers import LayerSite, layer_sites
 
 
-def blocked_by(model: ir.Model, node: str, sites: list[LayerSite] | None = None,
-               name: Callable[[str | None], str | None] | None = None) -> str | None:
+def blocked_by(
+    model: ir.Model,
+    node: str,
+    sites: list[LayerSite] | None = None,
+    name: Callable[[str | None], str | None] | None = None,
+) -> str | None:
     """Why one new unit of layer `node` cannot be added (the analysis's one line), or None.
 
     `sites`: the model's `layer_sites`, found once by a caller that asks about every layer.
@@ -49,8 +53,11 @@ def inspect_document(model: ir.Model, name: Callable[[str | None], str | None] |
     for layer in (site.layer for site in sites):
         reason = blocked_by(model, layer.node, sites, name)
         layers.append({**layer.to_json(), "widenable": reason is None, "blocked_by": reason})
-    return {"layers": layers, "attention": [block.to_json() for block in find_attention_blocks(model)],
-            "blocks": blocks}
+    return {
+        "layers": layers,
+        "attention": [block.to_json() for block in find_attention_blocks(model)],
+        "blocks": blocks,
+    }
 
 
 __all__ = ["blocked_by", "inspect_document"]

@@ -35,7 +35,7 @@ def _key(path: str) -> str:
     return path.replace("/", "_")
 
 
-def _optimizer(model: "keras.Model", which: str):
+def _optimizer(model: keras.Model, which: str):
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
         raise SurgeryError(f"{which}: the model has no optimizer; compile it first")
@@ -81,8 +81,8 @@ def _old_index(
 
 
 def carry_optimizer_state(
-    old_model: "keras.Model",
-    new_model: "keras.Model",
+    old_model: keras.Model,
+    new_model: keras.Model,
     *,
     positions: Mapping[str, Mapping[int, Sequence[int]]] | None = None,
 ) -> list[str]:

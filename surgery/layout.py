@@ -51,7 +51,9 @@ class Layout:
         size = old + added
         original = np.where(np.arange(size) < old, np.arange(size), -1)
         return Layout(
-            axis, rank, original,
+            axis,
+            rank,
+            original,
             np.full(size, group, dtype=np.int64),
             np.arange(size, dtype=np.int64),
             np.zeros(size, dtype=np.int64),
@@ -108,8 +110,15 @@ class Layout:
         owner = np.where(old >= 0, old, 0)
         mask = (owner >= start) & (owner < stop)
         original = np.where(self.original[mask] >= 0, self.original[mask] - start, -1)
-        return Layout(self.axis, self.rank, original, self.group[mask], self.unit[mask], self.base[mask] - start,
-                      self.stride[mask])._frozen()
+        return Layout(
+            self.axis,
+            self.rank,
+            original,
+            self.group[mask],
+            self.unit[mask],
+            self.base[mask] - start,
+            self.stride[mask],
+        )._frozen()
 
     def ranges(self) -> list[list[int]]:
         """Half-open [start, stop) runs of new positions."""

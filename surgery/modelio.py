@@ -56,15 +56,23 @@ def _check_external_locations(proto: onnx.ModelProto, path: Path) -> None:
             )
         target = folder / where
         if target.is_symlink():
-            raise SurgeryError(f"{path}: external data {location!r} of tensor {tensor.name!r} is a symbolic link; refusing to follow it")
+            raise SurgeryError(
+                f"{path}: external data {location!r} of tensor {tensor.name!r} is a symbolic link; refusing to follow it"
+            )
         if not target.resolve().is_relative_to(folder):
-            raise SurgeryError(f"{path}: external data {location!r} of tensor {tensor.name!r} is a link out of the model's folder")
+            raise SurgeryError(
+                f"{path}: external data {location!r} of tensor {tensor.name!r} is a link out of the model's folder"
+            )
         try:
             info = target.lstat()
         except OSError:
-            raise SurgeryError(f"{path}: external data file {location!r} of tensor {tensor.name!r} is missing") from None
+            raise SurgeryError(
+                f"{path}: external data file {location!r} of tensor {tensor.name!r} is missing"
+            ) from None
         if info.st_nlink > 1:
-            raise SurgeryError(f"{path}: external data {location!r} of tensor {tensor.name!r} is a hard link; refusing to read it")
+            raise SurgeryError(
+                f"{path}: external data {location!r} of tensor {tensor.name!r} is a hard link; refusing to read it"
+            )
         if not stat.S_ISREG(info.st_mode):
             raise SurgeryError(f"{path}: external data {location!r} of tensor {tensor.name!r} is not a regular file")
         entries = {e.key: e.value for e in tensor.external_data}
@@ -195,8 +203,10 @@ def _check_target(path: Path, *, force: bool, inputs: Sequence[Path], what: str 
     for source in inputs:
         if _same_file(path, source):
             also = f" ({source})" if str(source) != str(path) else ""
-            raise SurgeryError(f"{path}: {what}is a file this command reads{also}; inputs are never modified, "
-                               "choose another name", param="output")
+            raise SurgeryError(
+                f"{path}: {what}is a file this command reads{also}; inputs are never modified, choose another name",
+                param="output",
+            )
     if path.is_dir():
         raise SurgeryError(f"{path}: {what}is a directory", param="output")
     if os.path.lexists(path):
@@ -205,8 +215,10 @@ def _check_target(path: Path, *, force: bool, inputs: Sequence[Path], what: str 
         except OSError:  # a dangling link: replaced like a file
             mode = stat.S_IFREG
         if not stat.S_ISREG(mode):
-            raise SurgeryError(f"{path}: {what}exists and is not a regular file (a device, FIFO or socket); "
-                               "refusing to replace it", param="output")
+            raise SurgeryError(
+                f"{path}: {what}exists and is not a regular file (a device, FIFO or socket); refusing to replace it",
+                param="output",
+            )
         if not force:
             raise SurgeryError(f"{path}: {what}already exists (use {{param}} to overwrite)", param="force")
 

@@ -95,7 +95,10 @@ def module_names(model: ir.Model) -> dict[str, str]:
     derived |= {
         node.name: name
         for node in model.graph
-        if node.op_type in LAYER_OPS and node.name and node.name not in derived and "/" not in node.name
+        if node.op_type in LAYER_OPS
+        and node.name
+        and node.name not in derived
+        and "/" not in node.name
         and (name := _keras_sublayer(node)) is not None
     }
     counts = Counter(derived.values())

@@ -70,8 +70,16 @@ def _join(neutral: float) -> OpInfo:
 
 
 _REDUCTIONS = (
-    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
 )
 
 CATALOGUE: dict[str, OpInfo] = {
@@ -93,25 +101,52 @@ CATALOGUE: dict[str, OpInfo] = {
     # other elementwise single-input ops
     **{op: _unary() for op in ("Erf", "Neg", "Abs", "Sign", "Identity", "Dropout", "Cast")},
     # elementwise n-ary ops
-    "Add": _join(0.0), "Sub": _join(0.0), "Mul": _join(1.0), "Div": _join(1.0), "Max": _join(0.0),
-    "Min": _join(0.0), "Sum": _join(0.0), "Mean": _join(0.0),
+    "Add": _join(0.0),
+    "Sub": _join(0.0),
+    "Mul": _join(1.0),
+    "Div": _join(1.0),
+    "Max": _join(0.0),
+    "Min": _join(0.0),
+    "Sum": _join(0.0),
+    "Mean": _join(0.0),
     "PRelu": OpInfo("elementwise", neutral=0.25, family="he"),
     # per-channel
     "BatchNormalization": OpInfo("channel-norm", channel_neutral=((1, 1.0), (2, 0.0), (3, 0.0), (4, 1.0))),
     "InstanceNormalization": OpInfo("channel-norm", channel_neutral=((1, 1.0), (2, 0.0))),
-    **{op: OpInfo("pool") for op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
-                                     "GlobalLpPool")},
+    **{
+        op: OpInfo("pool")
+        for op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+    },
     # over some axes
     "Softmax": OpInfo("over-axes", family="glorot", keras="softmax"),
     "LogSoftmax": OpInfo("over-axes", family="glorot"),
-    **{op: OpInfo("over-axes") for op in ("Hardmax", "LayerNormalization", "LpNormalization",
-                                          "MeanVarianceNormalization", "ArgMax", "ArgMin", *_REDUCTIONS)},
+    **{
+        op: OpInfo("over-axes")
+        for op in (
+            "Hardmax",
+            "LayerNormalization",
+            "LpNormalization",
+            "MeanVarianceNormalization",
+            "ArgMax",
+            "ArgMin",
+            *_REDUCTIONS,
+        )
+    },
     "GroupNormalization": OpInfo("blocker"),
     # layers and layout
-    "MatMul": OpInfo("matmul"), "Gemm": OpInfo("gemm"), "Conv": OpInfo("conv"),
-    "Transpose": OpInfo("transpose"), "Concat": OpInfo("concat"), "Flatten": OpInfo("flatten"),
-    "Reshape": OpInfo("reshape"), "Squeeze": OpInfo("squeeze"), "Unsqueeze": OpInfo("squeeze"),
-    "Shape": OpInfo("shape"), "Gather": OpInfo("pick"), "Slice": OpInfo("pick"), "Split": OpInfo("split"),
+    "MatMul": OpInfo("matmul"),
+    "Gemm": OpInfo("gemm"),
+    "Conv": OpInfo("conv"),
+    "Transpose": OpInfo("transpose"),
+    "Concat": OpInfo("concat"),
+    "Flatten": OpInfo("flatten"),
+    "Reshape": OpInfo("reshape"),
+    "Squeeze": OpInfo("squeeze"),
+    "Unsqueeze": OpInfo("squeeze"),
+    "Shape": OpInfo("shape"),
+    "Gather": OpInfo("pick"),
+    "Slice": OpInfo("pick"),
+    "Split": OpInfo("split"),
     "Pow": OpInfo("pow"),
 }
 
@@ -235,8 +270,10 @@ def _composite(value: ir.Value) -> str | None:
     if len(users) == 1 and users[0].op_type == "Mul":
         other = _other(users[0], value)
         producer = other.producer() if other is not None else None
-        if producer is not None and producer.op_type == "Mul" and any(
-            _silu_product(v) is producer for v in producer.inputs if v is not None
+        if (
+            producer is not None
+            and producer.op_type == "Mul"
+            and any(_silu_product(v) is producer for v in producer.inputs if v is not None)
         ):
             return "SwiGLU"
     return None
@@ -282,7 +319,20 @@ def default_softmax_axis(node: ir.Node, opset: int) -> int:
 
 
 __all__ = [
-    "OpInfo", "CATALOGUE", "LAYER_OPS", "ELEMENTWISE_ACTIVATIONS", "VALUE_PRESERVING", "REARRANGING", "POSITIONAL",
-    "COMPOSITE_ACTIVATIONS", "TRANSPARENT", "SHAPE_CARRIERS", "SHAPE_ARITHMETIC", "init_family",
-    "keras_activation", "activation_after", "pow_exponent", "default_softmax_axis",
+    "OpInfo",
+    "CATALOGUE",
+    "LAYER_OPS",
+    "ELEMENTWISE_ACTIVATIONS",
+    "VALUE_PRESERVING",
+    "REARRANGING",
+    "POSITIONAL",
+    "COMPOSITE_ACTIVATIONS",
+    "TRANSPARENT",
+    "SHAPE_CARRIERS",
+    "SHAPE_ARITHMETIC",
+    "init_family",
+    "keras_activation",
+    "activation_after",
+    "pow_exponent",
+    "default_softmax_axis",
 ]

@@ -48,13 +48,13 @@ import onnx
 import onnx_ir as ir
 
 from surgery.analysis import Edit, WidenPlan, analyse, infer_missing_shapes, parse_plan
-from surgery.layout import mask_ranges
 from surgery.errors import SurgeryError
 from surgery.external import ConcatenatedTensor, concatenate
-from surgery.heads import plan_heads
 from surgery.graph import ModelLike, as_ir, constant_array, constant_shape, like
+from surgery.heads import plan_heads
 from surgery.initializers import check_strategy, extend, new_unit_values, unit_sources
 from surgery.layers import LayerSite, layer_sites
+from surgery.layout import mask_ranges
 from surgery.metadata import WIDEN_HISTORY_KEY, WIDENED_TENSORS_KEY
 from surgery.naming import expand, layer_candidates
 from surgery.ops import SHAPE_CARRIERS
@@ -128,7 +128,8 @@ def _composed_tensors(model: ir.Model, plan: WidenPlan) -> dict:
         entries = json.loads(raw) if raw else {}
     except json.JSONDecodeError:
         raise SurgeryError(
-            f"metadata {WIDENED_TENSORS_KEY!r} is not valid JSON; cannot compose a new widening with it") from None
+            f"metadata {WIDENED_TENSORS_KEY!r} is not valid JSON; cannot compose a new widening with it"
+        ) from None
     for value, layout in plan.tensors:
         name = value.name or ""
         earlier = entries.get(name)
@@ -153,15 +154,17 @@ def _history(plan: WidenPlan, init: str, seed: int) -> list[dict]:
     records = []
     for group in plan.groups:
         for member in group.members:
-            records.append({
-                "layer": member.site.layer.name,
-                "node": member.site.layer.node,
-                "added": group.added,
-                "old_width": group.old_width,
-                "new_width": group.new_width,
-                "strategy": init,
-                "seed": seed,
-            })
+            records.append(
+                {
+                    "layer": member.site.layer.name,
+                    "node": member.site.layer.node,
+                    "added": group.added,
+                    "old_width": group.old_width,
+                    "new_width": group.new_width,
+                    "strategy": init,
+                    "seed": seed,
+                }
+            )
     return records
 
 
@@ -189,8 +192,16 @@ def _keeps_old_units(edits: list[Edit], value: ir.Value, init: str) -> bool:
     return np.array_equal(layout.original[layout.original >= 0], np.arange(tensor.shape[edits[0].axis]))
 
 
-def _lazy_contents(edits: list[Edit], value: ir.Value, final_shape: tuple[int, ...], *, init: str,
-                   fan_in: str | None, seed: int, key: str) -> ConcatenatedTensor | None:
+def _lazy_contents(
+    edits: list[Edit],
+    value: ir.Value,
+    final_shape: tuple[int, ...],
+    *,
+    init: str,
+    fan_in: str | None,
+    seed: int,
+    key: str,
+) -> ConcatenatedTensor | None:
     """The parameter as "old tensor plus new units", or None when it must be computed in memory.
 
     Lazy when the old units stay as they are: a strategy that leaves old weights alone, one
@@ -206,8 +217,9 @@ def _lazy_contents(edits: list[Edit], value: ir.Value, final_shape: tuple[int, .
     dims = [int(d) for d in tensor.shape.numpy()]
     is_new = layout.new_mask
     dims[axis] = int(np.count_nonzero(is_new))
-    block = new_unit_values(edit, dims, np.dtype(tensor.dtype.numpy()), final_shape,
-                            strategy=init, fan_in=fan_in, seed=seed, key=key)
+    block = new_unit_values(
+        edit, dims, np.dtype(tensor.dtype.numpy()), final_shape, strategy=init, fan_in=fan_in, seed=seed, key=key
+    )
     cuts = [0, *(np.flatnonzero(is_new[1:] != is_new[:-1]) + 1).tolist(), layout.size]
     parts: list = []
     taken = 0  # new positions already placed: the block's next column
@@ -226,8 +238,9 @@ def _lazy_contents(edits: list[Edit], value: ir.Value, final_shape: tuple[int, .
 GIVEN_ROLES = ("fan-in", "bias", "fan-out")
 
 
-def _given_blocks(plan: WidenPlan, unit_values: Mapping[str, Mapping[str, np.ndarray]] | None,
-                  init: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def _given_blocks(
+    plan: WidenPlan, unit_values: Mapping[str, Mapping[str, np.ndarray]] | None, init: str
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """id(edit) → (positions along the edit's axis, the array `unit_values` puts there).
 
     Rules: every named layer was requested in the plan and grows alone (a coupled group would
@@ -249,8 +262,10 @@ def _given_blocks(plan: WidenPlan, unit_values: Mapping[str, Mapping[str, np.nda
         if group is None:
             raise SurgeryError(f"unit_values names {layer!r}, which the plan does not widen")
         if len(group.members) != 1:
-            raise SurgeryError(f"unit_values[{layer!r}]: the layer grows with {len(group.members) - 1} coupled "
-                               "layer(s); explicit values need a layer that grows alone")
+            raise SurgeryError(
+                f"unit_values[{layer!r}]: the layer grows with {len(group.members) - 1} coupled "
+                "layer(s); explicit values need a layer that grows alone"
+            )
         output = group.members[0].node.outputs[0]
         for role, given in roles.items():
             if role not in GIVEN_ROLES:
@@ -268,7 +283,9 @@ def _given_blocks(plan: WidenPlan, unit_values: Mapping[str, Mapping[str, np.nda
                 shape[edit.axis] = positions.size
                 array = np.asarray(given)
                 if array.shape != tuple(shape):
-                    raise SurgeryError(f"unit_values[{layer!r}][{role!r}] must have shape {tuple(shape)}, got {array.shape}")
+                    raise SurgeryError(
+                        f"unit_values[{layer!r}][{role!r}] must have shape {tuple(shape)}, got {array.shape}"
+                    )
                 if not np.all(np.isfinite(array)):
                     raise SurgeryError(f"unit_values[{layer!r}][{role!r}] holds non-finite values")
                 blocks[id(edit)] = (positions, array)
@@ -288,8 +305,9 @@ def _put_given(array: np.ndarray, edits: list[Edit], blocks: dict[int, tuple[np.
     return array
 
 
-def _new_arrays(plan: WidenPlan, *, init: str, fan_in: str | None, seed: int,
-                blocks: dict[int, tuple[np.ndarray, np.ndarray]]) -> list[tuple[list[Edit], Contents]]:
+def _new_arrays(
+    plan: WidenPlan, *, init: str, fan_in: str | None, seed: int, blocks: dict[int, tuple[np.ndarray, np.ndarray]]
+) -> list[tuple[list[Edit], Contents]]:
     """Every changed parameter's new contents, keyed by its edits (one list per node input).
 
     Contents are a lazy `ConcatenatedTensor` where `_lazy_contents` allows it (only the new
@@ -303,7 +321,9 @@ def _new_arrays(plan: WidenPlan, *, init: str, fan_in: str | None, seed: int,
         value = edits[0].value
         name = f"{value.name}@{edits[0].node.name}:{edits[0].input_index}"
         given = any(id(edit) in blocks for edit in edits)
-        lazy = None if given else _lazy_contents(edits, value, shapes[key], init=init, fan_in=fan_in, seed=seed, key=name)
+        lazy = (
+            None if given else _lazy_contents(edits, value, shapes[key], init=init, fan_in=fan_in, seed=seed, key=name)
+        )
         if lazy is not None:
             results.append((edits, lazy))
             continue
@@ -358,8 +378,12 @@ def _write_parameters(graph: ir.Graph, arrays: list[tuple[list[Edit], Contents]]
             continue
         for node, index, contents in changes:
             name = _unique_name(graph, value.name or "param")
-            copy = ir.Value(name=name, shape=_shape(contents), type=ir.TensorType(_dtype(contents)),
-                            const_value=_tensor(contents, name))
+            copy = ir.Value(
+                name=name,
+                shape=_shape(contents),
+                type=ir.TensorType(_dtype(contents)),
+                const_value=_tensor(contents, name),
+            )
             graph.register_initializer(copy)
             node.replace_input_with(index, copy)
             forked.append(name)
@@ -404,8 +428,9 @@ def _chain(target: ir.Node, readers: list[ir.Node]) -> list[ir.Node]:
         if node is None:
             return False
         if node not in on_path:
-            on_path[node] = node is target or (node.op_type in SHAPE_CARRIERS and any(
-                reaches(v.producer()) for v in node.inputs if v is not None))
+            on_path[node] = node is target or (
+                node.op_type in SHAPE_CARRIERS and any(reaches(v.producer()) for v in node.inputs if v is not None)
+            )
         return on_path[node]
 
     for reader in readers:
@@ -422,8 +447,9 @@ def _free_name(taken: set[str], base: str) -> str:
     return name
 
 
-def _unshare_shape_chains(graph: ir.Graph, arrays: list[tuple[list[Edit], Contents]]
-                          ) -> list[tuple[list[Edit], Contents]]:
+def _unshare_shape_chains(
+    graph: ir.Graph, arrays: list[tuple[list[Edit], Contents]]
+) -> list[tuple[list[Edit], Contents]]:
     """Rule 4 for shapes computed at run time: a literal edit of a constant that a Concat (or
     another `SHAPE_CARRIERS` chain) turns into the target of Reshapes that do not all grow
     (dynamo's one target shared by several blocks) is made on a copy of that chain, read only by
@@ -439,10 +465,15 @@ def _unshare_shape_chains(graph: ir.Graph, arrays: list[tuple[list[Edit], Conten
         copies: dict[ir.Value, ir.Value] = {}
         clones = []
         for node in _chain(target, readers):
-            clone = ir.Node(node.domain, node.op_type, [copies.get(v, v) for v in node.inputs],
-                            [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()],
-                            num_outputs=len(node.outputs), version=node.version,
-                            name=_free_name(taken, node.name or "shape"))
+            clone = ir.Node(
+                node.domain,
+                node.op_type,
+                [copies.get(v, v) for v in node.inputs],
+                [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()],
+                num_outputs=len(node.outputs),
+                version=node.version,
+                name=_free_name(taken, node.name or "shape"),
+            )
             for old, new in zip(node.outputs, clone.outputs):
                 new.name, new.shape, new.type = _free_name(taken, old.name or "shape"), old.shape, old.type
                 copies[old] = new
@@ -464,10 +495,18 @@ def _write_shapes(plan: WidenPlan) -> None:
         value.shape = ir.Shape(dims)
 
 
-def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "output-zero", fan_in: str | None = None,
-                   seed: int = 0, allow_output_change: bool = False, align: int | None = None,
-                   heads: Mapping[str, int] | None = None,
-                   unit_values: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> WidenResult:
+def widen_in_place(
+    model: ir.Model,
+    plan: Mapping[str, int],
+    *,
+    init: str = "output-zero",
+    fan_in: str | None = None,
+    seed: int = 0,
+    allow_output_change: bool = False,
+    align: int | None = None,
+    heads: Mapping[str, int] | None = None,
+    unit_values: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+) -> WidenResult:
     """Widen `model` itself (no copy): see `widen` for the arguments.
 
     Shape inference fills in value shapes the graph lacks before the analysis (in place).
@@ -490,8 +529,9 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
         widen_plan = head_plan.joined(widen_plan)
     _check_memory(widen_plan, init)
     tensors = _composed_tensors(model, widen_plan)
-    arrays = _new_arrays(widen_plan, init=init, fan_in=fan_in, seed=seed,
-                         blocks=_given_blocks(widen_plan, unit_values, init))
+    arrays = _new_arrays(
+        widen_plan, init=init, fan_in=fan_in, seed=seed, blocks=_given_blocks(widen_plan, unit_values, init)
+    )
     records = _history(widen_plan, init, int(seed))
     if head_plan is not None:
         records += [{**record, "strategy": init, "seed": int(seed)} for record in head_plan.records]
@@ -511,10 +551,18 @@ def widen_in_place(model: ir.Model, plan: Mapping[str, int], *, init: str = "out
     return WidenResult(widen_plan, tuple(records), tuple(forked))
 
 
-def widen(model: ModelLike, plan: Mapping[str, int] | None = None, *, init: str = "output-zero",
-          fan_in: str | None = None, seed: int = 0, allow_output_change: bool = False, align: int | None = None,
-          heads: Mapping[str, int] | None = None,
-          unit_values: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> ModelLike:
+def widen(
+    model: ModelLike,
+    plan: Mapping[str, int] | None = None,
+    *,
+    init: str = "output-zero",
+    fan_in: str | None = None,
+    seed: int = 0,
+    allow_output_change: bool = False,
+    align: int | None = None,
+    heads: Mapping[str, int] | None = None,
+    unit_values: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+) -> ModelLike:
     """Add units to layers without changing what the model computes (for the preserving strategies).
 
     Args:
@@ -555,8 +603,17 @@ def widen(model: ModelLike, plan: Mapping[str, int] | None = None, *, init: str 
         working = as_ir(model)  # a fresh graph; its tensors are read-only views of the proto
     else:
         working = as_ir(model).clone()  # tensors are shared, never written: the rewrite replaces them
-    widen_in_place(working, plan or {}, init=init, fan_in=fan_in, seed=seed,
-                   allow_output_change=allow_output_change, align=align, heads=heads, unit_values=unit_values)
+    widen_in_place(
+        working,
+        plan or {},
+        init=init,
+        fan_in=fan_in,
+        seed=seed,
+        allow_output_change=allow_output_change,
+        align=align,
+        heads=heads,
+        unit_values=unit_values,
+    )
     return like(working, model)
 
 

@@ -79,8 +79,9 @@ def check(proto: onnx.ModelProto) -> None:
 
 def infer(proto: onnx.ModelProto, *, strict: bool, data_prop: bool = False) -> onnx.ModelProto:
     """ONNX shape inference (types checked) on the weight-less view; returns the inferred view."""
-    return onnx.shape_inference.infer_shapes(weightless(proto), check_type=True, strict_mode=strict,
-                                             data_prop=data_prop)
+    return onnx.shape_inference.infer_shapes(
+        weightless(proto), check_type=True, strict_mode=strict, data_prop=data_prop
+    )
 
 
 def infer_missing_shapes(model: ir.Model) -> bool:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from surgery.analysis import infer_missing_shapes, trace_units
-from surgery.layout import Layout
 from surgery.errors import SurgeryError
 from surgery.graph import ModelLike, as_ir, attribute, constant_array
 from surgery.layers import resolve_layer
+from surgery.layout import Layout
 
 
 def _take(array: np.ndarray, axis: int, positions: np.ndarray) -> bytes:

@@ -23,8 +23,8 @@ def import_tensorflow() -> ModuleType:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow
         import keras  # noqa: F401  (its backend start-up logs too)
+        import tensorflow
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -90,7 +90,12 @@ def _spans(supported: range) -> str:
 
 def _typed_field(data_type: int) -> tuple[str, float]:
     """(field name, entries per value) of `data_type`'s typed storage."""
-    for field, table in (("float_data", _FLOAT_FIELD), ("double_data", _DOUBLE_FIELD), ("int64_data", _INT64_FIELD), ("uint64_data", _UINT64_FIELD)):
+    for field, table in (
+        ("float_data", _FLOAT_FIELD),
+        ("double_data", _DOUBLE_FIELD),
+        ("int64_data", _INT64_FIELD),
+        ("uint64_data", _UINT64_FIELD),
+    ):
         if data_type in table:
             return field, table[data_type]
     if data_type == _T.STRING:
@@ -126,7 +131,11 @@ def tensor_problem(tensor: onnx.TensorProto, what: str, raw_length: int | None =
         if "offset" in entries and not entries["offset"].isdigit():
             return f"{what} declares external data offset {entries['offset']!r}, not a number"
         return None
-    filled = [field for field in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data") if len(getattr(tensor, field))]
+    filled = [
+        field
+        for field in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+        if len(getattr(tensor, field))
+    ]
     if raw_length is None:
         raw_length = len(tensor.raw_data)  # one copy of the bytes, of a tensor the loader kept whole
     if raw_length:
@@ -172,7 +181,11 @@ def _domain_problem(node: onnx.NodeProto, imported: set[str], functions: set[tup
 
 
 def _graph_problems(
-    graph: onnx.GraphProto, outer: frozenset[str], imported: set[str], functions: set[tuple[str, str]], where: str,
+    graph: onnx.GraphProto,
+    outer: frozenset[str],
+    imported: set[str],
+    functions: set[tuple[str, str]],
+    where: str,
     left_out: Mapping[str, int],
 ) -> Iterator[str]:
     """Problems of one graph and its subgraphs; `outer` holds the enclosing graphs' values.
@@ -230,8 +243,14 @@ def _graph_problems(
                     yield f"{where}{problem}"
             subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
             for subgraph in subgraphs:  # the values visible here: built only for nodes with subgraphs
-                yield from _graph_problems(subgraph, outer | frozenset(defined), imported, functions,
-                                           f"{where}subgraph {attribute.name!r} of {label}: ", {})
+                yield from _graph_problems(
+                    subgraph,
+                    outer | frozenset(defined),
+                    imported,
+                    functions,
+                    f"{where}subgraph {attribute.name!r} of {label}: ",
+                    {},
+                )
         for name in node.output:
             if not name:
                 continue
@@ -256,7 +275,9 @@ def _non_utf8_string(message, where: str) -> str | None:
                     return f"{where}.{field.name} is not valid UTF-8 text ({text[:40]!r})"
         elif field.type == field.TYPE_MESSAGE:
             for index, item in enumerate(values):
-                found = _non_utf8_string(item, f"{where}.{field.name}[{index}]" if field.is_repeated else f"{where}.{field.name}")
+                found = _non_utf8_string(
+                    item, f"{where}.{field.name}[{index}]" if field.is_repeated else f"{where}.{field.name}"
+                )
                 if found:
                     return found
     return None
@@ -321,8 +342,9 @@ def _inference_problem(proto: onnx.ModelProto) -> str | None:
     return None
 
 
-def validate(proto: onnx.ModelProto, path: str | os.PathLike | None = None,
-             left_out: Mapping[str, int] | None = None) -> None:
+def validate(
+    proto: onnx.ModelProto, path: str | os.PathLike | None = None, left_out: Mapping[str, int] | None = None
+) -> None:
     """Raise `SurgeryError` naming `path` and the first problem `problems` finds (see `problems`
     for `left_out`).
 

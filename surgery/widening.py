@@ -93,10 +93,15 @@ class WidenOutcome:
             )
             lines.append(f"{names[0]}: {group.old_width} -> {group.new_width} units{coupled}")
         for record in (r for r in self.result.history if "block" in r):
-            kv = (f"key/value heads {record['old_kv_heads']} -> {record['new_kv_heads']}, "
-                  if record["old_kv_heads"] != record["old_heads"] else "")
-            lines.append(f"{record['block']}: {record['old_heads']} -> {record['new_heads']} heads "
-                         f"({kv}head_dim {record['head_dim']})")
+            kv = (
+                f"key/value heads {record['old_kv_heads']} -> {record['new_kv_heads']}, "
+                if record["old_kv_heads"] != record["old_heads"]
+                else ""
+            )
+            lines.append(
+                f"{record['block']}: {record['old_heads']} -> {record['new_heads']} heads "
+                f"({kv}head_dim {record['head_dim']})"
+            )
         lines += self.notes
         if self.verdict is not None:
             lines.append(self.verdict)
@@ -144,7 +149,13 @@ def widen_verified(
     ir_model = load_model(source)
     target = check_output(output, inputs=input_files(source, ir_model), suffix=".onnx", force=force)
     result = widen_in_place(
-        ir_model, plan, init=init, fan_in=fan_in, seed=seed, allow_output_change=allow_output_change, align=align,
+        ir_model,
+        plan,
+        init=init,
+        fan_in=fan_in,
+        seed=seed,
+        allow_output_change=allow_output_change,
+        align=align,
         heads=heads,
     )
     notes = tuple(

@@ -24,11 +24,17 @@ def cli_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
 
 
-def run_module(module: str, *args, cwd: Path | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, *args, cwd: Path | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
     """Run `python -m MODULE ARGS...` and capture its output (the way users run it)."""
     return subprocess.run(
         [sys.executable, "-m", module, *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, env=cli_env(), timeout=timeout,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=cli_env(),
+        timeout=timeout,
     )
 
 
@@ -63,8 +69,14 @@ def run_surgery(capfd, *args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["surgery", *map(str, args)], code, out, err)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *, code: int = 2, names: str | None = None,
-                          says: tuple[str, ...] = (), prefix: str = "surgery: ") -> str:
+def assert_one_line_error(
+    result: subprocess.CompletedProcess,
+    *,
+    code: int = 2,
+    names: str | None = None,
+    says: tuple[str, ...] = (),
+    prefix: str = "surgery: ",
+) -> str:
     """The clean error path: exit `code`, no traceback, exactly one line on stderr that starts
     with `prefix`, is not an internal error, names `names` and says each of `says`."""
     err = result.stderr
@@ -91,4 +103,8 @@ def reader_of(model, initializer: str) -> str:
 
 def digest(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder` (the inputs' fingerprint)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }

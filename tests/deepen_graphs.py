@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
-
 from forms import finish, linear, main_graph, tensor
+from onnx import TensorProto, helper
 
 F32 = np.float32
 
@@ -60,8 +59,9 @@ class _Builder:
         return self.node("LayerNormalization", [x, scale, bias], f"{scope}/LayerNormalization", axis=-1, epsilon=1e-5)
 
 
-def residual_mlp(blocks: int = 2, width: int = 6, hidden: int = 10, post_norm: bool = False, head: bool = True,
-                 seed: int = 0) -> onnx.ModelProto:
+def residual_mlp(
+    blocks: int = 2, width: int = 6, hidden: int = 10, post_norm: bool = False, head: bool = True, seed: int = 0
+) -> onnx.ModelProto:
     """Blocks ``x + fc2(relu(fc1(norm(x))))`` on a 2-D input (Gemm, transB=1), a Gemm head.
 
     `post_norm` puts the LayerNormalization after the residual Add instead (BERT's order);
@@ -85,8 +85,9 @@ def residual_mlp(blocks: int = 2, width: int = 6, hidden: int = 10, post_norm: b
     return finish(main_graph(b.nodes, b.inits, ["batch", 4], ["batch", 3]))
 
 
-def residual_cnn(blocks: int = 2, channels: int = 4, tail: str = "Relu", batchnorm: bool = False,
-                 seed: int = 1) -> onnx.ModelProto:
+def residual_cnn(
+    blocks: int = 2, channels: int = 4, tail: str = "Relu", batchnorm: bool = False, seed: int = 1
+) -> onnx.ModelProto:
     """A ResNet: Conv stem + ReLU, basic blocks ``tail(x + conv2(relu(conv1(x))))`` (3×3, pad 1),
     GlobalAveragePool, Flatten, a Gemm head. With `batchnorm` each conv2 is followed by an
     (unfolded) BatchNormalization, as an export in training-mode folding off writes it."""
@@ -106,8 +107,12 @@ def residual_cnn(blocks: int = 2, channels: int = 4, tail: str = "Relu", batchno
         if batchnorm:
             stats = [b.param(f"layer1.{i}.bn2.{name}", (channels,), 0.2) for name in ("weight", "bias", "running_mean")]
             b.inits.append(tensor(f"layer1.{i}.bn2.running_var", b.rng.uniform(0.5, 1.5, channels).astype(F32)))
-            h = b.node("BatchNormalization", [h, *stats, f"layer1.{i}.bn2.running_var"],
-                       f"{scope}/bn2/BatchNormalization", epsilon=1e-5)
+            h = b.node(
+                "BatchNormalization",
+                [h, *stats, f"layer1.{i}.bn2.running_var"],
+                f"{scope}/bn2/BatchNormalization",
+                epsilon=1e-5,
+            )
         x = b.node(tail, [b.node("Add", [h, x], f"{scope}/Add")], f"{scope}/{tail.lower()}_1/{tail}")
     pooled = b.node("GlobalAveragePool", [x], "/avgpool/GlobalAveragePool")
     flat = b.node("Flatten", [pooled], "/Flatten", axis=1)
@@ -129,8 +134,16 @@ def transformer(blocks: int = 2, width: int = 8, hidden: int = 16, seed: int = 2
     x = b.linear3d("/embed", "input", 4, width)
     shape = b.node("Shape", ["input"], "/Shape")
     seq = b.node("Gather", [shape, "/Constant_output_0"], "/Gather", axis=0)
-    b.nodes.insert(0, helper.make_node("Constant", [], ["/Constant_output_0"], name="/Constant",
-                                       value=helper.make_tensor("value", TensorProto.INT64, [1], [1])))
+    b.nodes.insert(
+        0,
+        helper.make_node(
+            "Constant",
+            [],
+            ["/Constant_output_0"],
+            name="/Constant",
+            value=helper.make_tensor("value", TensorProto.INT64, [1], [1]),
+        ),
+    )
     steps = b.node("Range", ["/start", seq, "/delta"], "/Range")
     b.inits += [tensor("/start", np.array(0, np.int64)), tensor("/delta", np.array(1, np.int64))]
     table = b.node("Unsqueeze", [b.node("Cast", [steps], "/Cast", to=TensorProto.FLOAT), "/axes"], "/Unsqueeze")
@@ -143,8 +156,12 @@ def transformer(blocks: int = 2, width: int = 8, hidden: int = 16, seed: int = 2
         v = b.linear3d(f"{scope}/self_attn/v_proj", h, width, width, bias=False)
         kt = b.node("Transpose", [k], f"{scope}/self_attn/Transpose", perm=[0, 2, 1])
         scores = b.node("MatMul", [q, kt], f"{scope}/self_attn/MatMul")
-        scale = b.node("Constant", [], f"{scope}/self_attn/Constant",
-                       value=helper.make_tensor("value", TensorProto.FLOAT, [], [width ** -0.5]))
+        scale = b.node(
+            "Constant",
+            [],
+            f"{scope}/self_attn/Constant",
+            value=helper.make_tensor("value", TensorProto.FLOAT, [], [width**-0.5]),
+        )
         scaled = b.node("Mul", [scores, scale], f"{scope}/self_attn/Mul")
         scores = b.node("Add", [scaled, table], f"{scope}/self_attn/Add")
         weights = b.node("Softmax", [scores], f"{scope}/self_attn/Softmax", axis=-1)
@@ -156,7 +173,8 @@ def transformer(blocks: int = 2, width: int = 8, hidden: int = 16, seed: int = 2
         x = b.node("Add", [x, b.linear3d(f"{scope}/mlp/down_proj", up, hidden, width)], f"{scope}/Add_1")
     out = b.linear3d("/lm_head", b.layer_norm("/norm", x, width), width, 5)
     graph = helper.make_graph(
-        b.nodes, "main_graph",
+        b.nodes,
+        "main_graph",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "sequence", 4])],
         [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", "sequence", 5])],
         b.inits,

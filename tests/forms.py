@@ -36,7 +36,8 @@ def linear(module: str, x: str, y: str) -> onnx.NodeProto:
 def main_graph(nodes: list, inits: list, input_dims: list, output_dims: list) -> onnx.GraphProto:
     """PyTorch's graph: one float input `input`, one float output `output`."""
     return helper.make_graph(
-        nodes, "main_graph",
+        nodes,
+        "main_graph",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_dims)],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, output_dims)],
         inits,
@@ -74,7 +75,10 @@ def pytorch_mlp_bn(inputs: int = 12, hidden: int = 10, outputs: int = 4, seed: i
         helper.make_node(
             "BatchNormalization",
             ["/fc1/Gemm_output_0", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var"],
-            ["/bn1/BatchNormalization_output_0"], name="/bn1/BatchNormalization", epsilon=1e-5, momentum=0.9,
+            ["/bn1/BatchNormalization_output_0"],
+            name="/bn1/BatchNormalization",
+            epsilon=1e-5,
+            momentum=0.9,
         ),
         helper.make_node("Relu", ["/bn1/BatchNormalization_output_0"], ["/relu/Relu_output_0"], name="/relu/Relu"),
         linear("fc2", "/relu/Relu_output_0", "output"),
@@ -104,15 +108,30 @@ def pytorch_cnn(channels: int = 4, size: int = 8, outputs: int = 10, seed: int =
     features = channels * pooled * pooled
     nodes = [
         helper.make_node(
-            "Conv", ["input", "conv1.weight", "conv1.bias"], ["/conv1/Conv_output_0"], name="/conv1/Conv",
-            dilations=[1, 1], group=1, kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1],
+            "Conv",
+            ["input", "conv1.weight", "conv1.bias"],
+            ["/conv1/Conv_output_0"],
+            name="/conv1/Conv",
+            dilations=[1, 1],
+            group=1,
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+            strides=[1, 1],
         ),
         helper.make_node("Relu", ["/conv1/Conv_output_0"], ["/relu/Relu_output_0"], name="/relu/Relu"),
         helper.make_node(
-            "MaxPool", ["/relu/Relu_output_0"], ["/pool/MaxPool_output_0"], name="/pool/MaxPool",
-            ceil_mode=0, kernel_shape=[2, 2], pads=[0, 0, 0, 0], strides=[2, 2],
+            "MaxPool",
+            ["/relu/Relu_output_0"],
+            ["/pool/MaxPool_output_0"],
+            name="/pool/MaxPool",
+            ceil_mode=0,
+            kernel_shape=[2, 2],
+            pads=[0, 0, 0, 0],
+            strides=[2, 2],
         ),
-        helper.make_node("Flatten", ["/pool/MaxPool_output_0"], ["/flatten/Flatten_output_0"], name="/flatten/Flatten", axis=1),
+        helper.make_node(
+            "Flatten", ["/pool/MaxPool_output_0"], ["/flatten/Flatten_output_0"], name="/flatten/Flatten", axis=1
+        ),
         linear("fc", "/flatten/Flatten_output_0", "output"),
     ]
     inits = [
@@ -145,8 +164,16 @@ def sklearn_mlp(inputs: int = 4, hidden: int = 8, classes: int = 3, seed: int = 
         helper.make_node("Add", ["mul_result1", "intercepts1"], ["add_result1"], name="Add1"),
         helper.make_node("Softmax", ["add_result1"], ["probabilities"], name="Softmax", axis=1),
         helper.make_node("ArgMax", ["probabilities"], ["argmax_output"], name="ArgMax", axis=1, keepdims=0),
-        helper.make_node("ArrayFeatureExtractor", ["classes", "argmax_output"], ["array_feature_extractor_result"], name="ArrayFeatureExtractor", domain="ai.onnx.ml"),
-        helper.make_node("Reshape", ["array_feature_extractor_result", "shape_tensor"], ["reshaped_result"], name="Reshape"),
+        helper.make_node(
+            "ArrayFeatureExtractor",
+            ["classes", "argmax_output"],
+            ["array_feature_extractor_result"],
+            name="ArrayFeatureExtractor",
+            domain="ai.onnx.ml",
+        ),
+        helper.make_node(
+            "Reshape", ["array_feature_extractor_result", "shape_tensor"], ["reshaped_result"], name="Reshape"
+        ),
         helper.make_node("Cast", ["reshaped_result"], ["label"], name="Cast1", to=TensorProto.INT64),
     ]
     inits = [
@@ -158,7 +185,8 @@ def sklearn_mlp(inputs: int = 4, hidden: int = 8, classes: int = 3, seed: int = 
         tensor("shape_tensor", np.array([-1], dtype=np.int64)),
     ]
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, inputs])],
         [
             helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
@@ -188,36 +216,75 @@ def pytorch_convnet(channels: int = 4, size: int = 9, outputs: int = 6, seed: in
 
     def conv(name: str, x: str, out: str, weight_shape, pads, strides=(1, 1)):
         return helper.make_node(
-            "Conv", [x, f"{name}.weight", f"{name}.bias"], [out], name=f"/{name}/Conv",
-            dilations=[1, 1], group=1, kernel_shape=list(weight_shape[2:]), pads=list(pads), strides=list(strides),
+            "Conv",
+            [x, f"{name}.weight", f"{name}.bias"],
+            [out],
+            name=f"/{name}/Conv",
+            dilations=[1, 1],
+            group=1,
+            kernel_shape=list(weight_shape[2:]),
+            pads=list(pads),
+            strides=list(strides),
         )
 
     nodes = [
         conv("conv1", "input", "/conv1/Conv_output_0", (c, 2, 3, 3), (1, 1, 1, 1), (2, 2)),
         helper.make_node(
-            "BatchNormalization", ["/conv1/Conv_output_0", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var"],
-            ["/bn1/BatchNormalization_output_0"], name="/bn1/BatchNormalization", epsilon=1e-5, momentum=0.9,
+            "BatchNormalization",
+            ["/conv1/Conv_output_0", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var"],
+            ["/bn1/BatchNormalization_output_0"],
+            name="/bn1/BatchNormalization",
+            epsilon=1e-5,
+            momentum=0.9,
         ),
-        helper.make_node("PRelu", ["/bn1/BatchNormalization_output_0", "act1.weight"], ["/act1/PRelu_output_0"], name="/act1/PRelu"),
+        helper.make_node(
+            "PRelu", ["/bn1/BatchNormalization_output_0", "act1.weight"], ["/act1/PRelu_output_0"], name="/act1/PRelu"
+        ),
         conv("conv2", "/act1/PRelu_output_0", "/conv2/Conv_output_0", (c, c, 3, 3), (1, 1, 1, 1)),
         helper.make_node("Add", ["/act1/PRelu_output_0", "/conv2/Conv_output_0"], ["/Add_output_0"], name="/Add"),
         conv("side", "/Add_output_0", "/side/Conv_output_0", (c, c, 1, 1), (0, 0, 0, 0)),
-        helper.make_node("Concat", ["/Add_output_0", "/side/Conv_output_0"], ["/Concat_output_0"], name="/Concat", axis=1),
         helper.make_node(
-            "AveragePool", ["/Concat_output_0"], ["/avg/AveragePool_output_0"], name="/avg/AveragePool",
-            ceil_mode=0, count_include_pad=1, kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1],
+            "Concat", ["/Add_output_0", "/side/Conv_output_0"], ["/Concat_output_0"], name="/Concat", axis=1
         ),
         helper.make_node(
-            "MaxPool", ["/avg/AveragePool_output_0"], ["/pool/MaxPool_output_0"], name="/pool/MaxPool",
-            ceil_mode=0, kernel_shape=[2, 2], pads=[0, 0, 0, 0], strides=[2, 2],
+            "AveragePool",
+            ["/Concat_output_0"],
+            ["/avg/AveragePool_output_0"],
+            name="/avg/AveragePool",
+            ceil_mode=0,
+            count_include_pad=1,
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+            strides=[1, 1],
         ),
-        helper.make_node("Flatten", ["/pool/MaxPool_output_0"], ["/flatten/Flatten_output_0"], name="/flatten/Flatten", axis=1),
+        helper.make_node(
+            "MaxPool",
+            ["/avg/AveragePool_output_0"],
+            ["/pool/MaxPool_output_0"],
+            name="/pool/MaxPool",
+            ceil_mode=0,
+            kernel_shape=[2, 2],
+            pads=[0, 0, 0, 0],
+            strides=[2, 2],
+        ),
+        helper.make_node(
+            "Flatten", ["/pool/MaxPool_output_0"], ["/flatten/Flatten_output_0"], name="/flatten/Flatten", axis=1
+        ),
         linear("fc1", "/flatten/Flatten_output_0", "/fc1/Gemm_output_0"),
-        helper.make_node("LeakyRelu", ["/fc1/Gemm_output_0"], ["/act2/LeakyRelu_output_0"], name="/act2/LeakyRelu", alpha=0.1),
+        helper.make_node(
+            "LeakyRelu", ["/fc1/Gemm_output_0"], ["/act2/LeakyRelu_output_0"], name="/act2/LeakyRelu", alpha=0.1
+        ),
         linear("fc2", "/act2/LeakyRelu_output_0", "/fc2/Gemm_output_0"),
         helper.make_node("Softmax", ["/fc2/Gemm_output_0"], ["output"], name="/softmax/Softmax", axis=1),
-        helper.make_node("GlobalAveragePool", ["/avg/AveragePool_output_0"], ["/gap/GlobalAveragePool_output_0"], name="/gap/GlobalAveragePool"),
-        helper.make_node("Flatten", ["/gap/GlobalAveragePool_output_0"], ["/gap/Flatten_output_0"], name="/gap/Flatten", axis=1),
+        helper.make_node(
+            "GlobalAveragePool",
+            ["/avg/AveragePool_output_0"],
+            ["/gap/GlobalAveragePool_output_0"],
+            name="/gap/GlobalAveragePool",
+        ),
+        helper.make_node(
+            "Flatten", ["/gap/GlobalAveragePool_output_0"], ["/gap/Flatten_output_0"], name="/gap/Flatten", axis=1
+        ),
         helper.make_node("Sigmoid", ["/gap/Flatten_output_0"], ["pooled"], name="/gap/Sigmoid"),
     ]
     inits = [
@@ -238,7 +305,8 @@ def pytorch_convnet(channels: int = 4, size: int = 9, outputs: int = 6, seed: in
         tensor("fc2.bias", rng.normal(0, 0.1, outputs).astype(f32)),
     ]
     graph = helper.make_graph(
-        nodes, "main_graph",
+        nodes,
+        "main_graph",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 2, size, size])],
         [
             helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", outputs]),
@@ -249,8 +317,9 @@ def pytorch_convnet(channels: int = 4, size: int = 9, outputs: int = 6, seed: in
     return finish(graph)
 
 
-def pytorch_transformer_ffn(d_model: int = 8, hidden: int = 16, seq: int = 5, gelu: str = "erf",
-                            embed: bool = False, seed: int = 5) -> onnx.ModelProto:
+def pytorch_transformer_ffn(
+    d_model: int = 8, hidden: int = 16, seq: int = 5, gelu: str = "erf", embed: bool = False, seed: int = 5
+) -> onnx.ModelProto:
     """A pre-norm transformer feed-forward block, `x + fc2(gelu(fc1(layer_norm(x))))`, as
     torch.onnx.export writes it for a 3-D input: LayerNormalization, MatMul with `onnx::MatMul_N`
     weights [in, out] and an Add with the bias FIRST.
@@ -267,31 +336,57 @@ def pytorch_transformer_ffn(d_model: int = 8, hidden: int = 16, seq: int = 5, ge
     if embed:
         nodes += [
             helper.make_node("MatMul", ["input", "onnx::MatMul_90"], ["/embed/MatMul_output_0"], name="/embed/MatMul"),
-            helper.make_node("Add", ["embed.bias", "/embed/MatMul_output_0"], ["/embed/Add_output_0"], name="/embed/Add"),
+            helper.make_node(
+                "Add", ["embed.bias", "/embed/MatMul_output_0"], ["/embed/Add_output_0"], name="/embed/Add"
+            ),
         ]
-        inits += [tensor("onnx::MatMul_90", rng.normal(0, 0.4, (d_model, d_model)).astype(f32)),
-                  tensor("embed.bias", rng.normal(0, 0.1, d_model).astype(f32))]
+        inits += [
+            tensor("onnx::MatMul_90", rng.normal(0, 0.4, (d_model, d_model)).astype(f32)),
+            tensor("embed.bias", rng.normal(0, 0.1, d_model).astype(f32)),
+        ]
         x = "/embed/Add_output_0"
     nodes += [
-        helper.make_node("LayerNormalization", [x, "norm.weight", "norm.bias"], ["/norm/LayerNormalization_output_0"],
-                         name="/norm/LayerNormalization", axis=-1, epsilon=1e-5),
-        helper.make_node("MatMul", ["/norm/LayerNormalization_output_0", "onnx::MatMul_91"], ["/fc1/MatMul_output_0"], name="/fc1/MatMul"),
+        helper.make_node(
+            "LayerNormalization",
+            [x, "norm.weight", "norm.bias"],
+            ["/norm/LayerNormalization_output_0"],
+            name="/norm/LayerNormalization",
+            axis=-1,
+            epsilon=1e-5,
+        ),
+        helper.make_node(
+            "MatMul",
+            ["/norm/LayerNormalization_output_0", "onnx::MatMul_91"],
+            ["/fc1/MatMul_output_0"],
+            name="/fc1/MatMul",
+        ),
         helper.make_node("Add", ["fc1.bias", "/fc1/MatMul_output_0"], ["/fc1/Add_output_0"], name="/fc1/Add"),
     ]
     h = "/fc1/Add_output_0"
     if gelu == "erf":
+
         def scalar(name: str, value: float):
-            return helper.make_node("Constant", [], [name], name=name.replace("_output_0", ""),
-                                    value=helper.make_tensor("value", TensorProto.FLOAT, [], [value]))
+            return helper.make_node(
+                "Constant",
+                [],
+                [name],
+                name=name.replace("_output_0", ""),
+                value=helper.make_tensor("value", TensorProto.FLOAT, [], [value]),
+            )
+
         nodes += [
             scalar("/act/Constant_output_0", 1.4142135381698608),
             helper.make_node("Div", [h, "/act/Constant_output_0"], ["/act/Div_output_0"], name="/act/Div"),
             helper.make_node("Erf", ["/act/Div_output_0"], ["/act/Erf_output_0"], name="/act/Erf"),
             scalar("/act/Constant_1_output_0", 1.0),
-            helper.make_node("Add", ["/act/Erf_output_0", "/act/Constant_1_output_0"], ["/act/Add_output_0"], name="/act/Add"),
+            helper.make_node(
+                "Add", ["/act/Erf_output_0", "/act/Constant_1_output_0"], ["/act/Add_output_0"], name="/act/Add"
+            ),
             helper.make_node("Mul", [h, "/act/Add_output_0"], ["/act/Mul_output_0"], name="/act/Mul"),
             scalar("/act/Constant_2_output_0", 0.5),
-            helper.make_node("Mul", ["/act/Mul_output_0", "/act/Constant_2_output_0"], ["/act/Mul_1_output_0"], name="/act/Mul_1"),
+            helper.make_node(
+                "Mul", ["/act/Mul_output_0", "/act/Constant_2_output_0"], ["/act/Mul_1_output_0"], name="/act/Mul_1"
+            ),
         ]
         a, opset = "/act/Mul_1_output_0", 17
     else:
@@ -331,13 +426,24 @@ def pytorch_swiglu(d_model: int = 8, hidden: int = 12, seq: int = 5, seed: int =
     f32 = np.float32
     n = "/norm/LayerNormalization_output_0"
     nodes = [
-        helper.make_node("LayerNormalization", ["input", "norm.weight", "norm.bias"], [n], name="/norm/LayerNormalization", axis=-1, epsilon=1e-5),
+        helper.make_node(
+            "LayerNormalization",
+            ["input", "norm.weight", "norm.bias"],
+            [n],
+            name="/norm/LayerNormalization",
+            axis=-1,
+            epsilon=1e-5,
+        ),
         helper.make_node("MatMul", [n, "onnx::MatMul_70"], ["/gate/MatMul_output_0"], name="/gate/MatMul"),
         helper.make_node("Sigmoid", ["/gate/MatMul_output_0"], ["/act/Sigmoid_output_0"], name="/act/Sigmoid"),
-        helper.make_node("Mul", ["/gate/MatMul_output_0", "/act/Sigmoid_output_0"], ["/act/Mul_output_0"], name="/act/Mul"),
+        helper.make_node(
+            "Mul", ["/gate/MatMul_output_0", "/act/Sigmoid_output_0"], ["/act/Mul_output_0"], name="/act/Mul"
+        ),
         helper.make_node("MatMul", [n, "onnx::MatMul_71"], ["/up/MatMul_output_0"], name="/up/MatMul"),
         helper.make_node("Mul", ["/act/Mul_output_0", "/up/MatMul_output_0"], ["/Mul_output_0"], name="/Mul"),
-        helper.make_node("MatMul", ["/Mul_output_0", "onnx::MatMul_72"], ["/down/MatMul_output_0"], name="/down/MatMul"),
+        helper.make_node(
+            "MatMul", ["/Mul_output_0", "onnx::MatMul_72"], ["/down/MatMul_output_0"], name="/down/MatMul"
+        ),
         helper.make_node("Add", ["input", "/down/MatMul_output_0"], ["output"], name="/Add"),
     ]
     inits = [
@@ -359,12 +465,19 @@ def single_channel_conv(seed: int = 0) -> onnx.ModelProto:
     """
     rng = np.random.default_rng(seed)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["input", "conv.weight"], ["c"], name="/conv/Conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-         helper.make_node("Flatten", ["c"], ["f"], name="/flatten/Flatten", axis=1),
-         helper.make_node("Gemm", ["f", "fc.weight"], ["output"], name="/fc/Gemm", transB=1)],
-        "main_graph", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 5, 5])],
+        [
+            helper.make_node(
+                "Conv", ["input", "conv.weight"], ["c"], name="/conv/Conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+            ),
+            helper.make_node("Flatten", ["c"], ["f"], name="/flatten/Flatten", axis=1),
+            helper.make_node("Gemm", ["f", "fc.weight"], ["output"], name="/fc/Gemm", transB=1),
+        ],
+        "main_graph",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 5, 5])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2])],
-        [tensor("conv.weight", rng.normal(size=(1, 3, 3, 3)).astype(np.float32)),
-         tensor("fc.weight", rng.normal(size=(2, 25)).astype(np.float32))],
+        [
+            tensor("conv.weight", rng.normal(size=(1, 3, 3, 3)).astype(np.float32)),
+            tensor("fc.weight", rng.normal(size=(2, 25)).astype(np.float32)),
+        ],
     )
     return finish(graph)

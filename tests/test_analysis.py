@@ -4,14 +4,14 @@ also run through onnxruntime."""
 
 from __future__ import annotations
 
+import forms
 import numpy as np
 import onnx
-import pytest
 import onnx.numpy_helper
+import pytest
+from forms import finish, tensor
 from onnx import helper
 
-import forms
-from forms import finish, tensor
 from surgery.analysis import RULES, analyse, infer_missing_shapes, rule_for
 from surgery.errors import SurgeryError
 from surgery.graph import as_ir
@@ -30,8 +30,9 @@ def _plan(model: onnx.ModelProto, request: dict[str, int], **kwargs):
 
 def _edits(plan) -> list[tuple[str, int, str, list]]:
     """(node, input, role, new ranges) of every edit, in the plan's order."""
-    return [(e.node.name, e.input_index, e.role, e.layout.ranges() if e.layout is not None else None)
-            for e in plan.edits]
+    return [
+        (e.node.name, e.input_index, e.role, e.layout.ranges() if e.layout is not None else None) for e in plan.edits
+    ]
 
 
 def test_every_catalogue_kind_has_a_rule():
@@ -92,20 +93,30 @@ def _mobile_block(multiplier: int = 1, channels: int = 4, size: int = 6, seed: i
         return helper.make_node("Clip", [x, "zero", "six"], [y], name=name)
 
     nodes = [
-        helper.make_node("Conv", ["input", "expand.weight", "expand.bias"], ["e"], name="/expand/Conv",
-                         kernel_shape=[1, 1]),
+        helper.make_node(
+            "Conv", ["input", "expand.weight", "expand.bias"], ["e"], name="/expand/Conv", kernel_shape=[1, 1]
+        ),
         clip("e", "e6", "/expand/Clip"),
-        helper.make_node("Conv", ["e6", "dw.weight", "dw.bias"], ["w"], name="/dw/Conv", kernel_shape=[3, 3],
-                         pads=[1, 1, 1, 1], group=c),
+        helper.make_node(
+            "Conv",
+            ["e6", "dw.weight", "dw.bias"],
+            ["w"],
+            name="/dw/Conv",
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+            group=c,
+        ),
         clip("w", "w6", "/dw/Clip"),
-        helper.make_node("Conv", ["w6", "project.weight", "project.bias"], ["p"], name="/project/Conv",
-                         kernel_shape=[1, 1]),
+        helper.make_node(
+            "Conv", ["w6", "project.weight", "project.bias"], ["p"], name="/project/Conv", kernel_shape=[1, 1]
+        ),
         helper.make_node("GlobalAveragePool", ["p"], ["g"], name="/pool/GlobalAveragePool"),
         helper.make_node("Flatten", ["g"], ["f"], name="/flatten/Flatten", axis=1),
         forms.linear("fc", "f", "output"),
     ]
     inits = [
-        tensor("zero", F32(0)), tensor("six", F32(6)),
+        tensor("zero", F32(0)),
+        tensor("six", F32(6)),
         tensor("expand.weight", rng.normal(0, 0.5, (c, 3, 1, 1)).astype(F32)),
         tensor("expand.bias", rng.normal(0, 0.1, c).astype(F32)),
         tensor("dw.weight", rng.normal(0, 0.5, (d, 1, 3, 3)).astype(F32)),
@@ -170,9 +181,13 @@ def _pow_graph(exponent: float) -> onnx.ModelProto:
         forms.linear("fc2", "c", "output"),
     ]
     rng = np.random.default_rng(0)
-    inits = [tensor("p", F32(exponent)), tensor("fc1.weight", rng.normal(size=(4, 3)).astype(F32)),
-             tensor("fc1.bias", np.zeros(4, F32)), tensor("fc2.weight", rng.normal(size=(2, 4)).astype(F32)),
-             tensor("fc2.bias", np.zeros(2, F32))]
+    inits = [
+        tensor("p", F32(exponent)),
+        tensor("fc1.weight", rng.normal(size=(4, 3)).astype(F32)),
+        tensor("fc1.bias", np.zeros(4, F32)),
+        tensor("fc2.weight", rng.normal(size=(2, 4)).astype(F32)),
+        tensor("fc2.bias", np.zeros(2, F32)),
+    ]
     return finish(forms.main_graph(nodes, inits, ["batch", 3], ["batch", 2]))
 
 
@@ -192,8 +207,9 @@ def test_activation_after_reads_composite_forms():
     fc1 = next(n for n in ffn.graph if n.name == "/fc1/MatMul")
     assert activation_after(fc1.outputs[0]) == "Gelu"
     swiglu = as_ir(forms.pytorch_swiglu())
-    assert {activation_after(n.outputs[0]) for n in swiglu.graph if n.name in ("/gate/MatMul", "/up/MatMul")} \
-        == {"SwiGLU"}
+    assert {activation_after(n.outputs[0]) for n in swiglu.graph if n.name in ("/gate/MatMul", "/up/MatMul")} == {
+        "SwiGLU"
+    }
     down = next(n for n in swiglu.graph if n.name == "/down/MatMul")
     assert activation_after(down.outputs[0]) is None
     assert init_family("Tanh") == "glorot" and init_family(None) == "glorot" and init_family("Relu") == "he"
@@ -207,12 +223,19 @@ def _split_graph(axis: int, opset: int = 17) -> onnx.ModelProto:
     split = helper.make_node("Split", ["h", "sizes"], ["a", "b"], name="/split/Split", axis=axis)
     if opset >= 18:
         split = helper.make_node("Split", ["h"], ["a", "b"], name="/split/Split", axis=axis, num_outputs=2)
-    nodes = [forms.linear("fc1", "input", "h"), split,
-             helper.make_node("Concat", ["a", "b"], ["c"], name="/cat/Concat", axis=axis),
-             forms.linear("fc2", "c", "output")]
+    nodes = [
+        forms.linear("fc1", "input", "h"),
+        split,
+        helper.make_node("Concat", ["a", "b"], ["c"], name="/cat/Concat", axis=axis),
+        forms.linear("fc2", "c", "output"),
+    ]
     rng = np.random.default_rng(0)
-    inits = [tensor("fc1.weight", rng.normal(size=(4, 3)).astype(F32)), tensor("fc1.bias", np.zeros(4, F32)),
-             tensor("fc2.weight", rng.normal(size=(2, 4)).astype(F32)), tensor("fc2.bias", np.zeros(2, F32))]
+    inits = [
+        tensor("fc1.weight", rng.normal(size=(4, 3)).astype(F32)),
+        tensor("fc1.bias", np.zeros(4, F32)),
+        tensor("fc2.weight", rng.normal(size=(2, 4)).astype(F32)),
+        tensor("fc2.bias", np.zeros(2, F32)),
+    ]
     if opset < 18:
         inits.append(tensor("sizes", np.array(sizes, np.int64)))
     graph = forms.main_graph(nodes, inits, [2, 3], [2, 2])
@@ -233,11 +256,18 @@ def test_split_across_the_axis_keeps_positions_and_along_it_updates_its_sizes():
 
 
 def test_unknown_ops_and_domains_are_refused_by_name():
-    nodes = [forms.linear("fc1", "input", "h"), helper.make_node("Sqrt", ["h"], ["s"], name="/s/Sqrt"),
-             forms.linear("fc2", "s", "output")]
+    nodes = [
+        forms.linear("fc1", "input", "h"),
+        helper.make_node("Sqrt", ["h"], ["s"], name="/s/Sqrt"),
+        forms.linear("fc2", "s", "output"),
+    ]
     rng = np.random.default_rng(0)
-    inits = [tensor("fc1.weight", rng.normal(size=(4, 3)).astype(F32)), tensor("fc1.bias", np.zeros(4, F32)),
-             tensor("fc2.weight", rng.normal(size=(2, 4)).astype(F32)), tensor("fc2.bias", np.zeros(2, F32))]
+    inits = [
+        tensor("fc1.weight", rng.normal(size=(4, 3)).astype(F32)),
+        tensor("fc1.bias", np.zeros(4, F32)),
+        tensor("fc2.weight", rng.normal(size=(2, 4)).astype(F32)),
+        tensor("fc2.bias", np.zeros(2, F32)),
+    ]
     model = finish(forms.main_graph(nodes, inits, ["batch", 3], ["batch", 2]))
     with pytest.raises(SurgeryError, match="Sqrt node '/s/Sqrt' is not an op the width analysis knows"):
         _plan(model, {"/fc1/Gemm": 1})
@@ -273,17 +303,24 @@ def test_a_join_found_after_a_concat_read_the_other_branch_settles():
     fc_b grow too: the Concat is worked out again with both branches grown."""
     rng = np.random.default_rng(0)
     nodes = [
-        forms.linear("a", "input", "ha"), forms.linear("b", "input", "hb"),
+        forms.linear("a", "input", "ha"),
+        forms.linear("b", "input", "hb"),
         helper.make_node("Concat", ["ha", "hb"], ["cat"], name="/cat/Concat", axis=1),
         forms.linear("c", "cat", "yc"),
         helper.make_node("Add", ["ha", "hb"], ["sum"], name="/sum/Add"),
         forms.linear("d", "sum", "yd"),
         helper.make_node("Add", ["yc", "yd"], ["output"], name="/out/Add"),
     ]
-    inits = [tensor("a.weight", rng.normal(size=(4, 3)).astype(F32)), tensor("a.bias", rng.normal(size=4).astype(F32)),
-             tensor("b.weight", rng.normal(size=(4, 3)).astype(F32)), tensor("b.bias", rng.normal(size=4).astype(F32)),
-             tensor("c.weight", rng.normal(size=(2, 8)).astype(F32)), tensor("c.bias", np.zeros(2, F32)),
-             tensor("d.weight", rng.normal(size=(2, 4)).astype(F32)), tensor("d.bias", np.zeros(2, F32))]
+    inits = [
+        tensor("a.weight", rng.normal(size=(4, 3)).astype(F32)),
+        tensor("a.bias", rng.normal(size=4).astype(F32)),
+        tensor("b.weight", rng.normal(size=(4, 3)).astype(F32)),
+        tensor("b.bias", rng.normal(size=4).astype(F32)),
+        tensor("c.weight", rng.normal(size=(2, 8)).astype(F32)),
+        tensor("c.bias", np.zeros(2, F32)),
+        tensor("d.weight", rng.normal(size=(2, 4)).astype(F32)),
+        tensor("d.bias", np.zeros(2, F32)),
+    ]
     model = finish(forms.main_graph(nodes, inits, ["batch", 3], ["batch", 2]))
     (group,) = _plan(model, {"/a/Gemm": 2}).groups
     assert [m.node.name for m in group.members] == ["/a/Gemm", "/b/Gemm"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from forms import finish, tensor
 from onnx import TensorProto, helper
 
-from forms import finish, tensor
 from surgery.analysis import analyse, infer_missing_shapes
 from surgery.errors import SurgeryError
 from surgery.graph import as_ir
@@ -67,15 +67,31 @@ def _gelu_new(g: _Graph, x: str) -> str:
 def gpt2_mlp(d: int = 8, hidden: int = 32, seq: int = 5, runtime_last: bool = True, seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     g = _Graph()
-    h = _conv1d(g, "h.0.mlp.c_fc", "input", rng.normal(0, 0.3, (d, hidden)).astype(F32),
-                rng.normal(0, 0.1, hidden).astype(F32), runtime_last)
+    h = _conv1d(
+        g,
+        "h.0.mlp.c_fc",
+        "input",
+        rng.normal(0, 0.3, (d, hidden)).astype(F32),
+        rng.normal(0, 0.1, hidden).astype(F32),
+        runtime_last,
+    )
     a = _gelu_new(g, h)
-    y = _conv1d(g, "h.0.mlp.c_proj", a, rng.normal(0, 0.3, (hidden, d)).astype(F32),
-                rng.normal(0, 0.1, d).astype(F32), runtime_last)
+    y = _conv1d(
+        g,
+        "h.0.mlp.c_proj",
+        a,
+        rng.normal(0, 0.3, (hidden, d)).astype(F32),
+        rng.normal(0, 0.1, d).astype(F32),
+        runtime_last,
+    )
     g.nodes.append(helper.make_node("Add", ["input", y], ["output"], name="/h.0/Add"))
     graph = helper.make_graph(
-        g.nodes, "main_graph", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "sequence", d])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", "sequence", d])], g.inits)
+        g.nodes,
+        "main_graph",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "sequence", d])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", "sequence", d])],
+        g.inits,
+    )
     return finish(graph)
 
 

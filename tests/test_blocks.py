@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
+import deepen_graphs as graphs
 import forms
 import numpy as np
 import onnx
+from conftest import run_surgery
 from onnx import TensorProto, helper
 
-import deepen_graphs as graphs
-from conftest import run_surgery
 from surgery.blocks import block_sites, find_blocks
 from surgery.graph import as_ir
 
@@ -33,7 +33,8 @@ def test_residual_mlp_blocks_are_named_by_module_path():
 def test_transformer_block_joins_attention_and_feed_forward():
     sites = block_sites(as_ir(graphs.transformer(blocks=2)))
     assert [(s.block.name, s.block.kind, len(s.residuals)) for s in sites] == [
-        ("layers.0", "transformer", 2), ("layers.1", "transformer", 2)
+        ("layers.0", "transformer", 2),
+        ("layers.1", "transformer", 2),
     ]
     site = sites[0]
     ops = [n.op_type for n in site.nodes]

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 
+import deepen_graphs as graphs
 import forms
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
-import deepen_graphs as graphs
 from surgery.blocks import find_blocks
 from surgery.deepening import deepen
 from surgery.errors import SurgeryError
@@ -56,9 +56,9 @@ def test_deepen_after_each_block_is_bitwise_equal(name, init):
         assert_equivalent(model, deeper)
         after = find_blocks(as_ir(deeper))
         names = [b.name for b in after]
-        assert names == [*names[: index + 1], f"{block.name}.grown.0", f"{block.name}.grown.1", *names[index + 3:]]
-        assert names[: index + 1] + names[index + 3:] == [b.name for b in before]
-        grown = [(b.kind, b.nodes, b.parameters) for b in after[index + 1: index + 3]]
+        assert names == [*names[: index + 1], f"{block.name}.grown.0", f"{block.name}.grown.1", *names[index + 3 :]]
+        assert names[: index + 1] + names[index + 3 :] == [b.name for b in before]
+        grown = [(b.kind, b.nodes, b.parameters) for b in after[index + 1 : index + 3]]
         assert grown == [(block.kind, block.nodes, block.parameters)] * 2
         assert float_parameters(deeper) == float_parameters(model) + 2 * block.parameters
         node_names = [n.name for n in deeper.graph.node]
@@ -78,7 +78,7 @@ def test_the_copy_zeroes_only_output_projections():
         if name not in zero:
             source = name.replace("layers.0.grown.0/", "").replace("layers.0.grown.0", "layers.0")
             assert np.array_equal(array, old[source]), name
-    record, = history(deeper)
+    (record,) = history(deeper)
     assert record["zeroed"] == ["/layers.0/self_attn/o_proj/MatMul", "/layers.0/mlp/down_proj/MatMul"]
 
 
@@ -143,7 +143,11 @@ def test_deepening_twice_composes():
     twice = deepen(once, after="blocks.0")
     thrice = deepen(twice, after="blocks.0.grown.0")
     assert [b.name for b in find_blocks(as_ir(thrice))] == [
-        "blocks.0", "blocks.0.grown.1", "blocks.0.grown.0", "blocks.0.grown.0.grown.0", "blocks.1"
+        "blocks.0",
+        "blocks.0.grown.1",
+        "blocks.0.grown.0",
+        "blocks.0.grown.0.grown.0",
+        "blocks.1",
     ]
     added = [r["added"] for r in history(thrice)]
     assert added == [["blocks.0.grown.0"], ["blocks.0.grown.1"], ["blocks.0.grown.0.grown.0"]]
@@ -166,15 +170,16 @@ def test_identity_layers_after_a_relu_are_exact(build, node, layer, op):
     assert_equivalent(model, deeper)
     new = [n for n in deeper.graph.node if n.name.startswith(f"{layer}.grown.")]
     assert [n.op_type for n in new].count(op) == 2 and [n.op_type for n in new].count("Relu") == 2
-    weights = [a for name, a in initializers(deeper).items()
-               if name.startswith(f"{layer}.grown.") and name.endswith("weight")]
+    weights = [
+        a for name, a in initializers(deeper).items() if name.startswith(f"{layer}.grown.") and name.endswith("weight")
+    ]
     for weight in weights:
         if op == "Conv":
             assert weight.shape[2:] == (3, 3) and weight[:, :, 1, 1].tolist() == np.eye(weight.shape[0]).tolist()
             assert weight.sum() == weight.shape[0]
         else:
             assert np.array_equal(weight, np.eye(weight.shape[0]))
-    record, = history(deeper)
+    (record,) = history(deeper)
     assert record["kind"] == "identity" and record["added"] == [f"{layer}.grown.0", f"{layer}.grown.1"]
     assert record["after"] == node
 
@@ -182,8 +187,11 @@ def test_identity_layers_after_a_relu_are_exact(build, node, layer, op):
 @pytest.mark.parametrize(
     ("build", "arguments", "says"),
     [
-        (lambda: graphs.residual_mlp(), dict(after="blocks.9"),
-         "no block named 'blocks.9'; did you mean blocks.1, blocks.0"),
+        (
+            lambda: graphs.residual_mlp(),
+            dict(after="blocks.9"),
+            "no block named 'blocks.9'; did you mean blocks.1, blocks.0",
+        ),
         (lambda: graphs.residual_mlp(), dict(after="/blocks.0/fc1/Gemm"), "is a layer, not a residual block"),
         (lambda: forms.pytorch_mlp(), dict(after="x"), "the model has no residual blocks"),
         (lambda: graphs.residual_mlp(), dict(after="blocks.0", count=0), "count must be an integer of at least 1"),
@@ -191,14 +199,23 @@ def test_identity_layers_after_a_relu_are_exact(build, node, layer, op):
         (lambda: graphs.residual_mlp(), dict(after="blocks.0", init="zeros"), "unknown init 'zeros'"),
         (lambda: graphs.residual_mlp(), dict(after="blocks.0", seed=-1), "seed must be a non-negative integer"),
         (lambda: graphs.residual_mlp(post_norm=True), dict(after="blocks.1"), "post-norm"),
-        (lambda: graphs.residual_cnn(tail="LeakyRelu"), dict(after="layer1.0"),
-         "LeakyRelu is not the identity on the values it outputs"),
+        (
+            lambda: graphs.residual_cnn(tail="LeakyRelu"),
+            dict(after="layer1.0"),
+            "LeakyRelu is not the identity on the values it outputs",
+        ),
         (lambda: graphs.residual_cnn(tail="Sigmoid"), dict(after="layer1.1"), "Sigmoid is not the identity"),
         (lambda: forms.pytorch_mlp(), dict(after="/fc2/Gemm", kind="identity"), "is not followed directly by a Relu"),
-        (lambda: forms.pytorch_mlp(), dict(after="/fc9/Gemm", kind="identity"),
-         "no layer named '/fc9/Gemm'; did you mean"),
-        (lambda: forms.pytorch_mlp(), dict(after="/fc1/Gemm", kind="identity", init="random"),
-         "does not apply to kind='identity'"),
+        (
+            lambda: forms.pytorch_mlp(),
+            dict(after="/fc9/Gemm", kind="identity"),
+            "no layer named '/fc9/Gemm'; did you mean",
+        ),
+        (
+            lambda: forms.pytorch_mlp(),
+            dict(after="/fc1/Gemm", kind="identity", init="random"),
+            "does not apply to kind='identity'",
+        ),
         (lambda: forms.pytorch_mlp(), dict(after="/fc1/Gemm", kind="wide"), "unknown kind 'wide'"),
     ],
 )
@@ -223,8 +240,9 @@ def test_a_branch_without_output_projection_is_refused():
         helper.make_node("MatMul", ["probs", "input"], ["mixed"], name="/attn/MatMul_1"),
         helper.make_node("Add", ["input", "mixed"], ["output"], name="/Add"),
     ]
-    model = forms.finish(forms.main_graph(nodes, [forms.tensor("w", rng.normal(size=(4, 4)).astype(np.float32))],
-                                          [4, 4], [4, 4]))
+    model = forms.finish(
+        forms.main_graph(nodes, [forms.tensor("w", rng.normal(size=(4, 4)).astype(np.float32))], [4, 4], [4, 4])
+    )
     (block,) = find_blocks(as_ir(model))
     says = r"ends in '/attn/MatMul_1' \(MatMul\), not a Gemm, MatMul or Conv with a constant weight"
     with pytest.raises(SurgeryError, match=says):

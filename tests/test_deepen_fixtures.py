@@ -10,8 +10,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-
 from conftest import ROOT, assert_one_line_error, run_surgery
+
 from surgery.blocks import find_blocks
 from surgery.deepening import deepen
 from surgery.errors import SurgeryError
@@ -21,8 +21,16 @@ from surgery.rewrite import widen
 from surgery.testing import assert_equivalent
 
 FIXTURES = ROOT / "tests" / "fixtures"
-PRE_NORM = ["gpt2_sdpa", "gpt2_eager", "gpt2_dynamo", "llama", "llama_gqa", "keras_transformer", "resnet",
-            "mobilenetv2"]
+PRE_NORM = [
+    "gpt2_sdpa",
+    "gpt2_eager",
+    "gpt2_dynamo",
+    "llama",
+    "llama_gqa",
+    "keras_transformer",
+    "resnet",
+    "mobilenetv2",
+]
 #: What inspect calls the blocks (module paths for PyTorch, Keras layer prefixes for tf2onnx).
 BLOCKS = {
     "gpt2_sdpa": ["transformer.h.0", "transformer.h.1"],
@@ -57,8 +65,9 @@ def check(model: onnx.ModelProto, deeper: onnx.ModelProto) -> None:
     onnx.checker.check_model(deeper, full_check=True)
     names = [n.name for n in deeper.graph.node]
     assert len(set(names)) == len(names), "node names stay unique"
-    original = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
-                                                             for o in n.output}
+    original = {t.name for t in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output
+    }
     grown = [n for n in deeper.graph.node if ".grown." in n.name and n.name not in {m.name for m in model.graph.node}]
     assert grown and not {i for n in grown for i in n.input} & original, "the copies own every constant they read"
     assert_equivalent(model, deeper, dims=dims_of(model), samples=4, batch=2)
@@ -85,7 +94,10 @@ def test_deepen_after_every_block_is_bitwise_equal(name):
         assert len(after) == len(blocks) + 1
         grown = after[index + 1]
         assert (grown.name, grown.kind, grown.nodes, grown.parameters) == (
-            f"{block.name}.grown.0", block.kind, block.nodes, block.parameters
+            f"{block.name}.grown.0",
+            block.kind,
+            block.nodes,
+            block.parameters,
         )
         assert float_parameters(deeper) == float_parameters(model) + block.parameters
 
@@ -95,7 +107,10 @@ def test_gpt2_from_two_to_four_blocks_with_random_init():
     deeper = deepen(model, after="transformer.h.1", count=2, init="random", seed=1)
     check(model, deeper)
     assert [b.name for b in find_blocks(as_ir(deeper))] == [
-        "transformer.h.0", "transformer.h.1", "transformer.h.1.grown.0", "transformer.h.1.grown.1"
+        "transformer.h.0",
+        "transformer.h.1",
+        "transformer.h.1.grown.0",
+        "transformer.h.1.grown.1",
     ]
 
 
@@ -136,8 +151,11 @@ def widened_tensors(model: onnx.ModelProto) -> dict:
 def grown_twin(model: onnx.ModelProto, deepened: onnx.ModelProto, layer: str, block: str) -> str:
     """The node name of `layer`'s copy in block ``<block>.grown.0``."""
     node = resolve_layer(as_ir(model), layer).layer.node
-    (twin,) = [l.node for l in find_layers(as_ir(deepened))
-               if node in (l.node.replace(f"{block}.grown.0/", ""), l.node.replace(".grown.0", "")) and l.node != node]
+    (twin,) = [
+        lay.node
+        for lay in find_layers(as_ir(deepened))
+        if node in (lay.node.replace(f"{block}.grown.0/", ""), lay.node.replace(".grown.0", "")) and lay.node != node
+    ]
     return twin
 
 
@@ -155,11 +173,19 @@ def test_cli_deepens_gpt2_deterministically(capfd, tmp_path):
     listed = json.loads(run_surgery(capfd, "inspect", first, "--json").stdout)["blocks"]
     assert len(listed) == 4
     history = json.loads(next(p.value for p in onnx.load(first).metadata_props if p.key == "surgery.deepen_history"))
-    assert history == [{
-        "after": "transformer.h.1", "kind": "block", "added": ["transformer.h.1.grown.0", "transformer.h.1.grown.1"],
-        "count": 2, "init": "random", "seed": 4, "nodes": listed[2]["nodes"], "parameters": listed[2]["parameters"],
-        "zeroed": ["/model/transformer/h.1/attn/c_proj/Gemm", "/model/transformer/h.1/mlp/c_proj/Gemm"],
-    }]
+    assert history == [
+        {
+            "after": "transformer.h.1",
+            "kind": "block",
+            "added": ["transformer.h.1.grown.0", "transformer.h.1.grown.1"],
+            "count": 2,
+            "init": "random",
+            "seed": 4,
+            "nodes": listed[2]["nodes"],
+            "parameters": listed[2]["parameters"],
+            "zeroed": ["/model/transformer/h.1/attn/c_proj/Gemm", "/model/transformer/h.1/mlp/c_proj/Gemm"],
+        }
+    ]
 
 
 @pytest.mark.parametrize(

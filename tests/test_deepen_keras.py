@@ -8,8 +8,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-
 from conftest import ROOT
+
 from surgery.deepening import deepen
 from surgery.graph import as_ir
 from surgery.metadata import KERAS_CONFIG_KEY, LAYER_MAP_KEY
@@ -53,10 +53,23 @@ def test_deepened_export_converts_to_keras_with_the_new_layers(residual_mlp):
     assert_equivalent(residual_mlp, deeper)
     keras_model = to_keras(deeper)
     names = [layer.name for layer in keras_model.layers]
-    assert names == ["x", "stem", "block0_up", "block0_down", "block0_add",
-                     "block0.grown.0_up", "block0.grown.0_down", "block0.grown.0_add",
-                     "block0.grown.1_up", "block0.grown.1_down", "block0.grown.1_add",
-                     "block1_up", "block1_down", "block1_add", "head"]
+    assert names == [
+        "x",
+        "stem",
+        "block0_up",
+        "block0_down",
+        "block0_add",
+        "block0.grown.0_up",
+        "block0.grown.0_down",
+        "block0.grown.0_add",
+        "block0.grown.1_up",
+        "block0.grown.1_down",
+        "block0.grown.1_add",
+        "block1_up",
+        "block1_down",
+        "block1_add",
+        "head",
+    ]
     for k in (0, 1):
         kernel, bias = keras_model.get_layer(f"block0.grown.{k}_down").get_weights()
         assert not kernel.any() and not bias.any(), "the copy's output projection starts at zero"
@@ -85,8 +98,15 @@ def test_keras_transformer_metadata_gains_the_copied_layers():
     config = metadata(deeper, KERAS_CONFIG_KEY)
     names = [entry["name"] for entry in config["config"]["layers"]]
     copied = [name for name in names if name.startswith("block1.grown.0")]
-    assert copied == ["block1.grown.0_ln1", "block1.grown.0_mha", "block1.grown.0_attn_add", "block1.grown.0_ln2",
-                      "block1.grown.0_ffn_up", "block1.grown.0_ffn_down", "block1.grown.0_ffn_add"]
+    assert copied == [
+        "block1.grown.0_ln1",
+        "block1.grown.0_mha",
+        "block1.grown.0_attn_add",
+        "block1.grown.0_ln2",
+        "block1.grown.0_ffn_up",
+        "block1.grown.0_ffn_down",
+        "block1.grown.0_ffn_add",
+    ]
     rebuilt = keras.Model.from_config(config["config"])
     assert rebuilt.get_layer("final_ln").input._keras_history.operation.name == "block1.grown.0_ffn_add"
     assert rebuilt.get_layer("block1.grown.0_ln1").input._keras_history.operation.name == "block1_ffn_add"
@@ -98,7 +118,13 @@ def test_identity_layers_become_keras_layers(residual_mlp):
     deeper = deepen(residual_mlp, after="stem", kind="identity", count=2)
     assert_equivalent(residual_mlp, deeper)
     keras_model = to_keras(deeper)
-    assert [layer.name for layer in keras_model.layers][:5] == ["x", "stem", "stem.grown.0", "stem.grown.1", "block0_up"]
+    assert [layer.name for layer in keras_model.layers][:5] == [
+        "x",
+        "stem",
+        "stem.grown.0",
+        "stem.grown.1",
+        "block0_up",
+    ]
     kernel, bias = keras_model.get_layer("stem.grown.1").get_weights()
     assert np.array_equal(kernel, np.eye(16)) and not bias.any()
     assert keras_model.get_layer("stem.grown.1").get_config()["activation"] == "relu"
@@ -110,8 +136,15 @@ def test_identity_conv_layer_becomes_a_keras_conv2d():
     from surgery.export import export_keras
     from surgery.onnx_to_keras import to_keras
 
-    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
-                              keras.layers.Flatten(name="flat"), keras.layers.Dense(3, name="logits")], name="cnn")
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+            keras.layers.Flatten(name="flat"),
+            keras.layers.Dense(3, name="logits"),
+        ],
+        name="cnn",
+    )
     rng = np.random.default_rng(2)
     for weight in model.weights:
         weight.assign(rng.normal(0, 0.3, weight.shape).astype("float32"))

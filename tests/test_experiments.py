@@ -78,7 +78,7 @@ def test_grow(tmp_path):
     )
     first = config["stage_epochs"][0]
     assert reset["val_loss"][: first + 1] == carried["val_loss"][: first + 1]
-    for target, row in results["compute_to_target"].items():
+    for row in results["compute_to_target"].values():
         assert set(row) == {"scratch", "fixed, reset", "fixed, carried", "trigger, carried"}
     summary = results["summary"]["scratch"][str(config["budgets"][0])]["test_accuracy"]
     assert summary["n"] == 1 and summary["sd"] == 0.0 and summary["ci95"][0] <= summary["mean"] <= summary["ci95"][1]

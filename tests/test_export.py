@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from conftest import assert_one_line_error
+
 from surgery.graph import as_ir
 from surgery.layers import find_layers
 
@@ -51,7 +51,7 @@ def test_export_cli_self_check_and_metadata(residual_concat, tmp_path, cli):
     assert "Dropout" in classes and "BatchNormalization" in classes  # gone from the graph, kept here
     layer_map = json.loads(meta["surgery.layer_map"])
     assert {"dense", "dense_1", "side", "head", "residual", "concat"} <= set(layer_map)
-    assert [l.name for l in find_layers(as_ir(proto))] == ["side", "dense", "dense_1", "head"]
+    assert [lay.name for lay in find_layers(as_ir(proto))] == ["side", "dense", "dense_1", "head"]
 
     x = np.random.default_rng(0).random((5, 8), dtype=np.float32)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

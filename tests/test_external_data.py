@@ -17,9 +17,9 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from conftest import assert_one_line_error, digest, run_cli
 from onnx import TensorProto, helper
 
-from conftest import assert_one_line_error, digest, run_cli
 from surgery.errors import SurgeryError
 from surgery.external import ConcatenatedTensor, concatenate
 from surgery.layers import find_layers
@@ -43,13 +43,16 @@ def build_external_mlp(folder: Path, *, seed: int = 0, locations: dict[str, str]
     try:
         for i in range(LAYERS):
             arrays = {
-                f"layer{i}.weight": rng.standard_normal((UNITS, UNITS), dtype=np.float32) * np.float32(np.sqrt(2 / UNITS)),
+                f"layer{i}.weight": rng.standard_normal((UNITS, UNITS), dtype=np.float32)
+                * np.float32(np.sqrt(2 / UNITS)),
                 f"layer{i}.bias": rng.standard_normal(UNITS, dtype=np.float32) * np.float32(0.1),
             }
             for name, array in arrays.items():
                 file = i % FILES
                 handles[file].write(array.tobytes())
-                tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=array.shape, data_location=TensorProto.EXTERNAL)
+                tensor = TensorProto(
+                    name=name, data_type=TensorProto.FLOAT, dims=array.shape, data_location=TensorProto.EXTERNAL
+                )
                 location = (locations or {}).get(name, f"data{file}.bin")
                 for key, value in (("location", location), ("offset", offsets[file]), ("length", array.nbytes)):
                     entry = tensor.external_data.add()
@@ -66,7 +69,8 @@ def build_external_mlp(folder: Path, *, seed: int = 0, locations: dict[str, str]
         for handle in handles:
             handle.close()
     graph = helper.make_graph(
-        nodes, "external_mlp",
+        nodes,
+        "external_mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", UNITS])],
         [helper.make_tensor_value_info(source, TensorProto.FLOAT, ["batch", UNITS])],
         initializers,
@@ -100,7 +104,9 @@ def widen_by_hand(model: ir.Model, layer: int, added: int, seed: int = 0) -> ir.
     weight = model.graph.initializers[f"layer{layer}.weight"]
     bias = model.graph.initializers[f"layer{layer}.bias"]
     after = model.graph.initializers[f"layer{layer + 1}.weight"]
-    weight.const_value = concatenate([weight.const_value, rng.standard_normal((UNITS, added)).astype(np.float32)], axis=1, name=weight.name)
+    weight.const_value = concatenate(
+        [weight.const_value, rng.standard_normal((UNITS, added)).astype(np.float32)], axis=1, name=weight.name
+    )
     bias.const_value = concatenate([bias.const_value, np.zeros(added, np.float32)], axis=0, name=bias.name)
     after.const_value = concatenate([after.const_value, np.zeros((added, UNITS), np.float32)], axis=0, name=after.name)
     for value in (weight, bias, after):
@@ -162,16 +168,36 @@ def test_widen_cli_writes_a_self_contained_folder_and_copies_untouched_bytes(sou
 def test_widen_cli_shares_external_data_beside_the_input(source, cli, tmp_path, x):
     folder = tmp_path / "side_by_side"
     shutil.copytree(source.parent, folder)
-    result = cli("widen", folder / "model.onnx", "-o", folder / "wide.onnx", "--layer", "layer2/MatMul=8",
-                 "--no-verify", "--share-external-data")
+    result = cli(
+        "widen",
+        folder / "model.onnx",
+        "-o",
+        folder / "wide.onnx",
+        "--layer",
+        "layer2/MatMul=8",
+        "--no-verify",
+        "--share-external-data",
+    )
     assert result.returncode == 0, result.stderr
     entries = external_entries(folder / "wide.onnx")
-    assert {n for n, e in entries.items() if e["location"] == "wide.onnx.data"} == {"layer2.weight", "layer2.bias", "layer3.weight"}
+    assert {n for n, e in entries.items() if e["location"] == "wide.onnx.data"} == {
+        "layer2.weight",
+        "layer2.bias",
+        "layer3.weight",
+    }
     assert cli("verify", folder / "model.onnx", folder / "wide.onnx", "--samples", "4", "--batch", "2").returncode == 0
     sibling = tmp_path / "sibling"
     sibling.mkdir()
-    elsewhere = cli("widen", folder / "model.onnx", "-o", sibling / "wide.onnx", "--layer", "layer2/MatMul=8",
-                    "--no-verify", "--share-external-data")
+    elsewhere = cli(
+        "widen",
+        folder / "model.onnx",
+        "-o",
+        sibling / "wide.onnx",
+        "--layer",
+        "layer2/MatMul=8",
+        "--no-verify",
+        "--share-external-data",
+    )
     assert_one_line_error(elsewhere, says=("does not contain the input's data file",))
     assert list(sibling.iterdir()) == []
 
@@ -196,7 +222,9 @@ def test_streaming_write_is_self_contained_and_keeps_untouched_bytes(source, tmp
     moved = shutil.move(str(out.parent), str(tmp_path / "elsewhere"))
     assert np.array_equal(run(Path(moved) / "wide.onnx", x), run(source, x))
     widened = load_model(Path(moved) / "wide.onnx").graph.initializers["layer1.weight"].const_value.numpy()
-    assert np.array_equal(widened[:, :UNITS], load_model(source).graph.initializers["layer1.weight"].const_value.numpy())
+    assert np.array_equal(
+        widened[:, :UNITS], load_model(source).graph.initializers["layer1.weight"].const_value.numpy()
+    )
 
 
 def test_concatenated_tensor_streams_what_numpy_would_concatenate(source, tmp_path):
@@ -283,15 +311,19 @@ def test_writes_are_deterministic(source, tmp_path):
     for name in ("a.onnx", "b.onnx"):
         save_model(widen_by_hand(load_model(source), layer=1, added=8, seed=5), tmp_path / name)
     assert (tmp_path / "a.onnx.data").read_bytes() == (tmp_path / "b.onnx.data").read_bytes()
-    assert (tmp_path / "a.onnx").read_bytes().replace(b"a.onnx.data", b"b.onnx.data") == (tmp_path / "b.onnx").read_bytes()
+    assert (tmp_path / "a.onnx").read_bytes().replace(b"a.onnx.data", b"b.onnx.data") == (
+        tmp_path / "b.onnx"
+    ).read_bytes()
 
 
 def test_inline_models_stay_inline(tmp_path):
     weight = helper.make_tensor("W", TensorProto.FLOAT, [64, 64], np.ones(64 * 64, np.float32))
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "inline",
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+        "inline",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [weight],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [weight],
     )
     path = tmp_path / "small.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), path)
@@ -325,8 +357,12 @@ def _hostile_model(tmp_path: Path, kind: str) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize(
     "kind, message",
-    [("parent", "outside the model's folder"), ("absolute", "outside the model's folder"),
-     ("symlink", "symbolic link"), ("hardlink", "hard link")],
+    [
+        ("parent", "outside the model's folder"),
+        ("absolute", "outside the model's folder"),
+        ("symlink", "symbolic link"),
+        ("hardlink", "hard link"),
+    ],
 )
 def test_external_data_outside_the_folder_is_refused_unopened(tmp_path, cli, kind, message):
     path, target = _hostile_model(tmp_path, kind)
@@ -371,7 +407,19 @@ def test_peak_memory_of_widen_on_a_few_hundred_megabytes(tmp_path):
     model = large_widen.build_model(folder, large_widen.layer_size(0.3))
     out = tmp_path / "out"
     out.mkdir()
-    result = large_widen.measure([sys.executable, "-m", "surgery", "widen", str(model), "-o", str(out / "model.onnx"),
-                                  "--layer", "layer3/MatMul=256", "--no-verify"])
+    result = large_widen.measure(
+        [
+            sys.executable,
+            "-m",
+            "surgery",
+            "widen",
+            str(model),
+            "-o",
+            str(out / "model.onnx"),
+            "--layer",
+            "layer3/MatMul=256",
+            "--no-verify",
+        ]
+    )
     assert result["rss_kib"] < 256 * 1024, json.dumps(result)
     assert (out / "model.onnx.data").stat().st_size > 300e6

@@ -15,8 +15,15 @@ MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text())
 # The PyTorch fixtures were traced with sequence 8, so 5 runs them off their traced shape.
 SIZES = (2, 5)
 EXPECTED = {
-    "gpt2_sdpa.onnx", "gpt2_eager.onnx", "gpt2_dynamo.onnx", "bert.onnx", "llama.onnx", "llama_gqa.onnx",
-    "resnet.onnx", "mobilenetv2.onnx", "keras_transformer.onnx",
+    "gpt2_sdpa.onnx",
+    "gpt2_eager.onnx",
+    "gpt2_dynamo.onnx",
+    "bert.onnx",
+    "llama.onnx",
+    "llama_gqa.onnx",
+    "resnet.onnx",
+    "mobilenetv2.onnx",
+    "keras_transformer.onnx",
 }
 
 

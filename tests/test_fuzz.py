@@ -19,10 +19,9 @@ import random
 import time
 from pathlib import Path
 
+import forms
 import onnx
 import pytest
-
-import forms
 from conftest import run_surgery
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -83,20 +82,34 @@ def edit_structure(rng: random.Random, data: bytes, others: list[bytes]) -> byte
     tensor = rng.choice(graph.initializer) if graph.initializer else None
     names = [n for other in graph.node for n in (*other.input, *other.output)] + [v.name for v in graph.input]
     edits = [
-        lambda: node.input.__setitem__(rng.randrange(len(node.input)), rng.choice(names + ["", "ghost"])) if node.input else None,
+        lambda: (
+            node.input.__setitem__(rng.randrange(len(node.input)), rng.choice(names + ["", "ghost"]))
+            if node.input
+            else None
+        ),
         lambda: node.output.__setitem__(0, rng.choice(names)),
-        lambda: setattr(node, "op_type", rng.choice(["Relu", "Gemm", "Conv", "Softmax", "LayerNormalization", "Frobnicate", "Identity"])),
+        lambda: setattr(
+            node,
+            "op_type",
+            rng.choice(["Relu", "Gemm", "Conv", "Softmax", "LayerNormalization", "Frobnicate", "Identity"]),
+        ),
         lambda: setattr(node, "domain", rng.choice(["", "ai.onnx.ml", "com.microsoft", "org.pwn"])),
         lambda: setattr(node, "name", rng.choice([n.name for n in graph.node] + ["", "a\nb"])),
         lambda: graph.node.remove(node),
         lambda: graph.node.append(onnx.NodeProto().__class__.FromString(node.SerializeToString())),
-        lambda: (node.attribute[0].__setattr__("i", rng.choice([-1, 0, 2, 10**9])) if node.attribute else None),
-        lambda: (setattr(tensor, "data_type", rng.choice([0, 2, 7, 8, 10, 21, 99])) if tensor else None),
-        lambda: (tensor.dims.__setitem__(0, rng.choice([0, 1, -1, 3, 10**9])) if tensor is not None and tensor.dims else None),
-        lambda: (graph.initializer.remove(tensor) if tensor is not None else None),
+        lambda: node.attribute[0].__setattr__("i", rng.choice([-1, 0, 2, 10**9])) if node.attribute else None,
+        lambda: setattr(tensor, "data_type", rng.choice([0, 2, 7, 8, 10, 21, 99])) if tensor else None,
+        lambda: (
+            tensor.dims.__setitem__(0, rng.choice([0, 1, -1, 3, 10**9])) if tensor is not None and tensor.dims else None
+        ),
+        lambda: graph.initializer.remove(tensor) if tensor is not None else None,
         lambda: setattr(model.opset_import[0], "version", rng.choice([1, 6, 7, 13, 26, 27, 1000])),
         lambda: setattr(rng.choice(graph.output), "name", rng.choice(names + ["ghost"])),
-        lambda: rng.choice(graph.input).type.tensor_type.shape.dim[-1].__setattr__("dim_value", rng.choice([0, 1, 7, 10**6])),
+        lambda: (
+            rng.choice(graph.input)
+            .type.tensor_type.shape.dim[-1]
+            .__setattr__("dim_value", rng.choice([0, 1, 7, 10**6]))
+        ),
         lambda: setattr(rng.choice(graph.input).type.tensor_type, "elem_type", rng.choice([2, 7, 9, 10, 11])),
     ]
     rng.choice(edits)()
@@ -104,7 +117,18 @@ def edit_structure(rng: random.Random, data: bytes, others: list[bytes]) -> byte
 
 
 #: Weighted towards damage that still parses, which reaches deeper into the tool.
-MUTATIONS = [flip_bits, flip_bits, zero_run, header_flip, truncate, splice, insert_bytes, edit_structure, edit_structure, edit_structure]
+MUTATIONS = [
+    flip_bits,
+    flip_bits,
+    zero_run,
+    header_flip,
+    truncate,
+    splice,
+    insert_bytes,
+    edit_structure,
+    edit_structure,
+    edit_structure,
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,11 +142,19 @@ def layer_names(proto_bytes: bytes) -> list[str]:
 
     proto = onnx.load_from_string(proto_bytes)
     layers = find_layers(as_ir(proto))
-    return [layer.name for layer in layers] + [layer.node for layer in layers] + [node.name for node in proto.graph.node[:3] if node.name]
+    return (
+        [layer.name for layer in layers]
+        + [layer.node for layer in layers]
+        + [node.name for node in proto.graph.node[:3] if node.name]
+    )
 
 
 def random_command(rng: random.Random, model: Path, intact: Path, names: list[str], out: Path) -> list:
-    name = rng.choice(names) if rng.random() < 0.8 else rng.choice(["", "nosuch", "dense_1", "hidden1", "fc1", "/fc1/Gemm\nx"])
+    name = (
+        rng.choice(names)
+        if rng.random() < 0.8
+        else rng.choice(["", "nosuch", "dense_1", "hidden1", "fc1", "/fc1/Gemm\nx"])
+    )
     k = rng.choice([1, 2, 3, 8]) if rng.random() < 0.85 else rng.choice([0, -1, 10**12])
     command = rng.choice(["inspect", "inspect", "verify", "verify", "widen", "widen", "widen", "to-keras"])
     if command == "inspect":
@@ -133,15 +165,34 @@ def random_command(rng: random.Random, model: Path, intact: Path, names: list[st
             args += ["--symmetry", name]
         return args
     if command == "verify":
-        args = ["verify", *rng.sample([model, intact], 2), "--samples", rng.choice([1, 4, 8]), "--batch", rng.choice([1, 4])]
-        args += rng.choice([[], ["--atol", "1e-5"], ["--locate"], ["--optimization", "all"], ["--dim", "batch=3"], ["--json", "-"]])
+        args = [
+            "verify",
+            *rng.sample([model, intact], 2),
+            "--samples",
+            rng.choice([1, 4, 8]),
+            "--batch",
+            rng.choice([1, 4]),
+        ]
+        args += rng.choice(
+            [[], ["--atol", "1e-5"], ["--locate"], ["--optimization", "all"], ["--dim", "batch=3"], ["--json", "-"]]
+        )
         return args
     if command == "widen":
         args = ["widen", model, "-o", out / "wide.onnx"]
         for _ in range(rng.choice([1, 1, 1, 2])):
             args += ["--layer", f"{rng.choice(names + [name])}={k}"]
-        args += rng.choice([[], [], ["--init", "all-zero"], ["--init", "net2net"], ["--init", "all-random", "--no-verify"], ["--allow-output-change"],
-                            ["--fan-in", "he", "--seed", rng.randrange(100)], ["--align", rng.choice([1, 8, 16])]])
+        args += rng.choice(
+            [
+                [],
+                [],
+                ["--init", "all-zero"],
+                ["--init", "net2net"],
+                ["--init", "all-random", "--no-verify"],
+                ["--allow-output-change"],
+                ["--fan-in", "he", "--seed", rng.randrange(100)],
+                ["--align", rng.choice([1, 8, 16])],
+            ]
+        )
         return args
     args = ["to-keras", model, "-o", out / "model.keras"]
     args += rng.choice([[], ["--freeze", name], ["--reinit", name], ["--head", rng.choice([1, 3, 0])]])
@@ -237,7 +288,11 @@ def test_fuzz_keras_files_for_export(tmp_path, capfd):
         model = folder / "model.keras"
         model.write_bytes(mutation(rng, original, [original]))
         args = ["export", model, "-o", out / "model.onnx"]
-        problem = _check(run_surgery(capfd, *args), out, f"keras case {index} ({mutation.__name__}): surgery {' '.join(map(str, args))}")
+        problem = _check(
+            run_surgery(capfd, *args),
+            out,
+            f"keras case {index} ({mutation.__name__}): surgery {' '.join(map(str, args))}",
+        )
         if problem:
             failures.append(problem)
     assert not failures, "\n".join(failures[:10])
@@ -281,31 +336,63 @@ def random_request(rng: random.Random, folder: Path, models: dict[str, Path]) ->
     key = rng.choice(["m", "m", "ext"])
     model = models[key]
     names = {"m": ["/fc1/Gemm", "/fc2/Gemm"], "ext": ["layer0/MatMul", "layer1/MatMul"]}[key]
-    outputs = ["new.onnx", "new.keras", "m.onnx", "link.onnx", "null.onnx", "fifo.onnx", "dir.onnx", "old.onnx",
-               "missing/x.onnx", "ext/data0.bin", "ext/model.onnx", "ext/new.onnx", "/dev/null"]
+    outputs = [
+        "new.onnx",
+        "new.keras",
+        "m.onnx",
+        "link.onnx",
+        "null.onnx",
+        "fifo.onnx",
+        "dir.onnx",
+        "old.onnx",
+        "missing/x.onnx",
+        "ext/data0.bin",
+        "ext/model.onnx",
+        "ext/new.onnx",
+        "/dev/null",
+    ]
     values = ["-1", "0", "1", "3", "x", "", "inf", "nan", "1e-5", "100000000000000"]
     verification = []
     for _ in range(rng.choice([0, 1, 2])):
-        verification += rng.choice([
-            ["--dim", f"{rng.choice(['batch', 'sequence', 'nosuch', '', 'unk__0'])}={rng.choice(values)}"],
-            ["--samples", rng.choice(values[:-1])],  # a huge sample count is a long run, not an error
-            ["--inputs", folder / rng.choice(["good.npz", "empty.npz", "x.npy", "text.npz", "nosuch.npz", "dir.onnx"])],
-        ])
+        verification += rng.choice(
+            [
+                ["--dim", f"{rng.choice(['batch', 'sequence', 'nosuch', '', 'unk__0'])}={rng.choice(values)}"],
+                ["--samples", rng.choice(values[:-1])],  # a huge sample count is a long run, not an error
+                [
+                    "--inputs",
+                    folder / rng.choice(["good.npz", "empty.npz", "x.npy", "text.npz", "nosuch.npz", "dir.onnx"]),
+                ],
+            ]
+        )
     command = rng.choice(["widen", "widen", "verify", "export"])
     if command == "widen":
         output = folder / rng.choice(outputs)
         args = ["widen", model, "-o", output, "--layer", f"{rng.choice(names)}={rng.choice(['1', '2', '0', 'x'])}"]
-        args += rng.choice([[], ["--force"], ["--force", "--share-external-data"], ["--share-external-data"],
-                            ["--no-verify", "--force"], ["--allow-output-change"]])
+        args += rng.choice(
+            [
+                [],
+                ["--force"],
+                ["--force", "--share-external-data"],
+                ["--share-external-data"],
+                ["--no-verify", "--force"],
+                ["--allow-output-change"],
+            ]
+        )
         return args + verification
     if command == "verify":
         args = ["verify", model, model, *verification]
         for _ in range(rng.choice([0, 1, 2])):
             reports = ["old.json", "new.json", "fifo.onnx", "null.onnx", "m.onnx"]
-            args += rng.choice([
-                ["--atol", rng.choice(values)], ["--rtol", rng.choice(values)], ["--batch", rng.choice(values)],
-                ["--json", folder / rng.choice(reports)], ["--force"], ["--provider", rng.choice(["cpu", "gpu"])],
-            ])
+            args += rng.choice(
+                [
+                    ["--atol", rng.choice(values)],
+                    ["--rtol", rng.choice(values)],
+                    ["--batch", rng.choice(values)],
+                    ["--json", folder / rng.choice(reports)],
+                    ["--force"],
+                    ["--provider", rng.choice(["cpu", "gpu"])],
+                ]
+            )
         return args
     # export: only outputs that must be refused before Keras is loaded (a success would import TensorFlow)
     output = folder / rng.choice(["m.onnx", "link.onnx", "null.onnx", "fifo.onnx", "dir.onnx", "old.onnx", "new.keras"])

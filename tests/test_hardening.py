@@ -13,17 +13,15 @@ from __future__ import annotations
 import copy
 import tracemalloc
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+import forms
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
-
-import forms
 from conftest import assert_one_line_error, digest, run_surgery
-
+from onnx import helper
 
 # ---------------------------------------------------------------------------------------------
 # Broken ONNX files: name -> (how to write it, what the message must say)
@@ -106,24 +104,48 @@ BAD_ONNX: dict[str, tuple[Callable[[onnx.ModelProto], bytes] | None, tuple[str, 
     "undefined-tensor": (_edit(lambda m: m.graph.node[1].input.__setitem__(0, "nowhere")), ("reads tensor 'nowhere'",)),
     "nodes-out-of-order": (_edit(_reorder), ("not in topological order",)),
     "undefined-graph-output": (_edit(lambda m: setattr(m.graph.output[0], "name", "ghost")), ("graph output 'ghost'",)),
-    "duplicate-node-output": (_edit(lambda m: m.graph.node[1].output.__setitem__(0, "/fc1/Gemm_output_0")), ("defined twice",)),
-    "duplicate-initializer": (_edit(lambda m: m.graph.initializer.append(copy.deepcopy(m.graph.initializer[0]))), ("defined twice",)),
-    "duplicate-graph-input": (_edit(lambda m: m.graph.input.append(copy.deepcopy(m.graph.input[0]))), ("declared twice",)),
+    "duplicate-node-output": (
+        _edit(lambda m: m.graph.node[1].output.__setitem__(0, "/fc1/Gemm_output_0")),
+        ("defined twice",),
+    ),
+    "duplicate-initializer": (
+        _edit(lambda m: m.graph.initializer.append(copy.deepcopy(m.graph.initializer[0]))),
+        ("defined twice",),
+    ),
+    "duplicate-graph-input": (
+        _edit(lambda m: m.graph.input.append(copy.deepcopy(m.graph.input[0]))),
+        ("declared twice",),
+    ),
     "duplicate-node-name": (_edit(lambda m: setattr(m.graph.node[2], "name", "/fc1/Gemm")), ("two nodes are named",)),
     "initializer-too-short": (_edit(_set_raw(0, 4)), ("holds 1276 bytes", "need 1280")),
     "initializer-huge-declared-shape": (_edit(_huge_declared_shape), ("need 4000000000000",)),
     "opset-too-new": (_edit(lambda m: setattr(m.opset_import[0], "version", 30)), ("opset 30",)),
     "opset-too-old": (_edit(lambda m: setattr(m.opset_import[0], "version", 5)), ("opset 5",)),
     "unsupported-op-domain": (
-        _edit(lambda m: (setattr(m.graph.node[1], "domain", "org.evil"), m.opset_import.append(helper.make_opsetid("org.evil", 1)))),
+        _edit(
+            lambda m: (
+                setattr(m.graph.node[1], "domain", "org.evil"),
+                m.opset_import.append(helper.make_opsetid("org.evil", 1)),
+            )
+        ),
         ("op domain 'org.evil'",),
     ),
     "weights-disagree-with-shapes": (
-        _edit(lambda m: m.graph.initializer[0].dims.__setitem__(slice(None), [20, 16])), ("types or shapes do not agree", "/fc1/Gemm"),
+        _edit(lambda m: m.graph.initializer[0].dims.__setitem__(slice(None), [20, 16])),
+        ("types or shapes do not agree", "/fc1/Gemm"),
     ),
-    "input-type-disagrees": (_edit(lambda m: setattr(m.graph.input[0].type.tensor_type, "elem_type", onnx.TensorProto.DOUBLE)), ("types or shapes do not agree",)),
-    "name-not-utf8": (lambda good: good.SerializeToString().replace(b"/relu/Relu", b"/rel\xbe/Relu"), ("not valid UTF-8",)),
-    "surgery-metadata-not-json": (_edit(lambda m: m.metadata_props.add(key="surgery.widen_history", value="[{")), ("surgery.widen_history", "not valid JSON")),
+    "input-type-disagrees": (
+        _edit(lambda m: setattr(m.graph.input[0].type.tensor_type, "elem_type", onnx.TensorProto.DOUBLE)),
+        ("types or shapes do not agree",),
+    ),
+    "name-not-utf8": (
+        lambda good: good.SerializeToString().replace(b"/relu/Relu", b"/rel\xbe/Relu"),
+        ("not valid UTF-8",),
+    ),
+    "surgery-metadata-not-json": (
+        _edit(lambda m: m.metadata_props.add(key="surgery.widen_history", value="[{")),
+        ("surgery.widen_history", "not valid JSON"),
+    ),
     "ir-version-from-the-future": (_edit(lambda m: setattr(m, "ir_version", 99)), ("ir_version",)),
     "subgraphs-nested-too-deep": (_nested_ifs(120), ("not an ONNX model",)),
     "external-data-outside-folder": (_edit(_traversal), ("outside the model's folder",)),
@@ -197,7 +219,9 @@ def keras_files(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     folder = tmp_path_factory.mktemp("keras_inputs") / "models"
     folder.mkdir()
     keras.utils.set_random_seed(0)
-    good = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu", name="hidden"), keras.layers.Dense(3, name="head")])
+    good = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(5, activation="relu", name="hidden"), keras.layers.Dense(3, name="head")]
+    )
     good.save(folder / "good.keras")
     inp = keras.Input((6,))
     out = keras.layers.Dense(3, name="head")(keras.layers.Lambda(lambda x: x * 2.0, name="twice")(inp))
@@ -217,7 +241,9 @@ def keras_files(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
         members = {name: archive.read(name) for name in archive.namelist()}
     for name, replace in {
         "bad-json.keras": {"config.json": b"{not json"},
-        "unknown-class.keras": {"config.json": b'{"class_name": "Nowhere", "config": {}, "module": "os", "registered_name": "system"}'},
+        "unknown-class.keras": {
+            "config.json": b'{"class_name": "Nowhere", "config": {}, "module": "os", "registered_name": "system"}'
+        },
         "no-weights.keras": {"model.weights.h5": None},
     }.items():
         paths[name] = folder / name
@@ -278,7 +304,10 @@ def test_lambda_loads_with_unsafe(keras_files, tmp_path, capfd):
 @pytest.fixture(scope="module")
 def npz_files(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     folder = tmp_path_factory.mktemp("npz_inputs")
-    paths = {name: folder / f"{name}.npz" for name in ("text", "empty", "truncated", "pickled", "wrong-name", "wrong-shape", "wrong-dtype", "missing")}
+    paths = {
+        name: folder / f"{name}.npz"
+        for name in ("text", "empty", "truncated", "pickled", "wrong-name", "wrong-shape", "wrong-dtype", "missing")
+    }
     paths["text"].write_text("not an archive\n")
     paths["empty"].write_bytes(b"")
     np.savez(folder / "full.npz", input=np.zeros((2, 20), np.float32))
@@ -340,7 +369,9 @@ def test_verify_bad_options(onnx_files, args, says, capfd):
 def test_verify_json_report_into_missing_folder(onnx_files, tmp_path, capfd):
     _, paths = onnx_files
     target = tmp_path / "no" / "such" / "report.json"
-    assert_one_line_error(run_surgery(capfd, "verify", paths["good"], paths["good"], "--json", target), names="report.json")
+    assert_one_line_error(
+        run_surgery(capfd, "verify", paths["good"], paths["good"], "--json", target), names="report.json"
+    )
 
 
 @pytest.mark.parametrize(
@@ -431,7 +462,9 @@ def test_widen_same_layer_under_two_names(tmp_path, capfd):
     from surgery.modelio import load_model
 
     first = find_layers(load_model(model))[0]
-    outcome = run_surgery(capfd, "widen", model, "-o", tmp_path / "wide.onnx", "--layer", f"{first.name}=2", "--layer", f"{first.node}=3")
+    outcome = run_surgery(
+        capfd, "widen", model, "-o", tmp_path / "wide.onnx", "--layer", f"{first.name}=2", "--layer", f"{first.node}=3"
+    )
     assert_one_line_error(outcome, says=("twice",))
     assert list(tmp_path.iterdir()) == []
 
@@ -440,7 +473,9 @@ def test_widen_absurd_k_is_refused_before_allocating(onnx_files, tmp_path, capfd
     _, paths = onnx_files
     tracemalloc.start()
     try:
-        outcome = run_surgery(capfd, "widen", paths["good"], "-o", tmp_path / "wide.onnx", "--layer", f"/fc1/Gemm={10**12}")
+        outcome = run_surgery(
+            capfd, "widen", paths["good"], "-o", tmp_path / "wide.onnx", "--layer", f"/fc1/Gemm={10**12}"
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -477,7 +512,13 @@ def test_validation_reports_every_problem_as_one_line():
     assert list(problems(good)) == []
     for form in (forms.pytorch_cnn(), forms.pytorch_mlp_bn(), forms.sklearn_mlp()):
         assert list(problems(form)) == []
-    for name in ("undefined-tensor", "duplicate-initializer", "initializer-too-short", "opset-too-new", "unsupported-op-domain"):
+    for name in (
+        "undefined-tensor",
+        "duplicate-initializer",
+        "initializer-too-short",
+        "opset-too-new",
+        "unsupported-op-domain",
+    ):
         found = list(problems(onnx.load_from_string(BAD_ONNX[name][0](good))))
         assert len(found) == 1 and "\n" not in found[0], found
         assert all(text in found[0] for text in BAD_ONNX[name][1]), found

@@ -13,19 +13,19 @@ import os
 import stat
 from pathlib import Path
 
+import forms
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
-
-import forms
-import surgery
 from conftest import assert_one_line_error, run_surgery
+from onnx import TensorProto, helper
+from test_external_data import build_external_mlp
+
+import surgery
 from surgery.errors import SurgeryError
 from surgery.modelio import check_output
 from surgery.verification import verify
-from test_external_data import build_external_mlp
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, bytes | None]]:

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error
 
 
 def _mnist_like(path: Path, **override) -> None:
     arrays = {
-        "x_train": np.zeros((20, 28, 28), np.uint8), "y_train": np.arange(20, dtype=np.uint8) % 10,
-        "x_test": np.zeros((10, 28, 28), np.uint8), "y_test": np.arange(10, dtype=np.uint8),
+        "x_train": np.zeros((20, 28, 28), np.uint8),
+        "y_train": np.arange(20, dtype=np.uint8) % 10,
+        "x_test": np.zeros((10, 28, 28), np.uint8),
+        "y_test": np.arange(10, dtype=np.uint8),
     }
     arrays.update(override)
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
@@ -28,9 +29,21 @@ def _mnist_like(path: Path, **override) -> None:
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("training_inputs")
-    paths = {name: folder / f"{name}.npz" for name in (
-        "missing", "text", "empty", "wrong-keys", "wrong-shape", "pickled", "labels-out-of-range", "float-labels", "nan-pixels", "no-samples",
-    )}
+    paths = {
+        name: folder / f"{name}.npz"
+        for name in (
+            "missing",
+            "text",
+            "empty",
+            "wrong-keys",
+            "wrong-shape",
+            "pickled",
+            "labels-out-of-range",
+            "float-labels",
+            "nan-pixels",
+            "no-samples",
+        )
+    }
     paths["text"].write_text("not an archive\n")
     paths["empty"].write_bytes(b"")
     _mnist_like(paths["wrong-keys"], x_train=None)

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from conftest import assert_one_line_error, cli_env, run_surgery
+from onnx import TensorProto, helper, numpy_helper
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -39,7 +38,9 @@ def _keras_contents(path: Path) -> tuple[bytes, dict[str, np.ndarray]]:
         weights = archive.read("model.weights.h5")
     arrays: dict[str, np.ndarray] = {}
     with h5py.File(io.BytesIO(weights), "r") as store:
-        store.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+        store.visititems(
+            lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+        )
     return config, arrays
 
 
@@ -54,8 +55,12 @@ def test_export_is_byte_identical_across_runs(tmp_path):
     export there can name a shape constant ``__38`` instead of ``__19``; each CLI run is a process.)
     """
     runs = [
-        subprocess.Popen([sys.executable, "-m", "surgery", "export", MODELS / "mlp.keras", "-o", tmp_path / f"run{i}.onnx"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+        subprocess.Popen(
+            [sys.executable, "-m", "surgery", "export", MODELS / "mlp.keras", "-o", tmp_path / f"run{i}.onnx"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=cli_env(),
+        )
         for i in range(2)
     ]
     for run in runs:
@@ -70,8 +75,21 @@ def test_export_is_byte_identical_across_runs(tmp_path):
 def test_widen_is_byte_identical_for_the_same_seed(init, tmp_path, capfd):
     outputs = {}
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        args = ["widen", MODELS / "transfer.onnx", "-o", tmp_path / f"{name}.onnx", "--layer", "hidden1=3", "--layer", "hidden3=2",
-                "--init", init, "--seed", seed, "--no-verify"]
+        args = [
+            "widen",
+            MODELS / "transfer.onnx",
+            "-o",
+            tmp_path / f"{name}.onnx",
+            "--layer",
+            "hidden1=3",
+            "--layer",
+            "hidden3=2",
+            "--init",
+            init,
+            "--seed",
+            seed,
+            "--no-verify",
+        ]
         outcome = run_surgery(capfd, *args)
         assert outcome.returncode == 0, outcome.stderr
         outputs[name] = (tmp_path / f"{name}.onnx").read_bytes()
@@ -82,7 +100,18 @@ def test_widen_is_byte_identical_for_the_same_seed(init, tmp_path, capfd):
 def test_to_keras_is_deterministic_in_architecture_and_weights(tmp_path, capfd):
     contents = {}
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        args = ["to-keras", MODELS / "transfer.onnx", "-o", tmp_path / f"{name}.keras", "--reinit", "hidden2", "--head", "5", "--seed", seed]
+        args = [
+            "to-keras",
+            MODELS / "transfer.onnx",
+            "-o",
+            tmp_path / f"{name}.keras",
+            "--reinit",
+            "hidden2",
+            "--head",
+            "5",
+            "--seed",
+            seed,
+        ]
         outcome = run_surgery(capfd, *args)
         assert outcome.returncode == 0, outcome.stderr
         contents[name] = _keras_contents(tmp_path / f"{name}.keras")
@@ -122,7 +151,11 @@ def test_a_write_that_fails_midway_leaves_no_partial_file(command, existing, tmp
         args.append("--force")
     result = subprocess.run(
         [sys.executable, "-m", "surgery", *map(str, args)],
-        capture_output=True, text=True, env=cli_env(), preexec_fn=_limit_file_size, timeout=300,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        preexec_fn=_limit_file_size,
+        timeout=300,
     )
     assert_one_line_error(result, code=2, says=("File too large",))
     left = sorted(p.name for p in tmp_path.iterdir())
@@ -174,8 +207,13 @@ def _big_mlp(path: Path, width: int = 1536) -> None:
         numpy_helper.from_array(rng.normal(0, 0.1, (10, width)).astype(f32), "w3"),
         numpy_helper.from_array(np.zeros(10, f32), "b3"),
     ]
-    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "big",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -195,8 +233,21 @@ def test_sigint_during_the_write_leaves_nothing_or_a_whole_model(tmp_path):
     out_dir.mkdir()
 
     def start(name: str) -> subprocess.Popen:
-        command = [sys.executable, "-m", "surgery", "widen", source, "-o", out_dir / name, "--layer", "fc2=64", "--no-verify"]
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(PYTHONUNBUFFERED="1"))
+        command = [
+            sys.executable,
+            "-m",
+            "surgery",
+            "widen",
+            source,
+            "-o",
+            out_dir / name,
+            "--layer",
+            "fc2=64",
+            "--no-verify",
+        ]
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(PYTHONUNBUFFERED="1")
+        )
 
     baseline = start("baseline.onnx")
     assert baseline.wait(timeout=120) == 0, baseline.stderr.read().decode()

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import assert_one_line_error, run_surgery
 
 import surgery
-from conftest import assert_one_line_error, run_surgery
+from surgery.analysis import WidenPlan
 from surgery.attention import find_blocks, survey
 from surgery.errors import SurgeryError
-from surgery.analysis import WidenPlan
 from surgery.graph import as_ir
 from surgery.heads import plan_heads
 from surgery.metadata import WIDEN_HISTORY_KEY, WIDENED_TENSORS_KEY
@@ -22,8 +22,12 @@ from surgery.metadata import WIDEN_HISTORY_KEY, WIDENED_TENSORS_KEY
 FIXTURES = Path(__file__).parent / "fixtures"
 #: Every PyTorch transformer export, with its blocks' (heads, kv_heads, head_dim).
 TRANSFORMERS = {
-    "gpt2_sdpa": (4, 4, 16), "gpt2_eager": (4, 4, 16), "gpt2_dynamo": (4, 4, 16),
-    "bert": (4, 4, 16), "llama": (4, 4, 16), "llama_gqa": (4, 2, 16),
+    "gpt2_sdpa": (4, 4, 16),
+    "gpt2_eager": (4, 4, 16),
+    "gpt2_dynamo": (4, 4, 16),
+    "bert": (4, 4, 16),
+    "llama": (4, 4, 16),
+    "llama_gqa": (4, 2, 16),
 }
 SEQUENCE = {"sequence": 7}  # the exports' symbolic sequence length, for the verifier
 
@@ -121,6 +125,7 @@ def test_an_input_changed_by_both_layers_and_heads_is_refused_naming_the_paramet
     assert str(refused.value).startswith("heads and the widened layers both change input")
     assert refused.value.render("--heads").startswith("--heads and the widened layers")
 
+
 def test_same_seed_same_bytes_other_seed_other_bytes():
     original = fixture("gpt2_sdpa")
     first = surgery.widen(original, heads={"*": 1}, seed=7).SerializeToString()
@@ -135,14 +140,17 @@ def test_the_input_model_is_not_modified():
     assert original.SerializeToString() == before
 
 
-@pytest.mark.parametrize("heads,says", [
-    ({"transformer.h.0.attn": 0}, "at least 1"),
-    ({"transformer.h.0.attn": -2}, "at least 1"),
-    ({"transformer.h.0.attn": 1.5}, "must be an integer"),
-    ({"transformer.h.0.atn": 1}, "did you mean transformer.h.0.attn"),
-    ({"transformer.h.*.mlp": 1}, "no attention block matches"),
-    ({"transformer.h.0.attn": 1, "transformer.h.*.attn": 1}, "requested twice"),
-])
+@pytest.mark.parametrize(
+    "heads,says",
+    [
+        ({"transformer.h.0.attn": 0}, "at least 1"),
+        ({"transformer.h.0.attn": -2}, "at least 1"),
+        ({"transformer.h.0.attn": 1.5}, "must be an integer"),
+        ({"transformer.h.0.atn": 1}, "did you mean transformer.h.0.attn"),
+        ({"transformer.h.*.mlp": 1}, "no attention block matches"),
+        ({"transformer.h.0.attn": 1, "transformer.h.*.attn": 1}, "requested twice"),
+    ],
+)
 def test_bad_requests_are_refused_with_the_reason(heads, says):
     with pytest.raises(SurgeryError, match=says.replace(".", r"\.").replace("*", r"\*")):
         surgery.widen(fixture("gpt2_sdpa"), heads=heads)
@@ -217,8 +225,9 @@ def test_keras_head_count_constant_read_as_data_is_refused():
 
 def test_cli_heads_glob_writes_the_grown_model(capfd, tmp_path):
     out = tmp_path / "wide.onnx"
-    done = run_surgery(capfd, "widen", FIXTURES / "bert.onnx", "-o", out, "--heads", "encoder.layer.*.attention=1",
-                       "--no-verify")
+    done = run_surgery(
+        capfd, "widen", FIXTURES / "bert.onnx", "-o", out, "--heads", "encoder.layer.*.attention=1", "--no-verify"
+    )
     assert done.returncode == 0, done.stderr
     assert "encoder.layer.0.attention: 4 -> 5 heads (head_dim 16)" in done.stdout
     assert "encoder.layer.1.attention: 4 -> 5 heads" in done.stdout
@@ -228,18 +237,29 @@ def test_cli_heads_glob_writes_the_grown_model(capfd, tmp_path):
 
 
 def test_cli_gqa_reports_key_value_heads(capfd, tmp_path):
-    done = run_surgery(capfd, "widen", FIXTURES / "llama_gqa.onnx", "-o", tmp_path / "w.onnx",
-                       "--heads", "model.layers.0.self_attn=1", "--no-verify")
+    done = run_surgery(
+        capfd,
+        "widen",
+        FIXTURES / "llama_gqa.onnx",
+        "-o",
+        tmp_path / "w.onnx",
+        "--heads",
+        "model.layers.0.self_attn=1",
+        "--no-verify",
+    )
     assert done.returncode == 0, done.stderr
     assert "model.layers.0.self_attn: 4 -> 6 heads (key/value heads 2 -> 3, head_dim 16)" in done.stdout
 
 
-@pytest.mark.parametrize("args,says", [
-    (["--heads", "transformer.h.0.attn=0"], "at least 1"),
-    (["--heads", "transformer.h.0.attn"], "expected NAME=K"),
-    (["--heads", "nothing.*=1"], "no attention block matches"),
-    ([], "give --layer NAME=K or --heads NAME=K"),
-])
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        (["--heads", "transformer.h.0.attn=0"], "at least 1"),
+        (["--heads", "transformer.h.0.attn"], "expected NAME=K"),
+        (["--heads", "nothing.*=1"], "no attention block matches"),
+        ([], "give --layer NAME=K or --heads NAME=K"),
+    ],
+)
 def test_cli_refusals_are_one_line(capfd, tmp_path, args, says):
     out = tmp_path / "w.onnx"
     result = run_surgery(capfd, "widen", FIXTURES / "gpt2_sdpa.onnx", "-o", out, *args)
@@ -253,8 +273,9 @@ def _attention_graph(q_target: str) -> onnx.ModelProto:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), f"onnx::MatMul_{i}")
-               for i in range(4)]
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), f"onnx::MatMul_{i}") for i in range(4)
+    ]
     split = numpy_helper.from_array(np.array([0, 0, 2, 4], np.int64), "split_shape")
     merge = numpy_helper.from_array(np.array([0, 0, 8], np.int64), "merge_shape")
     node = helper.make_node
@@ -339,7 +360,9 @@ def test_keras_value_dim_and_cross_attention_grow_bitwise(keras_attention_varian
     dims = {d.dim_param: 5 for i in original.graph.input for d in i.type.tensor_type.shape.dim[1:] if d.dim_param}
     assert surgery.verify(original, grown, dims=dims).equivalent
     assert [(b.name, b.heads, b.dims) for b in find_blocks(as_ir(grown))] == [
-        ("wide_values", 3, (8, 8, 12)), ("cross", 5, (8, 8, 8))]
+        ("wide_values", 3, (8, 8, 12)),
+        ("cross", 5, (8, 8, 8)),
+    ]
 
 
 @pytest.mark.slow

@@ -7,14 +7,14 @@ import json
 import forms
 import onnx
 import pytest
-
 from conftest import assert_one_line_error
+
 from surgery.graph import as_ir
 from surgery.layers import find_layers
 
 
 def layers_of(model: onnx.ModelProto) -> list[tuple[str, str, int, str | None]]:
-    return [(l.node, l.op, l.width, l.activation) for l in find_layers(as_ir(model))]
+    return [(lay.node, lay.op, lay.width, lay.activation) for lay in find_layers(as_ir(model))]
 
 
 def test_pytorch_mlp_gemm_trans_b():
@@ -40,7 +40,7 @@ def test_pytorch_cnn_conv_width_is_output_channels():
 
 def test_sklearn_matmul_with_2d_bias():
     layers = find_layers(as_ir(forms.sklearn_mlp(hidden=8, classes=3)))
-    assert [(l.node, l.op, l.width, l.activation) for l in layers] == [
+    assert [(lay.node, lay.op, lay.width, lay.activation) for lay in layers] == [
         ("MatMul", "MatMul+Add", 8, "Relu"),
         ("MatMul1", "MatMul+Add", 3, "Softmax"),
     ]
@@ -55,7 +55,8 @@ def test_gemm_width_honours_trans_b(trans_a, trans_b):
     weight = np.zeros((7, 3) if trans_b else (3, 7), np.float32)
     x_shape = [3, "batch"] if trans_a else ["batch", 3]
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w"], ["y"], name="g", transA=trans_a, transB=trans_b)], "g",
+        [helper.make_node("Gemm", ["x", "w"], ["y"], name="g", transA=trans_a, transB=trans_b)],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 7])],
         [forms.tensor("w", weight)],
@@ -72,7 +73,8 @@ def test_bias_first_operand_is_matmul_add():
         [
             helper.make_node("MatMul", ["x", "onnx::MatMul_9"], ["h"], name="/lin/MatMul"),
             helper.make_node("Add", ["lin.bias", "h"], ["y"], name="/lin/Add"),
-        ], "g",
+        ],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 6])],
         [forms.tensor("onnx::MatMul_9", np.ones((4, 6), np.float32)), forms.tensor("lin.bias", np.ones(6, np.float32))],
@@ -110,11 +112,11 @@ def test_tf2onnx_dynamic_batch_dense_is_matmul_add_with_keras_names(keras_models
 
     mlp, _ = keras_models
     layers = find_layers(as_ir(export_keras(mlp)))
-    assert [(l.name, l.op, l.width, l.activation) for l in layers] == [
+    assert [(lay.name, lay.op, lay.width, lay.activation) for lay in layers] == [
         ("dense_1", "MatMul+Add", 5, "Relu"),
         ("dense_2", "MatMul+Add", 3, "Softmax"),
     ]
-    assert all("/dense_" in l.node for l in layers)
+    assert all("/dense_" in lay.node for lay in layers)
 
 
 def test_tf2onnx_fixed_batch_dense_is_gemm(keras_models):
@@ -122,7 +124,7 @@ def test_tf2onnx_fixed_batch_dense_is_gemm(keras_models):
 
     mlp, _ = keras_models
     layers = find_layers(as_ir(export_keras(mlp, batch=4)))
-    assert [(l.name, l.op, l.width) for l in layers] == [("dense_1", "Gemm", 5), ("dense_2", "Gemm", 3)]
+    assert [(lay.name, lay.op, lay.width) for lay in layers] == [("dense_1", "Gemm", 5), ("dense_2", "Gemm", 3)]
 
 
 def test_tf2onnx_conv_and_dense(keras_models):
@@ -131,7 +133,7 @@ def test_tf2onnx_conv_and_dense(keras_models):
     _, cnn = keras_models
     layers = find_layers(as_ir(export_keras(cnn)))
     # head's bias is all zero, so tf2onnx drops its Add: a bare MatMul.
-    assert [(l.name, l.op, l.width) for l in layers] == [("conv", "Conv", 4), ("head", "MatMul", 3)]
+    assert [(lay.name, lay.op, lay.width) for lay in layers] == [("conv", "Conv", 4), ("head", "MatMul", 3)]
     assert layers[0].activation == "Relu"
 
 
@@ -181,4 +183,4 @@ def test_activation_is_found_behind_tf2onnx_folded_batchnorm():
         name="bnnet",
     )
     layers = find_layers(as_ir(export_keras(model)))
-    assert [(l.name, l.activation) for l in layers] == [("hidden", "Elu"), ("out", None)]
+    assert [(lay.name, lay.activation) for lay in layers] == [("hidden", "Elu"), ("out", None)]

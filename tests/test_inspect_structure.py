@@ -8,9 +8,9 @@ from pathlib import Path
 
 import onnx
 import pytest
+from conftest import run_surgery
 
 import surgery
-from conftest import run_surgery
 from surgery.cli import flag_for
 from surgery.errors import SurgeryError
 
@@ -46,20 +46,63 @@ def test_graph_output_layer_is_blocked_and_feed_forward_grows(capfd):
     assert layers["model.layers.0.mlp.up_proj"]["blocked_by"] is None
 
 
-@pytest.mark.parametrize("fixture,first", [
-    ("gpt2_sdpa", {"name": "transformer.h.0.attn", "heads": 4, "kv_heads": 4, "head_dim": 16,
-                   "q": "transformer.h.0.attn.c_attn", "k": "transformer.h.0.attn.c_attn",
-                   "v": "transformer.h.0.attn.c_attn", "o": "transformer.h.0.attn.c_proj"}),
-    ("gpt2_dynamo", {"name": "transformer.h.0.attn", "heads": 4, "kv_heads": 4, "head_dim": 16,
-                     "q": "transformer.h.0.attn.c_attn", "k": "transformer.h.0.attn.c_attn",
-                     "v": "transformer.h.0.attn.c_attn", "o": "transformer.h.0.attn.c_proj"}),
-    ("bert", {"name": "encoder.layer.0.attention", "heads": 4, "kv_heads": 4, "head_dim": 16,
-              "q": "encoder.layer.0.attention.self.query", "k": "encoder.layer.0.attention.self.key",
-              "v": "encoder.layer.0.attention.self.value", "o": "encoder.layer.0.attention.output.dense"}),
-    ("llama_gqa", {"name": "model.layers.0.self_attn", "heads": 4, "kv_heads": 2, "head_dim": 16,
-                   "q": "model.layers.0.self_attn.q_proj", "k": "model.layers.0.self_attn.k_proj",
-                   "v": "model.layers.0.self_attn.v_proj", "o": "model.layers.0.self_attn.o_proj"}),
-])
+@pytest.mark.parametrize(
+    "fixture,first",
+    [
+        (
+            "gpt2_sdpa",
+            {
+                "name": "transformer.h.0.attn",
+                "heads": 4,
+                "kv_heads": 4,
+                "head_dim": 16,
+                "q": "transformer.h.0.attn.c_attn",
+                "k": "transformer.h.0.attn.c_attn",
+                "v": "transformer.h.0.attn.c_attn",
+                "o": "transformer.h.0.attn.c_proj",
+            },
+        ),
+        (
+            "gpt2_dynamo",
+            {
+                "name": "transformer.h.0.attn",
+                "heads": 4,
+                "kv_heads": 4,
+                "head_dim": 16,
+                "q": "transformer.h.0.attn.c_attn",
+                "k": "transformer.h.0.attn.c_attn",
+                "v": "transformer.h.0.attn.c_attn",
+                "o": "transformer.h.0.attn.c_proj",
+            },
+        ),
+        (
+            "bert",
+            {
+                "name": "encoder.layer.0.attention",
+                "heads": 4,
+                "kv_heads": 4,
+                "head_dim": 16,
+                "q": "encoder.layer.0.attention.self.query",
+                "k": "encoder.layer.0.attention.self.key",
+                "v": "encoder.layer.0.attention.self.value",
+                "o": "encoder.layer.0.attention.output.dense",
+            },
+        ),
+        (
+            "llama_gqa",
+            {
+                "name": "model.layers.0.self_attn",
+                "heads": 4,
+                "kv_heads": 2,
+                "head_dim": 16,
+                "q": "model.layers.0.self_attn.q_proj",
+                "k": "model.layers.0.self_attn.k_proj",
+                "v": "model.layers.0.self_attn.v_proj",
+                "o": "model.layers.0.self_attn.o_proj",
+            },
+        ),
+    ],
+)
 def test_attention_section(capfd, fixture, first):
     attention = document(capfd, FIXTURES / f"{fixture}.onnx")["attention"]
     assert len(attention) == 2 and attention[0] == first

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import forms
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -13,7 +14,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx_ir.passes.common import ShapeInferencePass
 
-import forms
 from surgery.errors import SurgeryError
 from surgery.inline import WEIGHT_BYTES, InlineTensor, split_weights
 from surgery.modelio import load_model, load_proto, save_model
@@ -106,9 +106,11 @@ def test_the_weightless_view_keeps_small_constants_and_infers_the_same_shapes(mo
 def _one_weight_model(raw: bytes, dims: list[int]) -> onnx.ModelProto:
     weight = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=dims, raw_data=raw)
     graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "W"], ["y"], name="add")], "g",
+        [helper.make_node("Add", ["x", "W"], ["y"], name="add")],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)], [weight],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
+        [weight],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -17,7 +17,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_surgery
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import shutil
 
+import forms
 import numpy as np
 import onnx
 import pytest
-
-import forms
 from conftest import assert_one_line_error
+from test_external_data import build_external_mlp, external_entries, run
+
 from surgery.errors import NotEquivalentError
 from surgery.modelio import load_model, staged_save
 from surgery.rewrite import widen_in_place
 from surgery.verification import verify
-from test_external_data import build_external_mlp, external_entries, run
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,15 @@ def test_widen_cli_verifies_a_shared_external_data_output_before_naming_it(sourc
     folder = tmp_path / "side_by_side"
     shutil.copytree(source.parent, folder)
     before = sorted(p.name for p in folder.iterdir())
-    done = cli("widen", folder / "model.onnx", "-o", folder / "wide.onnx", "--layer", "layer2/MatMul=8", "--share-external-data")
+    done = cli(
+        "widen",
+        folder / "model.onnx",
+        "-o",
+        folder / "wide.onnx",
+        "--layer",
+        "layer2/MatMul=8",
+        "--share-external-data",
+    )
     assert done.returncode == 0, done.stderr
     assert "verified: outputs bitwise equal" in done.stdout
     assert sorted(p.name for p in folder.iterdir()) == sorted([*before, "wide.onnx", "wide.onnx.data"])
@@ -81,8 +89,14 @@ def test_widen_cli_verifies_a_shared_external_data_output_before_naming_it(sourc
 def _single_channel_conv_with_external_data(folder):
     """One output channel: widening it changes onnxruntime's kernel, so outputs are not bitwise equal."""
     folder.mkdir()
-    onnx.save(forms.single_channel_conv(), folder / "model.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
-              location="weights.bin", size_threshold=0)
+    onnx.save(
+        forms.single_channel_conv(),
+        folder / "model.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     return folder / "model.onnx"
 
 

@@ -3,22 +3,25 @@ that differ only downstream (fan-out, BatchNormalization) are told apart."""
 
 from __future__ import annotations
 
+import forms
 import numpy as np
 import onnx_ir as ir
 import pytest
 from onnx import numpy_helper
 
-import forms
 from surgery.rewrite import widen
 from surgery.symmetry import symmetric_groups
 
 
-@pytest.mark.parametrize(("builder", "layer", "width"), [
-    (forms.pytorch_mlp, "/fc1/Gemm", 16),
-    (forms.pytorch_cnn, "/conv1/Conv", 4),
-    (forms.pytorch_swiglu, "/gate/MatMul", 12),
-    (forms.sklearn_mlp, "MatMul", 8),
-])
+@pytest.mark.parametrize(
+    ("builder", "layer", "width"),
+    [
+        (forms.pytorch_mlp, "/fc1/Gemm", 16),
+        (forms.pytorch_cnn, "/conv1/Conv", 4),
+        (forms.pytorch_swiglu, "/gate/MatMul", 12),
+        (forms.sklearn_mlp, "MatMul", 8),
+    ],
+)
 def test_all_zero_creates_a_symmetric_group_and_output_zero_does_not(builder, layer, width):
     model = builder()
     assert symmetric_groups(ir.serde.deserialize_model(model), layer) == []
@@ -27,7 +30,9 @@ def test_all_zero_creates_a_symmetric_group_and_output_zero_does_not(builder, la
 
 
 def test_net2net_copies_are_symmetric_with_their_source():
-    groups = symmetric_groups(widen(forms.pytorch_mlp_bn(hidden=10), {"/fc1/Gemm": 2}, init="net2net", seed=3), "/fc1/Gemm")
+    groups = symmetric_groups(
+        widen(forms.pytorch_mlp_bn(hidden=10), {"/fc1/Gemm": 2}, init="net2net", seed=3), "/fc1/Gemm"
+    )
     assert groups and all(g[0] < 10 and all(u >= 10 for u in g[1:]) for g in groups)
     assert sum(len(g) - 1 for g in groups) == 2
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 
+import forms
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
-import forms
 from surgery.errors import SurgeryError
 from surgery.export import export_keras
 from surgery.onnx_to_keras import FAITHFUL_TOLERANCE, check_faithful, convert, to_keras
@@ -48,7 +48,9 @@ def keras_mlp(mnist):
     model = keras.Sequential(
         [
             keras.Input((784,), name="pixels"),
-            keras.layers.Dense(HIDDEN1, activation="relu", name="hidden1", kernel_regularizer=keras.regularizers.L2(1e-4)),
+            keras.layers.Dense(
+                HIDDEN1, activation="relu", name="hidden1", kernel_regularizer=keras.regularizers.L2(1e-4)
+            ),
             keras.layers.Dense(12, activation="relu", name="hidden2"),
             keras.layers.Dense(10, activation="softmax", name="out"),
         ],
@@ -123,13 +125,17 @@ def _widen_by_hand(proto: onnx.ModelProto, layer: str, added: int, seed: int = 0
 def test_round_trip_gives_the_original_layers_and_predictions(name, exported, keras_mlp, keras_bn_mlp, mnist):
     original = {"mlp": keras_mlp, "bn_mlp": keras_bn_mlp}[name]
     rebuilt = to_keras(exported[name])
-    assert [(type(l).__name__, l.name) for l in rebuilt.layers] == [(type(l).__name__, l.name) for l in original.layers]
+    assert [(type(lay).__name__, lay.name) for lay in rebuilt.layers] == [
+        (type(lay).__name__, lay.name) for lay in original.layers
+    ]
     for layer in original.layers:
         config, back = layer.get_config(), rebuilt.get_layer(layer.name).get_config()
         for key in ("kernel_regularizer", "kernel_constraint", "kernel_initializer", "activation", "rate", "epsilon"):
             assert back.get(key) == config.get(key), (layer.name, key)
     x_test = mnist[2]
-    np.testing.assert_allclose(rebuilt.predict(x_test, verbose=0), original.predict(x_test, verbose=0), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        rebuilt.predict(x_test, verbose=0), original.predict(x_test, verbose=0), atol=1e-5, rtol=0
+    )
     assert check_faithful(rebuilt, exported[name]) <= FAITHFUL_TOLERANCE
 
 
@@ -155,7 +161,9 @@ def test_hand_widened_round_trip_grows_exactly_and_keeps_predictions(name, expor
     expected = added * (784 + 1) + added * original.get_layer("hidden2").units + (2 * added if name == "bn_mlp" else 0)
     assert _trainable_parameters(widened) - _trainable_parameters(original) == expected
     x_test = mnist[2]
-    np.testing.assert_allclose(widened.predict(x_test, verbose=0), original.predict(x_test, verbose=0), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        widened.predict(x_test, verbose=0), original.predict(x_test, verbose=0), atol=1e-5, rtol=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +179,9 @@ def test_widen_then_to_keras_matches_the_original(widened_by_surgery, keras_bn_m
     expected = 6 * (784 + 1) + 2 * 6 + 6 * 12 + 3 * (HIDDEN1 + 6 + 1) + 3 * 10
     assert _trainable_parameters(rebuilt) - _trainable_parameters(keras_bn_mlp) == expected
     x_test = mnist[2]
-    np.testing.assert_allclose(rebuilt.predict(x_test, verbose=0), keras_bn_mlp.predict(x_test, verbose=0), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        rebuilt.predict(x_test, verbose=0), keras_bn_mlp.predict(x_test, verbose=0), atol=1e-5, rtol=0
+    )
 
 
 def test_widened_model_trains_on_mnist(exported, mnist):
@@ -237,7 +247,16 @@ FORMS = {
     "pytorch_convnet": forms.pytorch_convnet,
 }
 #: (op, input index) of the initializers that are trainable parameters in each exporter's form.
-PARAMETER_INPUTS = {("Gemm", 1), ("Gemm", 2), ("MatMul", 1), ("Conv", 1), ("Conv", 2), ("BatchNormalization", 1), ("BatchNormalization", 2), ("PRelu", 1)}
+PARAMETER_INPUTS = {
+    ("Gemm", 1),
+    ("Gemm", 2),
+    ("MatMul", 1),
+    ("Conv", 1),
+    ("Conv", 2),
+    ("BatchNormalization", 1),
+    ("BatchNormalization", 2),
+    ("PRelu", 1),
+}
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +275,12 @@ def test_foreign_graph_matches_onnxruntime(name, foreign):
 def test_foreign_graph_keeps_every_kernel_and_bias_trainable(name, foreign):
     proto, conversion = foreign[name]
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    parameters = [inits[node.input[i]] for node in proto.graph.node for op, i in PARAMETER_INPUTS if node.op_type == op and len(node.input) > i]
+    parameters = [
+        inits[node.input[i]]
+        for node in proto.graph.node
+        for op, i in PARAMETER_INPUTS
+        if node.op_type == op and len(node.input) > i
+    ]
     parameters += [  # MatMul + Add biases (skl2onnx's [1, U] and PyTorch's bias-first Add)
         inits[name] for node in proto.graph.node if node.op_type == "Add" for name in node.input if name in inits
     ]
@@ -319,7 +343,9 @@ def test_frozen_layer_is_bit_identical_after_fit(transfer, keras_bn_mlp):
     for weight in hidden1.weights:
         assert np.array_equal(np.asarray(weight), before[weight.path])
     np.testing.assert_array_equal(np.asarray(hidden1.kernel), np.asarray(keras_bn_mlp.get_layer("hidden1").kernel))
-    assert not np.array_equal(np.asarray(model.get_layer("hidden2").kernel), before[model.get_layer("hidden2").kernel.path])
+    assert not np.array_equal(
+        np.asarray(model.get_layer("hidden2").kernel), before[model.get_layer("hidden2").kernel.path]
+    )
 
 
 def test_reinit_draws_fresh_seeded_weights(exported, keras_bn_mlp):
@@ -331,7 +357,9 @@ def test_reinit_draws_fresh_seeded_weights(exported, keras_bn_mlp):
     np.testing.assert_array_equal(kernel, np.asarray(again.get_layer("hidden2").kernel))
     assert not np.array_equal(kernel, np.asarray(other.get_layer("hidden2").kernel))
     assert np.all(np.asarray(first.get_layer("hidden2").bias) == 0)  # bias_initializer is zeros
-    np.testing.assert_array_equal(np.asarray(first.get_layer("hidden1").kernel), np.asarray(keras_bn_mlp.get_layer("hidden1").kernel))
+    np.testing.assert_array_equal(
+        np.asarray(first.get_layer("hidden1").kernel), np.asarray(keras_bn_mlp.get_layer("hidden1").kernel)
+    )
 
 
 def test_head_has_the_requested_units_and_the_same_activation(transfer, mnist):
@@ -346,7 +374,9 @@ def test_head_has_the_requested_units_and_the_same_activation(transfer, mnist):
 def test_head_on_a_foreign_graph_keeps_the_layers_after_it():
     model = to_keras(forms.pytorch_mlp_bn(), head=7)
     assert model.get_layer("fc2").units == 7 and tuple(model.outputs[0].shape) == (None, 7)
-    np.testing.assert_array_equal(np.asarray(model.get_layer("fc1").kernel), numpy_helper.to_array(forms.pytorch_mlp_bn().graph.initializer[0]).T)
+    np.testing.assert_array_equal(
+        np.asarray(model.get_layer("fc1").kernel), numpy_helper.to_array(forms.pytorch_mlp_bn().graph.initializer[0]).T
+    )
 
 
 @pytest.mark.parametrize("flag", ["freeze", "reinit"])

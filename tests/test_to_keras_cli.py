@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import forms
 import numpy as np
 import onnx
 import pytest
-
-import forms
 from conftest import assert_one_line_error
 
 
@@ -18,7 +17,9 @@ def files(tmp_path_factory):
         paths[name] = folder / f"{name}.onnx"
         onnx.save(build(), paths[name])
     unsupported = forms.pytorch_mlp()
-    unsupported.graph.node[1].op_type = "Acos"  # still a valid graph: Acos is an elementwise float op with no Keras rule
+    unsupported.graph.node[
+        1
+    ].op_type = "Acos"  # still a valid graph: Acos is an elementwise float op with no Keras rule
     paths["unsupported"] = folder / "unsupported.onnx"
     onnx.save(unsupported, paths["unsupported"])
     return folder, paths
@@ -46,7 +47,20 @@ def test_converts_reports_faithfulness_and_writes_a_loadable_file(cli, files):
 def test_transfer_flags_accept_repeats_and_comma_lists(cli, files):
     folder, paths = files
     out = folder / "transfer.keras"
-    result = cli("to-keras", paths["convnet"], "-o", out, "--freeze", "conv1,bn1", "--freeze", "act1", "--reinit", "conv2", "--head", "3")
+    result = cli(
+        "to-keras",
+        paths["convnet"],
+        "-o",
+        out,
+        "--freeze",
+        "conv1,bn1",
+        "--freeze",
+        "act1",
+        "--reinit",
+        "conv2",
+        "--head",
+        "3",
+    )
     assert result.returncode == 0, result.stderr
     assert "faithfulness check skipped: --reinit and --head" in result.stdout
     assert "frozen: conv1, bn1, act1" in result.stdout
@@ -104,7 +118,13 @@ def test_external_data_model_converts_from_another_directory(cli, tmp_path):
     model_dir, elsewhere = tmp_path / "ext", tmp_path / "elsewhere"
     model_dir.mkdir()
     elsewhere.mkdir()
-    onnx.save(forms.pytorch_convnet(), model_dir / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    onnx.save(
+        forms.pytorch_convnet(),
+        model_dir / "m.onnx",
+        save_as_external_data=True,
+        location="m.onnx.data",
+        size_threshold=0,
+    )
     result = cli("to-keras", "../ext/m.onnx", "-o", "out.keras", cwd=elsewhere)
     assert result.returncode == 0, result.stderr
     assert "faithfulness" in result.stdout and (elsewhere / "out.keras").is_file()

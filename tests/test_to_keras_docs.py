@@ -14,7 +14,7 @@ DOC = Path(__file__).parent.parent / "docs" / "to-keras-models.md"
 def test_docs_ops_table_is_the_generated_one():
     text = DOC.read_text()
     start, end = "<!-- ops-table:start -->\n", "<!-- ops-table:end -->"
-    table = text[text.index(start) + len(start):text.index(end)]
+    table = text[text.index(start) + len(start) : text.index(end)]
     assert table == ops_table(), "regenerate with: python -m surgery.onnx_to_keras.catalogue"
 
 

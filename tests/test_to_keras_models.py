@@ -52,8 +52,11 @@ def converted():
 def _float_parameters(proto: onnx.ModelProto) -> int:
     """Elements of the float initializers and Constant tensors with more than one element, except
     those only a Shape reads (tf2onnx keeps such folded constants for their shape)."""
-    shape_only = {t.name for t in proto.graph.initializer
-                  if all(n.op_type == "Shape" for n in proto.graph.node if t.name in n.input)}
+    shape_only = {
+        t.name
+        for t in proto.graph.initializer
+        if all(n.op_type == "Shape" for n in proto.graph.node if t.name in n.input)
+    }
     arrays = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.name not in shape_only]
     constants = [n for n in proto.graph.node if n.op_type == "Constant"]
     arrays += [numpy_helper.to_array(a.t) for n in constants for a in n.attribute if a.name == "value"]
@@ -85,11 +88,13 @@ def test_every_float_parameter_is_one_trainable_weight(name, converted):
 
 @pytest.mark.parametrize(
     "name, layers",
-    [("resnet", {"Conv2D", "ZeroPadding2D", "Add", "GlobalAveragePooling2D", "Dense"}),
-     ("mobilenetv2", {"Conv2D", "DepthwiseConv2D", "ReLU"}),
-     ("bert", {"Embedding", "LayerNormalization", "Dense", "Softmax"}),
-     ("gpt2_dynamo", {"Embedding", "LayerNormalization", "Dense"}),
-     ("llama", {"Embedding", "Dense", "Softmax", "RMSNormalization", "Activation"})],
+    [
+        ("resnet", {"Conv2D", "ZeroPadding2D", "Add", "GlobalAveragePooling2D", "Dense"}),
+        ("mobilenetv2", {"Conv2D", "DepthwiseConv2D", "ReLU"}),
+        ("bert", {"Embedding", "LayerNormalization", "Dense", "Softmax"}),
+        ("gpt2_dynamo", {"Embedding", "LayerNormalization", "Dense"}),
+        ("llama", {"Embedding", "Dense", "Softmax", "RMSNormalization", "Activation"}),
+    ],
 )
 def test_recognised_patterns_become_friendly_layers(name, layers, converted):
     _, conversion = converted(name)
@@ -139,9 +144,11 @@ def test_round_trip_through_export_verifies_against_the_original(name):
 
 @pytest.mark.parametrize(
     "name, layers",
-    [("bert", {"/model/encoder/layer.0/intermediate/dense/MatMul": 8}),
-     ("llama", {"/model/model/layers.0/mlp/gate_proj/MatMul": 8, "/model/model/layers.0/mlp/up_proj/MatMul": 8}),
-     ("resnet", {"/layer1/layer1.0/conv1/Conv": 4})],
+    [
+        ("bert", {"/model/encoder/layer.0/intermediate/dense/MatMul": 8}),
+        ("llama", {"/model/model/layers.0/mlp/gate_proj/MatMul": 8, "/model/model/layers.0/mlp/up_proj/MatMul": 8}),
+        ("resnet", {"/layer1/layer1.0/conv1/Conv": 4}),
+    ],
 )
 def test_widened_fixture_converts_faithfully(name, layers):
     widened = surgery.widen(_load(name), layers, init="output-zero", seed=0)

@@ -160,7 +160,9 @@ def test_reference_models_load_and_agree(bundled):
         model = keras.models.load_model(MODELS / f"{name}.keras")
         x, y = data.digit_subset(bundled.x_test, bundled.y_test, digits)
         keras_out = np.asarray(model.predict(x, verbose=0))
-        assert float((keras_out.argmax(1) == y).mean()) == pytest.approx(manifest["models"][name]["test_accuracy"], abs=1e-4)
+        assert float((keras_out.argmax(1) == y).mean()) == pytest.approx(
+            manifest["models"][name]["test_accuracy"], abs=1e-4
+        )
         session = ort.InferenceSession(str(MODELS / f"{name}.onnx"), providers=["CPUExecutionProvider"])
         onnx_out = session.run(None, {session.get_inputs()[0].name: x})[0]
         np.testing.assert_allclose(onnx_out, keras_out, atol=1e-5)
@@ -175,12 +177,18 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 
 def test_fashion_reads_debian_idx_files(tmp_path):
     rng = np.random.default_rng(0)
-    arrays = {"x_train": rng.integers(0, 256, (6, 28, 28)), "y_train": np.arange(6) % 10,
-              "x_test": rng.integers(0, 256, (3, 28, 28)), "y_test": np.array([9, 0, 5])}
+    arrays = {
+        "x_train": rng.integers(0, 256, (6, 28, 28)),
+        "y_train": np.arange(6) % 10,
+        "x_test": rng.integers(0, 256, (3, 28, 28)),
+        "y_test": np.array([9, 0, 5]),
+    }
     for key, name in data.FASHION_FILES.items():
         _write_idx(tmp_path / name, arrays[key])
     fashion = data.load_fashion(tmp_path)
-    assert fashion.kind == "fashion-mnist" and fashion.x_train.shape == (6, 28, 28) and fashion.x_train.dtype == np.float32
+    assert (
+        fashion.kind == "fashion-mnist" and fashion.x_train.shape == (6, 28, 28) and fashion.x_train.dtype == np.float32
+    )
     assert np.array_equal(fashion.x_train * 255, arrays["x_train"]) and fashion.y_test.tolist() == [9, 0, 5]
     assert len(fashion.describe()["sha256"].split(",")) == 4
     (tmp_path / data.FASHION_FILES["y_test"]).write_bytes(b"not gzip")

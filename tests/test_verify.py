@@ -8,9 +8,9 @@ import forms
 import numpy as np
 import onnx
 import pytest
+from conftest import assert_one_line_error, reader_of
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import assert_one_line_error, reader_of
 from surgery.errors import SurgeryError
 from surgery.graph import as_ir
 from surgery.testing import assert_equivalent
@@ -75,9 +75,33 @@ def test_tolerance_mode_accepts_the_one_ulp_change(cli, files):
 
 
 def test_json_schema_fields(cli, files):
-    result = cli("verify", files["reference"], files["reference"], "--json", "-", "--samples", "20", "--batch", "6", "--seed", "3")
+    result = cli(
+        "verify",
+        files["reference"],
+        files["reference"],
+        "--json",
+        "-",
+        "--samples",
+        "20",
+        "--batch",
+        "6",
+        "--seed",
+        "3",
+    )
     report = json.loads(result.stdout)
-    for key in ("equivalent", "mode", "provider", "optimization", "samples", "batch", "seed", "session_options", "versions", "located", "outputs"):
+    for key in (
+        "equivalent",
+        "mode",
+        "provider",
+        "optimization",
+        "samples",
+        "batch",
+        "seed",
+        "session_options",
+        "versions",
+        "located",
+        "outputs",
+    ):
         assert key in report
     assert (report["samples"], report["batch"], report["seed"]) == (20, 6, 3)
     assert report["session_options"]["graph_optimization_level"] == "ORT_DISABLE_ALL"
@@ -133,7 +157,8 @@ def test_bad_dim_flag_exits_2(cli, files):
 def elementwise(op_nodes: list, outputs=("y",), inputs=(("x", ["batch", 4]),)) -> onnx.ModelProto:
     """A float graph of the given nodes; outputs are float, shaped like the first input."""
     graph = helper.make_graph(
-        op_nodes, "g",
+        op_nodes,
+        "g",
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in inputs],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, inputs[0][1]) for name in outputs],
     )
@@ -144,7 +169,9 @@ def test_nan_in_the_same_place_is_equal_and_against_a_number_is_not():
     sqrt = elementwise([helper.make_node("Sqrt", ["x"], ["y"], name="sqrt")])  # x uniform in [-1, 1): NaNs
     report = verify(sqrt, sqrt, samples=32)
     assert report.equivalent and report.outputs[0].bitwise_equal
-    safe = elementwise([helper.make_node("Abs", ["x"], ["a"], name="abs"), helper.make_node("Sqrt", ["a"], ["y"], name="sqrt")])
+    safe = elementwise(
+        [helper.make_node("Abs", ["x"], ["a"], name="abs"), helper.make_node("Sqrt", ["a"], ["y"], name="sqrt")]
+    )
     report = verify(sqrt, safe, samples=32)
     output = report.outputs[0]
     assert not report.equivalent and output.nan_mismatches == output.mismatches > 0
@@ -153,14 +180,22 @@ def test_nan_in_the_same_place_is_equal_and_against_a_number_is_not():
 
 
 def test_zero_over_zero_nan_in_both_is_equal():
-    div = elementwise([helper.make_node("Sub", ["x", "x"], ["z"], name="zero"), helper.make_node("Div", ["z", "z"], ["y"], name="div")])
+    div = elementwise(
+        [
+            helper.make_node("Sub", ["x", "x"], ["z"], name="zero"),
+            helper.make_node("Div", ["z", "z"], ["y"], name="div"),
+        ]
+    )
     report = verify(div, div)
     assert report.equivalent and report.outputs[0].max_abs_diff == 0.0
 
 
 def test_an_output_present_in_one_model_only_makes_it_not_equivalent():
     one = elementwise([helper.make_node("Relu", ["x"], ["y"], name="relu")])
-    two = elementwise([helper.make_node("Relu", ["x"], ["y"], name="relu"), helper.make_node("Neg", ["x"], ["z"], name="neg")], outputs=("y", "z"))
+    two = elementwise(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu"), helper.make_node("Neg", ["x"], ["z"], name="neg")],
+        outputs=("y", "z"),
+    )
     report = verify(one, two)
     assert not report.equivalent
     by_name = {o.name: o for o in report.outputs}
@@ -185,9 +220,12 @@ def test_token_ids_stay_below_the_embedding_table():
     """An int64 input indexing a 3-row table through a Cast: ids beyond 2 would make Gather fail."""
     table = np.arange(12, dtype=f32).reshape(3, 4)
     graph = helper.make_graph(
-        [helper.make_node("Cast", ["ids"], ["ids32"], name="cast", to=TensorProto.INT32),
-         helper.make_node("Gather", ["table", "ids32"], ["y"], name="gather")],
-        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
+        [
+            helper.make_node("Cast", ["ids"], ["ids32"], name="cast", to=TensorProto.INT32),
+            helper.make_node("Gather", ["table", "ids32"], ["y"], name="gather"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 4])],
         [numpy_helper.from_array(table, "table")],
     )
@@ -203,8 +241,12 @@ def test_integer_and_bool_inputs_are_generated_in_range():
         helper.make_node("Where", ["keep", "rows", "zeros"], ["y"], name="where"),
     ]
     graph = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"]), helper.make_tensor_value_info("keep", TensorProto.BOOL, ["batch", 4])],
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info("keep", TensorProto.BOOL, ["batch", 4]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
         [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.zeros(4, f32), "zeros")],
     )
@@ -240,10 +282,14 @@ def test_bad_options_are_surgery_errors():
         with pytest.raises(SurgeryError, match="rtol must be a finite non-negative number") as raised:
             verify(model, model, rtol=tolerance)
         assert raised.value.param == "rtol"
-    with pytest.raises(SurgeryError, match=r"input 'input' has shape \[batch, 20\] in reference but \[batch, 1, 8, 8\] in candidate"):
+    with pytest.raises(
+        SurgeryError, match=r"input 'input' has shape \[batch, 20\] in reference but \[batch, 1, 8, 8\] in candidate"
+    ):
         verify(model, forms.pytorch_cnn())
     relu = elementwise([helper.make_node("Relu", ["x"], ["y"], name="relu")])
-    with pytest.raises(SurgeryError, match="different inputs: candidate lacks input.s. input; candidate has extra input.s. x"):
+    with pytest.raises(
+        SurgeryError, match="different inputs: candidate lacks input.s. input; candidate has extra input.s. x"
+    ):
         verify(model, relu)
 
 
@@ -303,7 +349,9 @@ def test_assert_equivalent_passes_and_fails_readably(files):
 # --- locate across a widening, and with external data ---------------------------------------
 
 
-def matmul_mlp(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, widened: dict | None = None) -> onnx.ModelProto:
+def matmul_mlp(
+    w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, widened: dict | None = None
+) -> onnx.ModelProto:
     """skl2onnx's form: MatMul [in, out] + Add, Relu, MatMul + Add; optional widen metadata."""
     nodes = [
         helper.make_node("MatMul", ["input", "W1"], ["h"], name="MatMul"),
@@ -313,7 +361,8 @@ def matmul_mlp(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, w
         helper.make_node("Add", ["o", "B2"], ["output"], name="Add1"),
     ]
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, w1.shape[0]])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, w2.shape[1]])],
         [numpy_helper.from_array(a, n) for a, n in ((w1, "W1"), (b1, "B1"), (w2, "W2"), (b2, "B2"))],
@@ -391,7 +440,9 @@ def test_locate_with_external_data_reads_weights_in_place(tmp_path, mlp_weights)
     candidate = one_ulp_up(reference, "W2")
     folder = tmp_path / "external"
     folder.mkdir()
-    onnx.save(candidate, folder / "candidate.onnx", save_as_external_data=True, location="candidate.data", size_threshold=0)
+    onnx.save(
+        candidate, folder / "candidate.onnx", save_as_external_data=True, location="candidate.data", size_threshold=0
+    )
     before = sorted(p.name for p in folder.iterdir())
     report = verify(reference, folder / "candidate.onnx", samples=64, locate=True)
     assert report.located.node == "MatMul1"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 
@@ -19,7 +18,11 @@ def keras_and_onnx(tmp_path_factory):
     folder = tmp_path_factory.mktemp("verify_keras")
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((8,)), keras.layers.Dense(6, activation="relu", name="hidden"), keras.layers.Dense(3, activation="softmax", name="head")]
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(6, activation="relu", name="hidden"),
+            keras.layers.Dense(3, activation="softmax", name="head"),
+        ]
     )
     model.save(folder / "model.keras")
     proto = export_keras(model)
@@ -63,9 +66,8 @@ def test_an_output_the_keras_model_dropped_is_reported_not_failed(tmp_path, capf
     output's name and leaves the label out is matched by name, the label reported as dropped."""
     import json
 
-    import keras
-
     import forms
+    import keras
     from conftest import run_surgery
 
     proto = forms.sklearn_mlp()

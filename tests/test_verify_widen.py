@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import forms
-import numpy as np
 import onnx
 import pytest
+from conftest import reader_of
 from onnx import numpy_helper
 
-from conftest import reader_of
 from surgery.graph import as_ir
 from surgery.rewrite import widen
 from surgery.verification import verify

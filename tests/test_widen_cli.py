@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import forms
 import onnx
 import pytest
-
-import forms
 from conftest import assert_one_line_error, run_surgery
+
 from surgery.verification import verify
 
 
@@ -55,7 +55,9 @@ def test_bad_requests_are_one_line_errors(cli, cnn_file, tmp_path, layer, messag
 
 def test_same_layer_twice_and_existing_output_are_refused(cli, cnn_file, tmp_path):
     out = tmp_path / "out.onnx"
-    assert_one_line_error(cli("widen", cnn_file, "-o", out, "--layer", "/conv1/Conv=1", "--layer", "/conv1/Conv=2"), says=("given twice",))
+    assert_one_line_error(
+        cli("widen", cnn_file, "-o", out, "--layer", "/conv1/Conv=1", "--layer", "/conv1/Conv=2"), says=("given twice",)
+    )
     assert not out.exists()
     out.write_bytes(b"keep me")
     assert_one_line_error(cli("widen", cnn_file, "-o", out, "--layer", "/conv1/Conv=1"), says=("--force",))
@@ -65,7 +67,9 @@ def test_same_layer_twice_and_existing_output_are_refused(cli, cnn_file, tmp_pat
 def test_outputs_that_are_not_bitwise_equal_are_not_written(cli, tmp_path):
     model, out = tmp_path / "one.onnx", tmp_path / "wide.onnx"
     onnx.save(forms.single_channel_conv(), model)
-    assert_one_line_error(cli("widen", model, "-o", out, "--layer", "/conv/Conv=2"), code=1, says=("not bitwise equal",))
+    assert_one_line_error(
+        cli("widen", model, "-o", out, "--layer", "/conv/Conv=2"), code=1, says=("not bitwise equal",)
+    )
     assert not out.exists()
     done = cli("widen", model, "-o", out, "--layer", "/conv/Conv=2", "--no-verify")
     assert done.returncode == 0 and out.exists() and "verified" not in done.stdout
@@ -88,11 +92,14 @@ def test_inspect_symmetry_sees_all_zero_units(cli, cnn_file, tmp_path):
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.mark.parametrize(("fixture", "layer"), [
-    ("bert", "/model/encoder/layer.0/intermediate/dense/MatMul"),
-    ("llama", "/model/model/layers.0/mlp/up_proj/MatMul"),
-    ("llama_gqa", "/model/model/layers.1/mlp/gate_proj/MatMul"),
-])
+@pytest.mark.parametrize(
+    ("fixture", "layer"),
+    [
+        ("bert", "/model/encoder/layer.0/intermediate/dense/MatMul"),
+        ("llama", "/model/model/layers.0/mlp/up_proj/MatMul"),
+        ("llama_gqa", "/model/model/layers.1/mlp/gate_proj/MatMul"),
+    ],
+)
 def test_transformer_exports_are_verified_with_no_extra_flags(fixture, layer, tmp_path, capfd):
     """input_ids [batch, sequence]: the sequence takes its default and token ids stay below the
     vocabulary, so widen's own check runs on real PyTorch exports without --dim (issue 13, item 2)."""

@@ -23,8 +23,15 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text())
 TRANSFORMERS = sorted(name for name, entry in MANIFEST.items() if "ffn_up" in entry.get("families", {}))
 #: the activation `inspect` reports after each fixture's feed-forward up-projection (and gate)
-ACTIVATIONS = {"bert.onnx": "Gelu", "gpt2_sdpa.onnx": "Gelu", "gpt2_eager.onnx": "Gelu", "gpt2_dynamo.onnx": "Gelu",
-               "llama.onnx": "SwiGLU", "llama_gqa.onnx": "SwiGLU", "keras_transformer.onnx": "Relu"}
+ACTIVATIONS = {
+    "bert.onnx": "Gelu",
+    "gpt2_sdpa.onnx": "Gelu",
+    "gpt2_eager.onnx": "Gelu",
+    "gpt2_dynamo.onnx": "Gelu",
+    "llama.onnx": "SwiGLU",
+    "llama_gqa.onnx": "SwiGLU",
+    "keras_transformer.onnx": "Relu",
+}
 
 
 def _family(name: str, family: str) -> list[str]:
@@ -82,15 +89,24 @@ def test_the_residual_stream_is_refused_with_the_reason(name, models):
     norms would have to grow with it. The refusal names where it stops: the token embedding
     (BERT: the post-norm LayerNormalization of the previous sub-layer)."""
     stop = "LayerNormalization" if name == "bert.onnx" else "Gather"
-    with pytest.raises(SurgeryError, match=rf"^cannot widen: Add node '[^']+' joins the widened tensor with "
-                                           rf"'[^']+' from {stop} node '[^']+', which cannot grow with it$"):
+    with pytest.raises(
+        SurgeryError,
+        match=rf"^cannot widen: Add node '[^']+' joins the widened tensor with "
+        rf"'[^']+' from {stop} node '[^']+', which cannot grow with it$",
+    ):
         widen(models[name], {_family(name, "ffn_down")[0]: 2})
 
 
-@pytest.mark.parametrize(("name", "where"), [
-    ("gpt2_sdpa.onnx", "Reshape node '/model/transformer/h.0/attn/Reshape_1' splits or rearranges the widened axis"),
-    ("gpt2_dynamo.onnx", "Split node 'node_Split_228' splits the widened axis into parts of sizes"),
-])
+@pytest.mark.parametrize(
+    ("name", "where"),
+    [
+        (
+            "gpt2_sdpa.onnx",
+            "Reshape node '/model/transformer/h.0/attn/Reshape_1' splits or rearranges the widened axis",
+        ),
+        ("gpt2_dynamo.onnx", "Split node 'node_Split_228' splits the widened axis into parts of sizes"),
+    ],
+)
 def test_gpt2_fused_qkv_is_refused_at_the_head_split(name, where, models):
     """New units of the fused projection go to V (the last Split part) and would change its
     head count: refused at V's head Reshape, or at dynamo's equal-parts Split."""
@@ -153,8 +169,10 @@ def test_mobilenet_layers_that_widen(models):
         except SurgeryError as error:
             refused.append(str(error))
     assert (widened, len(layers)) == (52, 53)
-    assert refused == ["cannot widen: graph output 'logits' (from Gemm node '/classifier/classifier.1/Gemm') "
-                       "would change shape; pass allow_output_change to allow it"]
+    assert refused == [
+        "cannot widen: graph output 'logits' (from Gemm node '/classifier/classifier.1/Gemm') "
+        "would change shape; pass allow_output_change to allow it"
+    ]
 
 
 def test_asking_for_a_mobilenet_depthwise_conv_widens_its_producer(models):

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 
+import forms
 import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
 from onnx import numpy_helper
 
-import forms
 from surgery.errors import SurgeryError
 from surgery.rewrite import widen
 from surgery.testing import assert_equivalent
@@ -49,18 +49,26 @@ def test_output_zero_fan_in_is_he_uniform_after_gelu():
     assert np.abs(fan_in).max() <= limit and np.abs(fan_in).max() > 0.95 * limit
     glorot = widen(forms.pytorch_transformer_ffn(), {"/fc1/MatMul": 400}, fan_in="glorot")
     assert np.abs(_weights(glorot)["onnx::MatMul_91"][:, 16:]).max() <= np.sqrt(6 / (8 + 416))
-    normal = _weights(widen(forms.pytorch_transformer_ffn(), {"/fc1/MatMul": 400}, fan_in="normal"))["onnx::MatMul_91"][:, 16:]
+    normal = _weights(widen(forms.pytorch_transformer_ffn(), {"/fc1/MatMul": 400}, fan_in="normal"))["onnx::MatMul_91"][
+        :, 16:
+    ]
     assert abs(normal.std() - np.sqrt(1 / 8)) < 0.02  # LeCun normal: N(0, 1/fan_in)
 
 
 @pytest.mark.parametrize("embed", [False, True])
 def test_widening_the_residual_stream_is_refused(embed):
     model = forms.pytorch_transformer_ffn(embed=embed)
-    blocker = r"LayerNormalization node '/norm/LayerNormalization'" if embed else r"Add node '/Add' joins the widened tensor with graph input 'input'"
+    blocker = (
+        r"LayerNormalization node '/norm/LayerNormalization'"
+        if embed
+        else r"Add node '/Add' joins the widened tensor with graph input 'input'"
+    )
     with pytest.raises(SurgeryError, match=blocker):
         widen(model, {"/fc2/MatMul": 2})
     if embed:
-        with pytest.raises(SurgeryError, match=r"LayerNormalization node '/norm/LayerNormalization' normalises over the widened axis"):
+        with pytest.raises(
+            SurgeryError, match=r"LayerNormalization node '/norm/LayerNormalization' normalises over the widened axis"
+        ):
             widen(model, {"/embed/MatMul": 2})
 
 
@@ -75,7 +83,10 @@ def test_swiglu_gate_and_up_grow_together():
     # new units' product (and every gradient through it) at zero forever.
     assert new["onnx::MatMul_70"][:, 12:].all() and new["onnx::MatMul_71"][:, 12:].all()
     history = _meta(wide, "surgery.widen_history")
-    assert {(r["node"], r["old_width"], r["new_width"]) for r in history} == {("/gate/MatMul", 12, 16), ("/up/MatMul", 12, 16)}
+    assert {(r["node"], r["old_width"], r["new_width"]) for r in history} == {
+        ("/gate/MatMul", 12, 16),
+        ("/up/MatMul", 12, 16),
+    }
     with pytest.raises(SurgeryError, match=r"Add node '/Add'"):
         widen(model, {"/down/MatMul": 2})
 
@@ -151,8 +162,14 @@ def test_widening_twice_composes_metadata_relative_to_the_original():
     assert_equivalent(model, twice)
     history = _meta(twice, "surgery.widen_history")
     assert [(r["old_width"], r["new_width"], r["strategy"], r["seed"]) for r in history] == [
-        (16, 18, "output-zero", 1), (18, 21, "all-zero", 2)]
-    assert _meta(twice, "surgery.widened_tensors")["/fc1/Gemm_output_0"] == {"axis": 1, "original": 16, "new": [[16, 21]]}
+        (16, 18, "output-zero", 1),
+        (18, 21, "all-zero", 2),
+    ]
+    assert _meta(twice, "surgery.widened_tensors")["/fc1/Gemm_output_0"] == {
+        "axis": 1,
+        "original": 16,
+        "new": [[16, 21]],
+    }
 
 
 def test_align_rounds_new_widths_up():
@@ -191,8 +208,12 @@ def test_convnet_concat_offsets_and_residual_coupling_keep_the_other_output_exac
     concat = _meta(wide, "surgery.widened_tensors")["/Concat_output_0"]
     assert concat == {"axis": 1, "original": 8, "new": [[4, 7]]}
     feed = {"input": np.random.default_rng(0).normal(size=(4, 2, 9, 9)).astype(np.float32)}
-    runs = [ort.InferenceSession(m.SerializeToString(), session_options("disable"), providers=["CPUExecutionProvider"]).run(None, feed)
-            for m in (model, wide)]
+    runs = [
+        ort.InferenceSession(m.SerializeToString(), session_options("disable"), providers=["CPUExecutionProvider"]).run(
+            None, feed
+        )
+        for m in (model, wide)
+    ]
     names = [o.name for o in model.graph.output]
     before, after = dict(zip(names, runs[0])), dict(zip(names, runs[1]))
     np.testing.assert_array_equal(before["output"], after["output"])
@@ -202,11 +223,11 @@ def test_convnet_concat_offsets_and_residual_coupling_keep_the_other_output_exac
 
 def test_width_one_layer_bias_gets_zero_entries_for_new_units():
     """A [1]-shaped bias of a one-unit layer is a bias, not a broadcast scalar (grow's 1 → 2)."""
+    import forms
     import numpy as np
     import onnx
     from onnx import TensorProto, helper
 
-    import forms
     import surgery
 
     graph = helper.make_graph(
@@ -215,7 +236,8 @@ def test_width_one_layer_bias_gets_zero_entries_for_new_units():
             helper.make_node("Add", ["h", "b1"], ["hb"], name="add1"),
             helper.make_node("Relu", ["hb"], ["r"], name="relu"),
             helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
-        ], "g",
+        ],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3])],
         [

@@ -18,8 +18,12 @@ def _nonzero_weights(model, seed: int) -> None:
     """Fresh Keras biases are zero and tf2onnx drops zero-bias Adds; real models have biases."""
     rng = np.random.default_rng(seed)
     for layer in model.layers:
-        layer.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) + (1.0 if "variance" in v.name else 0.0)
-                           for w, v in zip(layer.get_weights(), layer.weights)])
+        layer.set_weights(
+            [
+                rng.normal(0, 0.3, w.shape).astype(np.float32) + (1.0 if "variance" in v.name else 0.0)
+                for w, v in zip(layer.get_weights(), layer.weights)
+            ]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +31,25 @@ def keras_exports():
     keras = pytest.importorskip("keras")
     from surgery.export import export_keras
 
-    mlp = keras.Sequential([keras.Input((5,)), keras.layers.Dense(6, activation="relu", name="hidden"),
-                            keras.layers.Dense(4, activation="tanh", name="hidden2"),
-                            keras.layers.Dense(3, activation="softmax", name="out")], name="mlp")
-    cnn = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
-                            keras.layers.BatchNormalization(name="bn"), keras.layers.Flatten(name="flat"),
-                            keras.layers.Dense(3, name="logits")], name="cnn")
+    mlp = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(6, activation="relu", name="hidden"),
+            keras.layers.Dense(4, activation="tanh", name="hidden2"),
+            keras.layers.Dense(3, activation="softmax", name="out"),
+        ],
+        name="mlp",
+    )
+    cnn = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Flatten(name="flat"),
+            keras.layers.Dense(3, name="logits"),
+        ],
+        name="cnn",
+    )
     _nonzero_weights(mlp, 0)
     _nonzero_weights(cnn, 1)
     return export_keras(mlp), export_keras(cnn)

@@ -8,17 +8,17 @@ path is forced here by disabling the lazy one.
 
 from __future__ import annotations
 
+import forms
 import numpy as np
 import onnx_ir as ir
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from widen_graphs import conv_graph, dense_graph, widen_plan
 
-import forms
 from surgery import rewrite
 from surgery.errors import SurgeryError
 from surgery.external import ConcatenatedTensor
-from widen_graphs import conv_graph, dense_graph, widen_plan
 
 STRATEGIES = ("output-zero", "all-zero", "net2net", "all-random")
 

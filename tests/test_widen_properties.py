@@ -14,14 +14,18 @@ import numpy as np
 import onnx
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from widen_graphs import conv_graph, dense_graph, widen_plan
 
 from surgery.errors import SurgeryError
 from surgery.rewrite import widen
 from surgery.verification import verify
-from widen_graphs import conv_graph, dense_graph, widen_plan
 
-SETTINGS = settings(max_examples=int(os.environ.get("WIDEN_EXAMPLES", "100")), deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("WIDEN_EXAMPLES", "100")),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _widen_or_skip(model, plan, **kwargs):
@@ -36,8 +40,10 @@ def _widen_or_skip(model, plan, **kwargs):
 def _check_shapes(model: onnx.ModelProto, wide: onnx.ModelProto) -> None:
     onnx.checker.check_model(wide, full_check=True)
     inferred = onnx.shape_inference.infer_shapes(wide, strict_mode=True)
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-              for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    shapes = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in list(inferred.graph.value_info) + list(inferred.graph.output)
+    }
     entries = json.loads(next(p.value for p in wide.metadata_props if p.key == "surgery.widened_tensors"))
     assert entries, "a widening must grow at least one tensor"
     for name, entry in entries.items():
@@ -73,7 +79,9 @@ def _ignores_input(model: onnx.ModelProto) -> bool:
 
     from surgery.verification import session_options
 
-    session = ort.InferenceSession(model.SerializeToString(), session_options("disable"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model.SerializeToString(), session_options("disable"), providers=["CPUExecutionProvider"]
+    )
     spec = session.get_inputs()[0]
     shape = [16 if not isinstance(d, int) else d for d in spec.shape]
     output = session.run(None, {spec.name: np.random.default_rng(0).normal(size=shape).astype(np.float32)})[0]

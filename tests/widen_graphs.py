@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from forms import finish, tensor
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
-
-from forms import finish, tensor
 
 ACTIVATIONS = ("none", "Relu", "Tanh", "Sigmoid", "LeakyRelu", "Elu", "Softplus", "gelu-erf", "silu", "Clip")
 
@@ -52,7 +51,9 @@ class _Builder:
         if kind == "none":
             return x
         if kind == "gelu-erf":  # torch.onnx at opset 17: Div, Erf, Add, Mul, Mul with scalar Constants
-            sqrt2 = self.node("Constant", [], value=helper.make_tensor("v", TensorProto.FLOAT, [], [1.4142135381698608]))
+            sqrt2 = self.node(
+                "Constant", [], value=helper.make_tensor("v", TensorProto.FLOAT, [], [1.4142135381698608])
+            )
             one = self.node("Constant", [], value=helper.make_tensor("v", TensorProto.FLOAT, [], [1.0]))
             half = self.node("Constant", [], value=helper.make_tensor("v", TensorProto.FLOAT, [], [0.5]))
             erf = self.node("Erf", [self.node("Div", [x, sqrt2])])
@@ -72,8 +73,10 @@ class _Builder:
         """BatchNormalization node, or tf2onnx's folded form Mul + Add with per-channel constants."""
         if kind == "bn":
             params = [
-                self.rng.uniform(0.5, 1.5, channels), self.rng.normal(0, 0.2, channels),
-                self.rng.normal(0, 0.2, channels), self.rng.uniform(0.5, 1.5, channels),
+                self.rng.uniform(0.5, 1.5, channels),
+                self.rng.normal(0, 0.2, channels),
+                self.rng.normal(0, 0.2, channels),
+                self.rng.uniform(0.5, 1.5, channels),
             ]
             names = [self.const(p, a.astype(np.float32)) for p, a in zip(("scale", "B", "mean", "var"), params)]
             return self.node("BatchNormalization", [x, *names], epsilon=1e-5)
@@ -94,7 +97,14 @@ class _Builder:
             bias = draw(st.sampled_from(["none", "1d", "2d"]))
             if bias != "none":
                 inputs.append(self.const("bias", self.weights(*((units,) if bias == "1d" else (1, units)))))
-            out = self.node("Gemm", inputs, "gemm", transA=int(trans_a), transB=int(trans_b), alpha=draw(st.sampled_from([1.0, 0.5])))
+            out = self.node(
+                "Gemm",
+                inputs,
+                "gemm",
+                transA=int(trans_a),
+                transB=int(trans_b),
+                alpha=draw(st.sampled_from([1.0, 0.5])),
+            )
             self.layers.append(self.nodes[-1].name)
             return out
         out = self.node("MatMul", [x, self.const("weight", self.weights(width, units))], "matmul")
@@ -106,8 +116,11 @@ class _Builder:
 
     def model(self, inputs: list, output: str, outputs: int) -> onnx.ModelProto:
         graph = helper.make_graph(
-            self.nodes, "main_graph", inputs,
-            [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", outputs])], self.inits,
+            self.nodes,
+            "main_graph",
+            inputs,
+            [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", outputs])],
+            self.inits,
         )
         model = finish(graph)
         model.ir_version = 8
@@ -124,7 +137,9 @@ def dense_graph(draw) -> tuple[onnx.ModelProto, list[str]]:
     width = units
     growable = True  # x comes from layers through pass-through nodes (a residual Add can couple them)
     for _ in range(draw(st.integers(1, 3))):
-        block = draw(st.sampled_from(["plain", "residual", "concat", "swiglu"] if growable else ["plain", "concat", "swiglu"]))
+        block = draw(
+            st.sampled_from(["plain", "residual", "concat", "swiglu"] if growable else ["plain", "concat", "swiglu"])
+        )
         growable = block != "concat"
         if block == "plain":
             units = draw(st.integers(2, 6))
@@ -197,14 +212,26 @@ def conv_graph(draw) -> tuple[onnx.ModelProto, list[str]]:
     if head == "flatten":
         x = b.node("Flatten", [x], axis=1)
     elif head == "nhwc-reshape":
-        x = b.node("Reshape", [b.node("Transpose", [x], perm=[0, 2, 3, 1]), b.const("shape", np.array([-1, flat], np.int64))])
+        x = b.node(
+            "Reshape", [b.node("Transpose", [x], perm=[0, 2, 3, 1]), b.const("shape", np.array([-1, flat], np.int64))]
+        )
     elif head == "tf2onnx-flatten":
         shape_nchw = b.node("Shape", [x])
         nhwc_shape = b.node("Gather", [shape_nchw, b.const("perm", np.array([0, 2, 3, 1], np.int64))])
-        batch = b.node("Slice", [b.node("Cast", [nhwc_shape], to=TensorProto.INT32),
-                                 b.const("starts", np.array([0], np.int32)), b.const("ends", np.array([1], np.int32)),
-                                 b.const("axes", np.array([0], np.int32))])
-        target = b.node("Cast", [b.node("Concat", [batch, b.const("flat", np.array([flat], np.int32))], axis=0)], to=TensorProto.INT64)
+        batch = b.node(
+            "Slice",
+            [
+                b.node("Cast", [nhwc_shape], to=TensorProto.INT32),
+                b.const("starts", np.array([0], np.int32)),
+                b.const("ends", np.array([1], np.int32)),
+                b.const("axes", np.array([0], np.int32)),
+            ],
+        )
+        target = b.node(
+            "Cast",
+            [b.node("Concat", [batch, b.const("flat", np.array([flat], np.int32))], axis=0)],
+            to=TensorProto.INT64,
+        )
         x = b.node("Reshape", [b.node("Transpose", [x], perm=[0, 2, 3, 1]), target])
     else:
         x = b.node("Flatten", [b.node("GlobalAveragePool", [x])], axis=1)

@@ -30,12 +30,25 @@ EXPERIMENTS = {
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__.split("\n\n", 1)[1])
 @click.argument("experiment", type=click.Choice(sorted(EXPERIMENTS)))
-@click.option("--data", help="fashion-mnist (Debian's dataset-fashion-mnist), or a local Keras-format mnist.npz "
-              "(default: the bundled 5k MNIST subset).")
-@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Number of seeds (default 3; 1 with --quick and for demo).")
-@click.option("--first-seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seeds are FIRST-SEED … FIRST-SEED+N-1 (a long run split across processes; "
-              "`python -m training.merge` joins them).")
+@click.option(
+    "--data",
+    help="fashion-mnist (Debian's dataset-fashion-mnist), or a local Keras-format mnist.npz "
+    "(default: the bundled 5k MNIST subset).",
+)
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Number of seeds (default 3; 1 with --quick and for demo).",
+)
+@click.option(
+    "--first-seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seeds are FIRST-SEED … FIRST-SEED+N-1 (a long run split across processes; "
+    "`python -m training.merge` joins them).",
+)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default runs/EXPERIMENT).")
 @click.option("--quick", is_flag=True, help="Smoke-sized run (seconds), as the tests use.")
 def main(experiment: str, data: str | None, seeds: int | None, first_seed: int, out: str | None, quick: bool) -> None:

@@ -40,7 +40,7 @@ class GptConfig:
     ffn: int = 128
     context: int = 64
 
-    def grown(self, **sizes: int) -> "GptConfig":
+    def grown(self, **sizes: int) -> GptConfig:
         return replace(self, **sizes)
 
 
@@ -78,7 +78,7 @@ def windows(text: np.ndarray, count: int, context: int, rng: np.random.Generator
     return chunk[:, :-1], chunk[:, 1:]
 
 
-def gpt(config: GptConfig) -> "keras.Model":
+def gpt(config: GptConfig) -> keras.Model:
     """The character GPT for `config` (uncompiled; input ``input_ids``, logits out)."""
     import keras
 
@@ -87,7 +87,8 @@ def gpt(config: GptConfig) -> "keras.Model":
     tokens = keras.layers.Embedding(VOCAB, c.model_dim, name="token_embedding")(ids)
     positions = keras.ops.cumsum(keras.ops.ones_like(ids), axis=1) - 1
     x = keras.layers.Add(name="embed_add")(
-        [tokens, keras.layers.Embedding(c.context, c.model_dim, name="position_embedding")(positions)])
+        [tokens, keras.layers.Embedding(c.context, c.model_dim, name="position_embedding")(positions)]
+    )
     for i in range(c.blocks):
         h = keras.layers.LayerNormalization(epsilon=1e-5, name=f"block{i}_ln1")(x)
         h = keras.layers.MultiHeadAttention(c.heads, c.key_dim, name=f"block{i}_mha")(h, h, use_causal_mask=True)
@@ -100,16 +101,18 @@ def gpt(config: GptConfig) -> "keras.Model":
     return keras.Model(ids, keras.layers.Dense(VOCAB, name="lm_head")(x), name="char_gpt")
 
 
-def compile_lm(model: "keras.Model", *, learning_rate: float) -> "keras.Model":
+def compile_lm(model: keras.Model, *, learning_rate: float) -> keras.Model:
     """Adam (a fresh state) and next-character cross-entropy in nats."""
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model
 
 
-def bits_per_character(model: "keras.Model", x: np.ndarray, y: np.ndarray) -> float:
+def bits_per_character(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
     """Mean next-character cross-entropy on (x, y) in bits."""
     import keras
 
@@ -118,5 +121,5 @@ def bits_per_character(model: "keras.Model", x: np.ndarray, y: np.ndarray) -> fl
     return float(np.asarray(nats)) / np.log(2.0)
 
 
-def parameter_count(model: "keras.Model") -> int:
+def parameter_count(model: keras.Model) -> int:
     return int(sum(np.prod(w.shape) for w in model.weights))

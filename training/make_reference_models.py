@@ -75,14 +75,20 @@ def make(name: str, data, out: Path, *, seed: int) -> dict:
     return {
         "description": plain.name,
         "task": f"digits {recipe['digits'][0]}-{recipe['digits'][-1]}"
-        + (f" (labels {recipe['digits'][0]}-{recipe['digits'][-1]} -> 0-{len(recipe['digits']) - 1})" if recipe["digits"][0] else ""),
+        + (
+            f" (labels {recipe['digits'][0]}-{recipe['digits'][-1]} -> 0-{len(recipe['digits']) - 1})"
+            if recipe["digits"][0]
+            else ""
+        ),
         "test_accuracy": round(accuracy, 4),
         "test_loss": round(loss, 4),
         "test_samples": int(len(y_test)),
         "train_samples": int(len(y_train)),
         "parameters": int(plain.count_params()),
         "export_self_check_max_diff": export_diff,
-        "files": {path.name: {"sha256": sha256(path), "bytes": path.stat().st_size} for path in (keras_path, onnx_path)},
+        "files": {
+            path.name: {"sha256": sha256(path), "bytes": path.stat().st_size} for path in (keras_path, onnx_path)
+        },
         "training": {
             "epochs": recipe["epochs"],
             "optimizer": f"Adam(learning_rate={recipe['learning_rate']})",
@@ -94,7 +100,9 @@ def make(name: str, data, out: Path, *, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.make_reference_models", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.make_reference_models", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--data", help="a Keras-format mnist.npz (default: the bundled 5k subset)")
     parser.add_argument("--out", default=str(MODELS_DIR), help="output folder (default: models/)")
     parser.add_argument("--seed", type=int, default=REFERENCE_SEED)
@@ -117,10 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only or sorted(RECIPES):
         entry = make(name, data, out, seed=args.seed)
         manifest["models"][name] = entry
-        print(f"{name}: test accuracy {entry['test_accuracy']:.4f}, export self-check {entry['export_self_check_max_diff']:.2g}")
+        print(
+            f"{name}: test accuracy {entry['test_accuracy']:.4f}, export self-check {entry['export_self_check_max_diff']:.2g}"
+        )
     manifest.update(
         {
-            "command": " ".join(["python -m training.make_reference_models", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
+            "command": " ".join(
+                ["python -m training.make_reference_models", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]
+            ),
             "data": data.describe(),
             "versions": library_versions(),
         }

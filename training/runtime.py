@@ -57,7 +57,7 @@ def command_line() -> str:
     return " ".join([program, *map(shlex.quote, sys.argv[1:])])
 
 
-def strategy() -> "tf.distribute.Strategy":
+def strategy() -> tf.distribute.Strategy:
     """MirroredStrategy when several GPUs are visible, else TensorFlow's default strategy.
 
     Models must be built and compiled inside ``strategy().scope()`` so that their variables
@@ -71,7 +71,7 @@ def strategy() -> "tf.distribute.Strategy":
     return tf.distribute.get_strategy()
 
 
-def compile_classifier(model: "keras.Model", *, learning_rate: float) -> "keras.Model":
+def compile_classifier(model: keras.Model, *, learning_rate: float) -> keras.Model:
     """Adam + sparse categorical cross-entropy + accuracy. Call inside the strategy's scope."""
     import keras
 
@@ -97,7 +97,7 @@ class Curve:
         self.loss.append(float(loss))
         self.accuracy.append(float(accuracy))
 
-    def extend(self, other: "Curve", *, offset: int) -> None:
+    def extend(self, other: Curve, *, offset: int) -> None:
         """Append `other`, whose epochs count from `offset` (a later stage of the same run)."""
         for epoch, loss, accuracy in zip(other.epochs, other.loss, other.accuracy):
             self.add(epoch + offset, loss, accuracy)
@@ -107,7 +107,7 @@ class Curve:
         return {"epochs": self.epochs, "test_accuracy": self.accuracy, "test_loss": self.loss, "wall_s": self.wall_s}
 
 
-def evaluate(model: "keras.Model", x: np.ndarray, y: np.ndarray, *, batch_size: int = 1000) -> tuple[float, float]:
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1000) -> tuple[float, float]:
     """(sparse categorical cross-entropy, accuracy) of a softmax classifier on (x, y).
 
     An eager forward pass in inference mode, not `model.evaluate`: evaluate traces a new
@@ -122,7 +122,7 @@ def evaluate(model: "keras.Model", x: np.ndarray, y: np.ndarray, *, batch_size: 
 
 
 def train(
-    model: "keras.Model",
+    model: keras.Model,
     x: np.ndarray,
     y: np.ndarray,
     *,
@@ -159,8 +159,8 @@ def train(
 class Surgery:
     """What one pass through the toolkit did: the ONNX before and after, and the checks."""
 
-    before: "onnx.ModelProto"
-    after: "onnx.ModelProto"
+    before: onnx.ModelProto
+    after: onnx.ModelProto
     report: Any  # surgery.Report
     wall_s: float
 
@@ -190,13 +190,13 @@ def bitwise_equal(report: Any) -> bool:
 
 
 def widen_keras(
-    model: "keras.Model",
+    model: keras.Model,
     plan: Mapping[str, int],
     *,
     init: str = "output-zero",
     seed: int = 0,
     verify_inputs: Mapping[str, np.ndarray] | None = None,
-) -> tuple["keras.Model", Surgery]:
+) -> tuple[keras.Model, Surgery]:
     """Grow a trained Keras model through the toolkit: export → widen → verify → to_keras.
 
     The ONNX models are compared with onnxruntime (CPU, graph optimizations disabled) on
@@ -339,11 +339,9 @@ class ModelPool:
     """
 
     def __init__(self) -> None:
-        self._models: dict[Any, "keras.Model"] = {}
+        self._models: dict[Any, keras.Model] = {}
 
-    def load(
-        self, key: Any, model: "keras.Model", compile_model: Callable[["keras.Model"], "keras.Model"]
-    ) -> "keras.Model":
+    def load(self, key: Any, model: keras.Model, compile_model: Callable[[keras.Model], keras.Model]) -> keras.Model:
         """`model`'s weights in the pool's compiled model for `key` (`model` itself, compiled, the first time)."""
         pooled = self._models.get(key)
         if pooled is None:
@@ -354,7 +352,7 @@ class ModelPool:
         return pooled
 
 
-def reset_optimizer(model: "keras.Model") -> None:
+def reset_optimizer(model: keras.Model) -> None:
     """Zero the optimizer's step counter and per-variable state (its learning rate is kept)."""
     for variable in model.optimizer.variables:
         if variable.name != "learning_rate":

@@ -63,7 +63,9 @@ def symmetric_units(exported, layer: str, width: int) -> dict[str, Any]:
     }
 
 
-def run_one(data: Mnist, x, y, *, hidden: int, zero: tuple[str, ...], activation: str, seed: int, config: SymmetryConfig) -> dict[str, Any]:
+def run_one(
+    data: Mnist, x, y, *, hidden: int, zero: tuple[str, ...], activation: str, seed: int, config: SymmetryConfig
+) -> dict[str, Any]:
     import keras
 
     import surgery
@@ -71,7 +73,9 @@ def run_one(data: Mnist, x, y, *, hidden: int, zero: tuple[str, ...], activation
 
     keras.utils.set_random_seed(seed)
     with strategy().scope():
-        model = compile_classifier(symmetry_net(hidden, zero, units=config.units, activation=activation), learning_rate=config.learning_rate)
+        model = compile_classifier(
+            symmetry_net(hidden, zero, units=config.units, activation=activation), learning_rate=config.learning_rate
+        )
     test = (data.x_test, data.y_test)
     before = evaluate(model, *test)
     curve = train(model, x, y, epochs=config.epochs, batch_size=config.batch_size, test=test, seed=seed)
@@ -93,7 +97,9 @@ def run_one(data: Mnist, x, y, *, hidden: int, zero: tuple[str, ...], activation
         "learns": "yes" if accuracy >= LEARNS else "partly" if accuracy > PARTLY else "no",
         "symmetry": layers,
         "weights_changed": {
-            w.path: bool(np.any(w.numpy() != 0)) for w in model.trainable_weights if "kernel" in w.path and w.path.split("/")[0] in zero
+            w.path: bool(np.any(w.numpy() != 0))
+            for w in model.trainable_weights
+            if "kernel" in w.path and w.path.split("/")[0] in zero
         },
     }
 
@@ -109,7 +115,9 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
         for hidden in config.depths:
             for zero in zero_sets(hidden):
                 for seed in seeds:
-                    runs.append(run_one(data, x, y, hidden=hidden, zero=zero, activation=activation, seed=seed, config=config))
+                    runs.append(
+                        run_one(data, x, y, hidden=hidden, zero=zero, activation=activation, seed=seed, config=config)
+                    )
     results = header("symmetry", data=data.describe(), seeds=seeds, quick=quick)
     results.update(
         {
@@ -164,14 +172,33 @@ def report(results: dict[str, Any]) -> str:
         distinct = ", ".join(f"{layer} {'/'.join(map(str, values))}" for layer, values in row["distinct_units"].items())
         dead = ", ".join(f"{layer} {'/'.join(map(str, values))}" for layer, values in row["zero_fan_in_units"].items())
         rows.append(
-            [row["activation"], row["layers"], "+".join(row["zero"]) or "none", f"{row['mean_test_accuracy']:.4f}", row["learns"], distinct, dead]
+            [
+                row["activation"],
+                row["layers"],
+                "+".join(row["zero"]) or "none",
+                f"{row['mean_test_accuracy']:.4f}",
+                row["learns"],
+                distinct,
+                dead,
+            ]
         )
     return "\n".join(
         [
             f"symmetry: Constant(0) kernels, {results['config']['epochs']} epochs, {units} units per hidden layer, "
             f"{len(results['seeds'])} seed(s); 'distinct units' = {units} minus the units the toolkit finds symmetric "
             "(same fan-in, bias and fan-out as another unit)",
-            table(["activation", "layers", "zero kernels", "test acc", "learns", f"distinct units (of {units})", "units with all-zero fan-in"], rows),
+            table(
+                [
+                    "activation",
+                    "layers",
+                    "zero kernels",
+                    "test acc",
+                    "learns",
+                    f"distinct units (of {units})",
+                    "units with all-zero fan-in",
+                ],
+                rows,
+            ),
         ]
     )
 
@@ -185,11 +212,21 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         rows = [row for row in summary if row["activation"] == activation]
         labels = [f"{row['layers']}L: {'+'.join(row['zero']) or 'none'}" for row in rows]
         means = [row["mean_test_accuracy"] for row in rows]
-        spread = [[m - row["min_test_accuracy"] for m, row in zip(means, rows)], [row["max_test_accuracy"] - m for m, row in zip(means, rows)]]
-        colors = ["tab:green" if row["learns"] == "yes" else "tab:orange" if row["learns"] == "partly" else "tab:red" for row in rows]
+        spread = [
+            [m - row["min_test_accuracy"] for m, row in zip(means, rows)],
+            [row["max_test_accuracy"] - m for m, row in zip(means, rows)],
+        ]
+        colors = [
+            "tab:green" if row["learns"] == "yes" else "tab:orange" if row["learns"] == "partly" else "tab:red"
+            for row in rows
+        ]
         axis.barh(labels, means, xerr=spread, color=colors)
         axis.axvline(0.1, color="grey", linestyle=":", label="chance")
-        axis.set(xlim=(0, 1), xlabel=f"test accuracy after {results['config']['epochs']} epochs", title=f"{activation} hidden units; zero kernels in")
+        axis.set(
+            xlim=(0, 1),
+            xlabel=f"test accuracy after {results['config']['epochs']} epochs",
+            title=f"{activation} hidden units; zero kernels in",
+        )
         axis.invert_yaxis()
         axis.tick_params(axis="y", labelsize=8)
         axis.legend(fontsize=8)

@@ -46,11 +46,26 @@ class TransformerConfig:
     corpus_limit: int
 
 
-FULL = TransformerConfig(GptConfig(), steps=240, grow_at=80, batch=16, every=20, validation_windows=128,
-                         learning_rate=3e-3, corpus_limit=2_000_000)
-QUICK = TransformerConfig(GptConfig(model_dim=32, blocks=1, heads=2, key_dim=8, ffn=32, context=32), steps=12,
-                          grow_at=6, batch=8, every=3, validation_windows=16, learning_rate=3e-3,
-                          corpus_limit=200_000)
+FULL = TransformerConfig(
+    GptConfig(),
+    steps=240,
+    grow_at=80,
+    batch=16,
+    every=20,
+    validation_windows=128,
+    learning_rate=3e-3,
+    corpus_limit=2_000_000,
+)
+QUICK = TransformerConfig(
+    GptConfig(model_dim=32, blocks=1, heads=2, key_dim=8, ffn=32, context=32),
+    steps=12,
+    grow_at=6,
+    batch=8,
+    every=3,
+    validation_windows=16,
+    learning_rate=3e-3,
+    corpus_limit=200_000,
+)
 
 
 def _operations(base: GptConfig) -> dict[str, tuple[GptConfig, Callable[[Any], Any]]]:
@@ -60,8 +75,10 @@ def _operations(base: GptConfig) -> dict[str, tuple[GptConfig, Callable[[Any], A
     return {
         "ffn": (base.grown(ffn=2 * base.ffn), lambda m: surgery.widen(m, {"block*_ffn_up": base.ffn})),
         "heads": (base.grown(heads=2 * base.heads), lambda m: surgery.widen(m, heads={"*": base.heads})),
-        "depth": (base.grown(blocks=2 * base.blocks),
-                  lambda m: surgery.deepen(m, after=f"block{base.blocks - 1}", count=base.blocks)),
+        "depth": (
+            base.grown(blocks=2 * base.blocks),
+            lambda m: surgery.deepen(m, after=f"block{base.blocks - 1}", count=base.blocks),
+        ),
     }
 
 
@@ -74,12 +91,14 @@ class _Stream:
 
     def __init__(self, train: np.ndarray, valid: np.ndarray, config: TransformerConfig, seed: int):
         self.train, self.config, self.seed = train, config, seed
-        self.x_valid, self.y_valid = windows(valid, config.validation_windows, config.base.context,
-                                             np.random.default_rng(12345))
+        self.x_valid, self.y_valid = windows(
+            valid, config.validation_windows, config.base.context, np.random.default_rng(12345)
+        )
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        return windows(self.train, self.config.batch, self.config.base.context,
-                       np.random.default_rng([self.seed, step]))
+        return windows(
+            self.train, self.config.batch, self.config.base.context, np.random.default_rng([self.seed, step])
+        )
 
 
 def _train(model, stream: _Stream, first: int, last: int, flops0: float, curve: list[list[float]]) -> float:
@@ -95,8 +114,16 @@ def _train(model, stream: _Stream, first: int, last: int, flops0: float, curve: 
     return flops
 
 
-def _grow(small, onnx_small, name: str, grow: Callable[[Any], Any], stream: _Stream,
-          config: TransformerConfig, flops0: float, prefix: list[list[float]]) -> dict[str, Any]:
+def _grow(
+    small,
+    onnx_small,
+    name: str,
+    grow: Callable[[Any], Any],
+    stream: _Stream,
+    config: TransformerConfig,
+    flops0: float,
+    prefix: list[list[float]],
+) -> dict[str, Any]:
     """One growth of the trained small model: exactness checks, then training on if it converted."""
     import surgery
 
@@ -108,16 +135,24 @@ def _grow(small, onnx_small, name: str, grow: Callable[[Any], Any], stream: _Str
         return {**record, "grown": False, "error": str(error)}
     report = surgery.verify(onnx_small, grown, inputs={"input_ids": stream.x_valid[:32]})
     outputs = report.to_json()["outputs"]
-    record.update(grown=True, bitwise_equal=bool(outputs) and all(o["bitwise_equal"] for o in outputs),
-                  max_abs_diff=max(float(o["max_abs_diff"]) for o in outputs))
+    record.update(
+        grown=True,
+        bitwise_equal=bool(outputs) and all(o["bitwise_equal"] for o in outputs),
+        max_abs_diff=max(float(o["max_abs_diff"]) for o in outputs),
+    )
     try:
         keras_grown = surgery.to_keras(grown)
     except surgery.SurgeryError as error:
         return {**record, "to_keras": False, "error": str(error), "seconds": time.perf_counter() - start}
     before = bits_per_character(small, stream.x_valid, stream.y_valid)
     after = bits_per_character(keras_grown, stream.x_valid, stream.y_valid)
-    record.update(to_keras=True, bpc_before=before, bpc_after=after,
-                  loss_rel_diff=abs(after - before) / before, seconds=time.perf_counter() - start)
+    record.update(
+        to_keras=True,
+        bpc_before=before,
+        bpc_after=after,
+        loss_rel_diff=abs(after - before) / before,
+        seconds=time.perf_counter() - start,
+    )
     compile_lm(keras_grown, learning_rate=config.learning_rate)  # fresh Adam state
     curve = [list(p) for p in prefix]
     _train(keras_grown, stream, config.grow_at, config.steps, flops0, curve)
@@ -137,8 +172,9 @@ def one_seed(seed: int, text: tuple[np.ndarray, np.ndarray], config: Transformer
     prefix = [list(p) for p in curve]
     onnx_small = surgery.export_keras(small)
     operations = _operations(config.base)
-    grown = {name: _grow(small, onnx_small, name, op, stream, config, flops, prefix)
-             for name, (_, op) in operations.items()}
+    grown = {
+        name: _grow(small, onnx_small, name, op, stream, config, flops, prefix) for name, (_, op) in operations.items()
+    }
     _train(small, stream, config.grow_at, config.steps, flops, curve)
     scratch = {}
     for name, (target, _) in operations.items():
@@ -146,8 +182,12 @@ def one_seed(seed: int, text: tuple[np.ndarray, np.ndarray], config: Transformer
         model = compile_lm(gpt(target), learning_rate=config.learning_rate)
         scratch[name] = {"config": asdict(target), "parameters": parameter_count(model), "curve": []}
         _train(model, stream, 0, config.steps, 0.0, scratch[name]["curve"])
-    return {"seed": seed, "small": {"parameters": parameter_count(small), "curve": curve},
-            "grown": grown, "scratch": scratch}
+    return {
+        "seed": seed,
+        "small": {"parameters": parameter_count(small), "curve": curve},
+        "grown": grown,
+        "scratch": scratch,
+    }
 
 
 def to_target(curve: list[list[float]], target: float) -> float | None:
@@ -161,9 +201,12 @@ def interval(values: list[float], seed: int = 0) -> dict[str, Any]:
     if array.size == 0:
         return {"n": 0}
     means = np.random.default_rng(seed).choice(array, (BOOTSTRAP, array.size)).mean(axis=1)
-    return {"n": int(array.size), "mean": float(array.mean()),
-            "sd": float(array.std(ddof=1)) if array.size > 1 else None,
-            "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]}
+    return {
+        "n": int(array.size),
+        "mean": float(array.mean()),
+        "sd": float(array.std(ddof=1)) if array.size > 1 else None,
+        "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+    }
 
 
 def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -184,8 +227,10 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
             "errors": sorted({r["error"] for r in records if "error" in r}),
         }
         if entry["converted"] == len(records):
-            reached = [(to_target(r["curve"], target), to_target(s["scratch"][name]["curve"], target))
-                       for r, s in zip(records, per_seed)]
+            reached = [
+                (to_target(r["curve"], target), to_target(s["scratch"][name]["curve"], target))
+                for r, s in zip(records, per_seed)
+            ]
             entry["grown_final_bpc"] = interval([r["curve"][-1][2] for r in records])
             entry["grown_flops_to_target"] = interval([g for g, _ in reached if g is not None])
             entry["grown_reached_target"] = sum(g is not None for g, _ in reached)
@@ -200,8 +245,10 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     names = list(results["summary"])
     figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
     for axis, name in zip(axes[0], names):
-        arms = {"small (start)": [s["small"]["curve"] for s in results["per_seed"]],
-                f"scratch ({name} grown size)": [s["scratch"][name]["curve"] for s in results["per_seed"]]}
+        arms = {
+            "small (start)": [s["small"]["curve"] for s in results["per_seed"]],
+            f"scratch ({name} grown size)": [s["scratch"][name]["curve"] for s in results["per_seed"]],
+        }
         if all("curve" in s["grown"][name] for s in results["per_seed"]):
             arms[f"grown ({name})"] = [s["grown"][name]["curve"] for s in results["per_seed"]]
         for label, curves in arms.items():
@@ -222,11 +269,22 @@ def report(results: dict[str, Any]) -> str:
     rows = []
     for name, entry in results["summary"].items():
         ratio = entry.get("compute_ratio_grown_over_scratch", {})
-        rows.append([name, f"{entry['grown']}/{len(results['seeds'])}", entry["bitwise_equal"], entry["max_abs_diff"],
-                     entry["converted"], f"{entry['target_bpc']:.3f}",
-                     f"{ratio['mean']:.3f}" if ratio.get("n") else "-", "; ".join(entry["errors"])[:90] or "-"])
-    return table(["growth", "grown", "bitwise", "max|diff|", "to-keras", "target bpc", "FLOPs grown/scratch",
-                  "toolkit message"], rows)
+        rows.append(
+            [
+                name,
+                f"{entry['grown']}/{len(results['seeds'])}",
+                entry["bitwise_equal"],
+                entry["max_abs_diff"],
+                entry["converted"],
+                f"{entry['target_bpc']:.3f}",
+                f"{ratio['mean']:.3f}" if ratio.get("n") else "-",
+                "; ".join(entry["errors"])[:90] or "-",
+            ]
+        )
+    return table(
+        ["growth", "grown", "bitwise", "max|diff|", "to-keras", "target bpc", "FLOPs grown/scratch", "toolkit message"],
+        rows,
+    )
 
 
 def run(data: str | None, *, seeds: list[int], out: Path, quick: bool) -> dict[str, Any]:

@@ -45,7 +45,14 @@ import onnx_ir as ir
 
 from surgery.analysis.common import block
 from surgery.analysis.plan import (
-    SGEMM_K_BLOCK, AttributeEdit, ChannelChange, Edit, Group, Member, RowShift, WidenPlan,
+    SGEMM_K_BLOCK,
+    AttributeEdit,
+    ChannelChange,
+    Edit,
+    Group,
+    Member,
+    RowShift,
+    WidenPlan,
 )
 from surgery.analysis.rules import is_depthwise
 from surgery.analysis.walk import RULES, GroupBuilder, backtrace, find_plan, make_member, rule_for
@@ -74,8 +81,14 @@ def parse_plan(model: ir.Model, plan: Mapping[str, int], sites: list[LayerSite])
     return requested
 
 
-def analyse(model: ir.Model, plan: Mapping[str, int], *, allow_output_change: bool = False,
-            align: int | None = None, sites: list[LayerSite] | None = None) -> WidenPlan:
+def analyse(
+    model: ir.Model,
+    plan: Mapping[str, int],
+    *,
+    allow_output_change: bool = False,
+    align: int | None = None,
+    sites: list[LayerSite] | None = None,
+) -> WidenPlan:
     """Work out everything that `plan` (layer name → new units) changes, without changing it.
 
     Args:
@@ -123,8 +136,13 @@ def _members_of(site: LayerSite, sites: dict[ir.Node, LayerSite]) -> list[LayerS
     return backtrace(site.node.inputs[0], 1, sites, site.node)
 
 
-def _analyse(model: ir.Model, requested: list[tuple[LayerSite, int, str]], allow_output_change: bool,
-             align: int | None, found: list[LayerSite]) -> WidenPlan:
+def _analyse(
+    model: ir.Model,
+    requested: list[tuple[LayerSite, int, str]],
+    allow_output_change: bool,
+    align: int | None,
+    found: list[LayerSite],
+) -> WidenPlan:
     sites = {site.node: site for site in found}
     groups: list[GroupBuilder] = []
     for site, added, name in requested:
@@ -139,6 +157,20 @@ def _analyse(model: ir.Model, requested: list[tuple[LayerSite, int, str]], allow
 
 
 __all__ = [
-    "Layout", "Member", "Group", "Edit", "AttributeEdit", "ChannelChange", "RowShift", "SGEMM_K_BLOCK",
-    "WidenPlan", "RULES", "rule_for", "analyse", "parse_plan", "trace_units", "infer_missing_shapes", "mask_ranges",
+    "Layout",
+    "Member",
+    "Group",
+    "Edit",
+    "AttributeEdit",
+    "ChannelChange",
+    "RowShift",
+    "SGEMM_K_BLOCK",
+    "WidenPlan",
+    "RULES",
+    "rule_for",
+    "analyse",
+    "parse_plan",
+    "trace_units",
+    "infer_missing_shapes",
+    "mask_ranges",
 ]

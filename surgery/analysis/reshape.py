@@ -144,7 +144,7 @@ class FlattenRule(Rule):
         if dims is None:
             raise block(node, "flattens a tensor of unknown shape")
         first, last = (0, split) if layout.axis < split else (split, rank)
-        before, after = dims[first:layout.axis], dims[layout.axis + 1 : last]
+        before, after = dims[first : layout.axis], dims[layout.axis + 1 : last]
         if any(d is None for d in before + after):
             raise block(node, "flattens the widened axis together with dimensions of unknown size")
         out_axis = 0 if layout.axis < split else 1
@@ -162,8 +162,12 @@ def _entry_matches(entry: tuple, in_dims: list, j: int, i: int) -> bool:
     if index == 0 and i == 0 and j == 0:
         return True  # the batch dim, preserved by everything between Shape and Reshape
     source_dims = static_dims(source)
-    return source_dims is not None and index < len(source_dims) and source_dims[index] is not None \
+    return (
+        source_dims is not None
+        and index < len(source_dims)
+        and source_dims[index] is not None
         and source_dims[index] == in_dims[i]
+    )
 
 
 class ReshapeRule(Rule):
@@ -183,16 +187,26 @@ class ReshapeRule(Rule):
             return super().follow_shape(node, widened, shapes, step)
         source, index = entries[-1][1] if entries[-1][0] == "dim" else (None, None)
         read = step.layouts.get(source) if source is not None else None
-        if shapes[1].changed != frozenset({len(entries) - 1}) or layout.axis != layout.rank - 1 \
-                or not isinstance(read, Layout) or read.axis != index or read.size != layout.size:
+        if (
+            shapes[1].changed != frozenset({len(entries) - 1})
+            or layout.axis != layout.rank - 1
+            or not isinstance(read, Layout)
+            or read.axis != index
+            or read.size != layout.size
+        ):
             raise block(node, "reads the widened tensor's size as its target shape")
         return {0: layout.moved(len(entries) - 1, len(entries))}  # the last axis stays whole
 
     def backward(self, node, axis):
         """A last axis kept whole (same static size) grows with the input's last axis."""
         dims_in, dims_out = static_dims(node.inputs[0]), static_dims(node.outputs[0])
-        if not dims_in or not dims_out or axis != len(dims_out) - 1 or dims_in[-1] is None \
-                or dims_in[-1] != dims_out[-1]:
+        if (
+            not dims_in
+            or not dims_out
+            or axis != len(dims_out) - 1
+            or dims_in[-1] is None
+            or dims_in[-1] != dims_out[-1]
+        ):
             return None
         return [(node.inputs[0], len(dims_in) - 1)]
 
@@ -214,8 +228,11 @@ class ReshapeRule(Rule):
             while p < a and p < out_rank and _entry_matches(entries[p], in_dims, p, p):
                 p += 1
             s = 0
-            while s < len(in_dims) - 1 - a and s < out_rank - p - 1 and _entry_matches(
-                    entries[out_rank - 1 - s], in_dims, out_rank - 1 - s, len(in_dims) - 1 - s):
+            while (
+                s < len(in_dims) - 1 - a
+                and s < out_rank - p - 1
+                and _entry_matches(entries[out_rank - 1 - s], in_dims, out_rank - 1 - s, len(in_dims) - 1 - s)
+            ):
                 s += 1
             middle_in = in_dims[p : len(in_dims) - s]
             if out_rank - s - p != 1:
@@ -312,7 +329,10 @@ def _picked(node: ir.Node) -> list[tuple] | None:
 #: How each op that computes a shape tensor (`SHAPE_CARRIERS` and Shape) maps its entries.
 _ENTRIES = {
     **dict.fromkeys(SHAPE_CARRIERS, lambda node: shape_entries(node, 0)),
-    "Concat": _concatenated, "Gather": _picked, "Slice": _picked, "Shape": _read_from_shape,
+    "Concat": _concatenated,
+    "Gather": _picked,
+    "Slice": _picked,
+    "Shape": _read_from_shape,
 }
 
 

@@ -59,8 +59,9 @@ class Rule:
         return None
 
 
-def weight_consumer(node: ir.Node, widened: Widened, step: Step, contracted: int, weight_axes: tuple[int, int],
-                    sgemm: bool) -> None:
+def weight_consumer(
+    node: ir.Node, widened: Widened, step: Step, contracted: int, weight_axes: tuple[int, int], sgemm: bool
+) -> None:
     """A layer that reads the widened tensor as its data input: new fan-out entries along the
     weight's input axis (`weight_axes[0]`); the widening stops there. With `sgemm` (MatMul,
     Gemm) existing rows that move into another SGEMM K-block are recorded."""
@@ -154,8 +155,10 @@ class ConvRule(Rule):
             step.edits.append(Edit(node, 2, "bias", 0, out.moved(0, 1)))
         step.attributes.append(AttributeEdit(node, "group", layout.size))
         name = node.name or ""
-        step.channel_changes += [ChannelChange(name, "input", layout.original_size, layout.size),
-                                 ChannelChange(name, "output", out.original_size, out.size)]
+        step.channel_changes += [
+            ChannelChange(name, "input", layout.original_size, layout.size),
+            ChannelChange(name, "output", out.original_size, out.size),
+        ]
         return {0: out}
 
     def backward(self, node, axis):
@@ -232,12 +235,16 @@ class ElementwiseRule(Rule):
                 continue  # broadcasts along the axis: new units see the same value as old ones
             if is_constant(value):
                 if dim != reference.original_size:
-                    raise block(node, f"has constant {value.name!r} of size {dim} along the widened axis "
-                                      f"(expected {reference.original_size} or 1)")
+                    raise block(
+                        node,
+                        f"has constant {value.name!r} of size {dim} along the widened axis "
+                        f"(expected {reference.original_size} or 1)",
+                    )
                 if dim == 1 and not _is_layer_bias(node, widened):
                     continue  # a width-1 constant that is not a layer's bias is a broadcast scalar
-                step.edits.append(Edit(node, i, "neutral", own_axis, reference.moved(own_axis, len(dims)),
-                                       neutral=entry.neutral))
+                step.edits.append(
+                    Edit(node, i, "neutral", own_axis, reference.moved(own_axis, len(dims)), neutral=entry.neutral)
+                )
                 continue
             if not entry.joins:
                 raise block(node, f"reads non-constant {value.name!r} alongside the widened tensor")
@@ -272,8 +279,11 @@ class ChannelNormRule(Rule):
             raise block(node, "runs in training mode")
         layout = widened.get(0)
         if set(widened) != {0} or layout.axis != 1:
-            what = "normalises over the widened axis" if layout is not None and layout.axis != 1 else \
-                "reads the widened tensor as a parameter"
+            what = (
+                "normalises over the widened axis"
+                if layout is not None and layout.axis != 1
+                else "reads the widened tensor as a parameter"
+            )
             raise block(node, what)
         for index, value in CATALOGUE[node.op_type].channel_neutral:
             if not is_constant(node.inputs[index]):
@@ -292,8 +302,12 @@ class PoolRule(Rule):
         layout = widened[0]
         if layout.axis != 1:
             raise block(node, f"pools along the widened axis {layout.axis}")
-        if node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1] is not None \
-                and node.outputs[1].uses():
+        if (
+            node.op_type == "MaxPool"
+            and len(node.outputs) > 1
+            and node.outputs[1] is not None
+            and node.outputs[1].uses()
+        ):
             raise block(node, "returns Indices, whose values depend on the channel count")
         return {0: layout}
 
@@ -326,23 +340,39 @@ def _reduce_axes(node: ir.Node, rank: int) -> tuple[list[int], bool, str]:
     listed = int_list(node, "axes", 1)
     if not listed:
         listed = [] if attribute(node, "noop_with_empty_axes", 0) else list(range(rank))
-    return [a % rank for a in listed], bool(attribute(node, "keepdims", 1)), \
-        "reduces over the widened axis: new units would enter the result"
+    return (
+        [a % rank for a in listed],
+        bool(attribute(node, "keepdims", 1)),
+        "reduces over the widened axis: new units would enter the result",
+    )
 
 
 #: op → (axes it works over, keepdims, why the widened axis cannot be among them).
 _AXES = {
     **dict.fromkeys(("Softmax", "LogSoftmax", "Hardmax"), _softmax_axes),
     "LayerNormalization": lambda node, rank: (
-        list(range(attribute(node, "axis", -1) % rank, rank)), True,
-        "normalises over the widened axis: new units would change the mean and variance"),
+        list(range(attribute(node, "axis", -1) % rank, rank)),
+        True,
+        "normalises over the widened axis: new units would change the mean and variance",
+    ),
     "LpNormalization": lambda node, rank: (
-        [attribute(node, "axis", -1) % rank], True, "normalises over the widened axis"),
+        [attribute(node, "axis", -1) % rank],
+        True,
+        "normalises over the widened axis",
+    ),
     "MeanVarianceNormalization": lambda node, rank: (
-        [a % rank for a in attribute(node, "axes", [0, 2, 3])], True, "normalises over the widened axis"),
-    **dict.fromkeys(("ArgMax", "ArgMin"), lambda node, rank: (
-        [attribute(node, "axis", 0) % rank], bool(attribute(node, "keepdims", 1)),
-        "takes an arg-extremum over the widened axis: a new unit could win")),
+        [a % rank for a in attribute(node, "axes", [0, 2, 3])],
+        True,
+        "normalises over the widened axis",
+    ),
+    **dict.fromkeys(
+        ("ArgMax", "ArgMin"),
+        lambda node, rank: (
+            [attribute(node, "axis", 0) % rank],
+            bool(attribute(node, "keepdims", 1)),
+            "takes an arg-extremum over the widened axis: a new unit could win",
+        ),
+    ),
 }
 
 

@@ -19,11 +19,28 @@ import onnx_ir as ir
 from surgery.analysis.common import Blocked, MergeGroups, NeedsMember, block, describe, rank_of
 from surgery.analysis.plan import ChannelChange, Edit, Group, Member, WidenPlan
 from surgery.analysis.reshape import (
-    ConcatRule, FlattenRule, PickRule, ReshapeRule, ShapeRule, SplitRule, SqueezeRule,
+    ConcatRule,
+    FlattenRule,
+    PickRule,
+    ReshapeRule,
+    ShapeRule,
+    SplitRule,
+    SqueezeRule,
 )
 from surgery.analysis.rules import (
-    BlockerRule, ChannelNormRule, ConvRule, ElementwiseRule, GemmRule, MatMulRule, OverAxesRule, PoolRule,
-    PowRule, Rule, Step, TransposeRule, UnaryRule,
+    BlockerRule,
+    ChannelNormRule,
+    ConvRule,
+    ElementwiseRule,
+    GemmRule,
+    MatMulRule,
+    OverAxesRule,
+    PoolRule,
+    PowRule,
+    Rule,
+    Step,
+    TransposeRule,
+    UnaryRule,
 )
 from surgery.errors import SurgeryError
 from surgery.graph import attribute, constant_shape, is_constant, reachable
@@ -33,11 +50,24 @@ from surgery.ops import CATALOGUE, activation_after
 
 #: The rule of each op kind of the catalogue (`surgery.ops`).
 RULES: dict[str, Rule] = {
-    "matmul": MatMulRule(), "gemm": GemmRule(), "conv": ConvRule(), "unary": UnaryRule(),
-    "elementwise": ElementwiseRule(), "channel-norm": ChannelNormRule(), "pool": PoolRule(),
-    "over-axes": OverAxesRule(), "blocker": BlockerRule(), "pow": PowRule(), "transpose": TransposeRule(),
-    "squeeze": SqueezeRule(), "concat": ConcatRule(), "split": SplitRule(), "flatten": FlattenRule(),
-    "reshape": ReshapeRule(), "shape": ShapeRule(), "pick": PickRule(),
+    "matmul": MatMulRule(),
+    "gemm": GemmRule(),
+    "conv": ConvRule(),
+    "unary": UnaryRule(),
+    "elementwise": ElementwiseRule(),
+    "channel-norm": ChannelNormRule(),
+    "pool": PoolRule(),
+    "over-axes": OverAxesRule(),
+    "blocker": BlockerRule(),
+    "pow": PowRule(),
+    "transpose": TransposeRule(),
+    "squeeze": SqueezeRule(),
+    "concat": ConcatRule(),
+    "split": SplitRule(),
+    "flatten": FlattenRule(),
+    "reshape": ReshapeRule(),
+    "shape": ShapeRule(),
+    "pick": PickRule(),
 }
 _UNKNOWN = Rule()
 
@@ -96,8 +126,9 @@ def backtrace(value: ir.Value, axis: int, sites: dict[ir.Node, LayerSite], join:
     found = [s for v, a in paths or () for s in backtrace(v, a, sites, join)]
     if found:
         return found
-    raise block(join, f"joins the widened tensor with {value.name!r} from {describe(producer)}, "
-                      "which cannot grow with it")
+    raise block(
+        join, f"joins the widened tensor with {value.name!r} from {describe(producer)}, which cannot grow with it"
+    )
 
 
 @dataclass
@@ -157,8 +188,9 @@ class Walk:
 
     def _apply(self, node: ir.Node, widened: dict) -> tuple[dict, Step]:
         if node.domain not in ("", "ai.onnx"):
-            raise block(node, f"is from domain {node.domain!r}, which the width analysis does not know; "
-                              "refusing to guess")
+            raise block(
+                node, f"is from domain {node.domain!r}, which the width analysis does not know; refusing to guess"
+            )
         step = Step(self.layouts)
         shapes = {i: v for i, v in widened.items() if isinstance(v, ShapeVector)}
         rule = rule_for(node)
@@ -195,8 +227,17 @@ class Walk:
             raise _Restart
         layout = Layout.seed(gid, group.old, group.added, axis, rank)
         step = Step(self.layouts)
-        step.edits.append(Edit(node, 1, "fan-in", member.weight_axes[1], layout, weight_axes=member.weight_axes,
-                               activation=member.activation))
+        step.edits.append(
+            Edit(
+                node,
+                1,
+                "fan-in",
+                member.weight_axes[1],
+                layout,
+                weight_axes=member.weight_axes,
+                activation=member.activation,
+            )
+        )
         if member.bias_input is not None:
             bias_shape = constant_shape(node.inputs[member.bias_input])
             if node.op_type == "Conv":
@@ -210,8 +251,9 @@ class Walk:
         self._set(node, output, layout)
 
     def _owner(self, node: ir.Node) -> int | None:
-        return next((gid for gid, g in enumerate(self.groups) if not g.merged
-                     and any(m.node is node for m in g.members)), None)
+        return next(
+            (gid for gid, g in enumerate(self.groups) if not g.merged and any(m.node is node for m in g.members)), None
+        )
 
     def _grow(self, need: NeedsMember) -> None:
         """The join's other side comes from these layers: they join the group (or their group merges)."""
@@ -253,8 +295,16 @@ class Walk:
         mapping = {gid: new for new, gid in enumerate(alive) if gid != new}
         if mapping:
             self._relabel(mapping)
-        groups = tuple(Group(i, self.groups[gid].old, self.groups[gid].added, tuple(self.groups[gid].members),
-                             tuple(self.groups[gid].requested)) for i, gid in enumerate(alive))
+        groups = tuple(
+            Group(
+                i,
+                self.groups[gid].old,
+                self.groups[gid].added,
+                tuple(self.groups[gid].members),
+                tuple(self.groups[gid].requested),
+            )
+            for i, gid in enumerate(alive)
+        )
         members = [m.node for g in groups for m in g.members]
         region = [n for n in reachable([n.outputs[0] for n in members]) if n in self.steps]
         steps = [self.seeds[n] for n in members] + [self.steps[n] for n in region]
@@ -263,13 +313,19 @@ class Walk:
             for out in node.outputs:
                 if isinstance(self.layouts.get(out), Layout):
                     tensors.setdefault(out, self.layouts[out])
-        return WidenPlan(groups, tuple(e for s in steps for e in s.edits), tuple(tensors.items()),
-                         tuple(c for s in steps for c in s.channel_changes),
-                         tuple(r for s in steps for r in s.row_shifts), tuple(a for s in steps for a in s.attributes))
+        return WidenPlan(
+            groups,
+            tuple(e for s in steps for e in s.edits),
+            tuple(tensors.items()),
+            tuple(c for s in steps for c in s.channel_changes),
+            tuple(r for s in steps for r in s.row_shifts),
+            tuple(a for s in steps for a in s.attributes),
+        )
 
 
-def find_plan(graph: ir.Graph, groups: list[GroupBuilder], sites: dict[ir.Node, LayerSite],
-         allow_output_change: bool) -> WidenPlan:
+def find_plan(
+    graph: ir.Graph, groups: list[GroupBuilder], sites: dict[ir.Node, LayerSite], allow_output_change: bool
+) -> WidenPlan:
     """Run the walk (see the module docstring) and return the plan."""
     for _ in range(len(sites) + len(groups) + 1):
         state = Walk(graph, groups, sites, allow_output_change)

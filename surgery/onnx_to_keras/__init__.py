@@ -39,8 +39,14 @@ if TYPE_CHECKING:
 FAITHFUL_TOLERANCE = 1e-5
 
 __all__ = [
-    "FAITHFUL_TOLERANCE", "SUPPORTED_OPS", "Conversion", "check_faithful", "convert", "dropped_outputs",
-    "sample_inputs", "to_keras",
+    "FAITHFUL_TOLERANCE",
+    "SUPPORTED_OPS",
+    "Conversion",
+    "check_faithful",
+    "convert",
+    "dropped_outputs",
+    "sample_inputs",
+    "to_keras",
 ]
 
 
@@ -74,7 +80,7 @@ def convert(
 
 def to_keras(
     model: ModelLike, *, freeze: Sequence[str] = (), reinit: Sequence[str] = (), head: int | None = None, seed: int = 0
-) -> "keras.Model":
+) -> keras.Model:
     """A trainable Keras 3 model computing what the ONNX `model` computes.
 
     Args:
@@ -148,7 +154,7 @@ def sample_inputs(
 
 
 def check_faithful(
-    keras_model: "keras.Model",
+    keras_model: keras.Model,
     onnx_model: ModelLike,
     *,
     outputs: Sequence[str] | None = None,

@@ -59,7 +59,7 @@ class Conversion:
         notes: one-line remarks (dropped outputs, folded layers restored as identity, ...).
     """
 
-    model: "keras.Model"
+    model: keras.Model
     source: str
     node_layers: dict[str, str] = field(default_factory=dict)
     kept_outputs: list[str] = field(default_factory=list)
@@ -208,9 +208,15 @@ class GraphBuilder(TransformerPatterns):
         hints = [self.plan.shapes.get(v.name) for v in node.outputs]
         dtypes = [self.plan.dtypes.get(v.name) for v in node.outputs]
         layer = OnnxOp(
-            node.op_type, _attributes(node), constants, len(node.inputs), len(node.outputs),
+            node.op_type,
+            _attributes(node),
+            constants,
+            len(node.inputs),
+            len(node.outputs),
             shape_hints=hints if any(h is not None for h in hints) else None,
-            output_dtypes=dtypes if all(dtypes) else None, opset=self.opset, name=self._name(node),
+            output_dtypes=dtypes if all(dtypes) else None,
+            opset=self.opset,
+            name=self._name(node),
         )
         if not tensors:
             raise SurgeryError(f"{where(node)}: all its inputs are constants, yet it was not computed at conversion")

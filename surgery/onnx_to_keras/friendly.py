@@ -44,7 +44,12 @@ from surgery.onnx_to_keras.plan import GraphPlan
 from surgery.ops import default_softmax_axis, keras_activation
 
 MERGE_OPS = {
-    "Add": "Add", "Sum": "Add", "Sub": "Subtract", "Mul": "Multiply", "Max": "Maximum", "Min": "Minimum",
+    "Add": "Add",
+    "Sum": "Add",
+    "Sub": "Subtract",
+    "Mul": "Multiply",
+    "Max": "Maximum",
+    "Min": "Minimum",
     "Mean": "Average",
 }
 #: ONNX's default Selu constants, which are Keras's.
@@ -233,8 +238,14 @@ class FriendlyLayers:
         dilations = tuple(attribute(node, "dilations", [1, 1]))
         padding, source_keras = self._padding(node, source, kernel, strides, dilations, padded_value="zero")
         activation, output = self._fuse_activation(node.outputs[0], softmax=False)
-        common = dict(strides=strides, padding=padding, dilation_rate=dilations, activation=activation,
-                      use_bias=bias is not None, name=self._name(node))
+        common = dict(
+            strides=strides,
+            padding=padding,
+            dilation_rate=dilations,
+            activation=activation,
+            use_bias=bias is not None,
+            name=self._name(node),
+        )
         if groups > 1 and groups == channels and weight.shape[1] == 1:
             multiplier = weight.shape[0] // channels
             layer = self.keras.layers.DepthwiseConv2D(kernel, depth_multiplier=multiplier, **common)
@@ -284,8 +295,10 @@ class FriendlyLayers:
         if source.rank == 4:
             source = self._in_layout(source, channels_last(4), node)
         layer = self.keras.layers.BatchNormalization(
-            axis=source.perm.index(1), epsilon=float(attribute(node, "epsilon", 1e-5)),
-            momentum=float(attribute(node, "momentum", 0.9)), name=self._name(node),
+            axis=source.perm.index(1),
+            epsilon=float(attribute(node, "epsilon", 1e-5)),
+            momentum=float(attribute(node, "momentum", 0.9)),
+            name=self._name(node),
         )
         weights = [w.reshape(-1).astype(np.float32) for w in (scale, offset, mean, var)]
         self._set(node, Tensor(self._layer(node, layer, source.keras, weights=weights), source.perm))
@@ -415,9 +428,25 @@ class FriendlyLayers:
         out = self._layer(node, self.keras.layers.Dropout(rate, name=self._name(node)), source.keras)
         self._set(node, Tensor(out, source.perm))
 
-    @rule("Relu", "Tanh", "Sigmoid", "Softplus", "Softsign", "Mish", "HardSwish", "LeakyRelu", "Elu", "Selu",
-          "HardSigmoid", "Gelu", "Clip", "Softmax", "LogSoftmax", "PRelu",
-          layer="ReLU, LeakyReLU, ELU, PReLU, Softmax, Activation (Keras's parameters: Clip(0, m), exact Gelu, ...)")
+    @rule(
+        "Relu",
+        "Tanh",
+        "Sigmoid",
+        "Softplus",
+        "Softsign",
+        "Mish",
+        "HardSwish",
+        "LeakyRelu",
+        "Elu",
+        "Selu",
+        "HardSigmoid",
+        "Gelu",
+        "Clip",
+        "Softmax",
+        "LogSoftmax",
+        "PRelu",
+        layer="ReLU, LeakyReLU, ELU, PReLU, Softmax, Activation (Keras's parameters: Clip(0, m), exact Gelu, ...)",
+    )
     def _activation(self, node: ir.Node) -> None:
         keras = self.keras
         op = node.op_type

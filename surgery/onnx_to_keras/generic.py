@@ -28,20 +28,45 @@ from typing import Any
 import numpy as np
 
 #: op_type → function(inputs, attrs) → a tensor or a tuple of tensors.
-OPS: dict[str, Callable[[list, "Attrs"], Any]] = {}
+OPS: dict[str, Callable[[list, Attrs], Any]] = {}
 
 #: op_type → input positions no gradient flows through (see the module docstring).
 NO_GRADIENT_INPUTS: dict[str, frozenset[int]] = {
-    "Shape": frozenset({0}), "Size": frozenset({0}), "Where": frozenset({0}), "ArgMax": frozenset({0}),
-    "ArgMin": frozenset({0}), "IsNaN": frozenset({0}), "IsInf": frozenset({0}), "Sign": frozenset({0}),
-    "Floor": frozenset({0}), "Ceil": frozenset({0}), "Round": frozenset({0}),
+    "Shape": frozenset({0}),
+    "Size": frozenset({0}),
+    "Where": frozenset({0}),
+    "ArgMax": frozenset({0}),
+    "ArgMin": frozenset({0}),
+    "IsNaN": frozenset({0}),
+    "IsInf": frozenset({0}),
+    "Sign": frozenset({0}),
+    "Floor": frozenset({0}),
+    "Ceil": frozenset({0}),
+    "Round": frozenset({0}),
     **{op: frozenset({0, 1}) for op in ("Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual")},
-    "Reshape": frozenset({1}), "Expand": frozenset({1}), "Tile": frozenset({1}), "Slice": frozenset({1, 2, 3, 4}),
-    "Split": frozenset({1}), "Squeeze": frozenset({1}), "Unsqueeze": frozenset({1}), "ConstantOfShape": frozenset({0}),
-    "Range": frozenset({0, 1, 2}), "Gather": frozenset({1}), "GatherElements": frozenset({1}), "Pad": frozenset({1, 3}),
-    "Trilu": frozenset({1}), "CumSum": frozenset({1}), "ReduceMean": frozenset({1}), "ReduceSum": frozenset({1}),
-    "ReduceMax": frozenset({1}), "ReduceMin": frozenset({1}), "ReduceProd": frozenset({1}), "ReduceL2": frozenset({1}),
-    "ReduceSumSquare": frozenset({1}), "Resize": frozenset({1, 2, 3}), "OneHot": frozenset({1}),
+    "Reshape": frozenset({1}),
+    "Expand": frozenset({1}),
+    "Tile": frozenset({1}),
+    "Slice": frozenset({1, 2, 3, 4}),
+    "Split": frozenset({1}),
+    "Squeeze": frozenset({1}),
+    "Unsqueeze": frozenset({1}),
+    "ConstantOfShape": frozenset({0}),
+    "Range": frozenset({0, 1, 2}),
+    "Gather": frozenset({1}),
+    "GatherElements": frozenset({1}),
+    "Pad": frozenset({1, 3}),
+    "Trilu": frozenset({1}),
+    "CumSum": frozenset({1}),
+    "ReduceMean": frozenset({1}),
+    "ReduceSum": frozenset({1}),
+    "ReduceMax": frozenset({1}),
+    "ReduceMin": frozenset({1}),
+    "ReduceProd": frozenset({1}),
+    "ReduceL2": frozenset({1}),
+    "ReduceSumSquare": frozenset({1}),
+    "Resize": frozenset({1, 2, 3}),
+    "OneHot": frozenset({1}),
 }
 
 
@@ -138,10 +163,13 @@ for _name, _fn in {
     "Dropout": lambda x, a: x,  # inference graphs: the identity
     "LeakyRelu": lambda x, a: _k().leaky_relu(x, negative_slope=a.get("alpha", 0.01)),
     "Elu": lambda x, a: _k().where(x > 0, x, a.get("alpha", 1.0) * (_k().exp(x) - 1.0)),
-    "Celu": lambda x, a: _k().maximum(x, 0.0)
-    + _k().minimum(0.0, a.get("alpha", 1.0) * (_k().exp(x / a.get("alpha", 1.0)) - 1.0)),
-    "Selu": lambda x, a: a.get("gamma", 1.05070102214813232421875)
-    * _k().where(x > 0, x, a.get("alpha", 1.67326319217681884765625) * (_k().exp(x) - 1.0)),
+    "Celu": lambda x, a: (
+        _k().maximum(x, 0.0) + _k().minimum(0.0, a.get("alpha", 1.0) * (_k().exp(x / a.get("alpha", 1.0)) - 1.0))
+    ),
+    "Selu": lambda x, a: (
+        a.get("gamma", 1.05070102214813232421875)
+        * _k().where(x > 0, x, a.get("alpha", 1.67326319217681884765625) * (_k().exp(x) - 1.0))
+    ),
     "HardSigmoid": lambda x, a: _k().clip(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0.0, 1.0),
     "ThresholdedRelu": lambda x, a: _k().where(x > a.get("alpha", 1.0), x, _k().zeros_like(x)),
     "Gelu": lambda x, a: _k().gelu(x, approximate=a.get("approximate", "none") == "tanh"),
@@ -325,7 +353,7 @@ def _shape_op(x, a):
     start = _axis(a.get("start", 0), rank)
     end = a.get("end")
     end = rank if end is None else _axis(end, rank)
-    return shape[max(0, start):max(0, min(end, rank))]
+    return shape[max(0, start) : max(0, min(end, rank))]
 
 
 @op("Size")
@@ -550,8 +578,13 @@ def _conv(x, a):
         raise ValueError(f"Conv auto_pad={a.get('auto_pad')} on the generic path")
     data = k.pad(_to_last(x[0]), _spatial_pads(a, spatial))
     kernel = k.transpose(weight, (*range(2, spatial + 2), 1, 0))
-    out = k.conv(data, kernel, strides=tuple(a.get("strides") or [1] * spatial), padding="valid",
-                 dilation_rate=tuple(a.get("dilations") or [1] * spatial))
+    out = k.conv(
+        data,
+        kernel,
+        strides=tuple(a.get("strides") or [1] * spatial),
+        padding="valid",
+        dilation_rate=tuple(a.get("dilations") or [1] * spatial),
+    )
     if len(x) > 2 and x[2] is not None:
         out = out + x[2]
     return _to_first(out)

@@ -51,8 +51,18 @@ class OnnxOp(keras.layers.Layer):
         opset: the default-domain opset of the graph.
     """
 
-    def __init__(self, op_type: str, attributes: dict, constants: dict, arity: int, outputs: int = 1,
-                 shape_hints: list | None = None, output_dtypes: list | None = None, opset: int = 17, **kwargs):
+    def __init__(
+        self,
+        op_type: str,
+        attributes: dict,
+        constants: dict,
+        arity: int,
+        outputs: int = 1,
+        shape_hints: list | None = None,
+        output_dtypes: list | None = None,
+        opset: int = 17,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.op_type = op_type
         self.attributes = attributes
@@ -83,8 +93,10 @@ class OnnxOp(keras.layers.Layer):
     def compute_output_spec(self, inputs):
         hints, dtypes = self.shape_hints, self.output_dtypes
         if hints and dtypes and all(h is not None for h in hints):
-            specs = [keras.KerasTensor(tuple(h), dtype=self.compute_dtype if np.dtype(d).kind == "f" else d)
-                     for h, d in zip(hints, dtypes)]
+            specs = [
+                keras.KerasTensor(tuple(h), dtype=self.compute_dtype if np.dtype(d).kind == "f" else d)
+                for h, d in zip(hints, dtypes)
+            ]
             return specs if self.outputs > 1 else specs[0]
         spec = super().compute_output_spec(inputs)
         if not self.shape_hints:
@@ -95,9 +107,15 @@ class OnnxOp(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {
-            **super().get_config(), "op_type": self.op_type, "attributes": self.attributes, "constants": self.constants,
-            "arity": self.arity, "outputs": self.outputs, "shape_hints": self.shape_hints,
-            "output_dtypes": self.output_dtypes, "opset": self.opset,
+            **super().get_config(),
+            "op_type": self.op_type,
+            "attributes": self.attributes,
+            "constants": self.constants,
+            "arity": self.arity,
+            "outputs": self.outputs,
+            "shape_hints": self.shape_hints,
+            "output_dtypes": self.output_dtypes,
+            "opset": self.opset,
         }
 
 

@@ -32,8 +32,10 @@ class TransformerPatterns(FriendlyLayers):
         scale = self._own_parameter(node, 1)
         offset = self._own_parameter(node, 2) if len(node.inputs) > 2 and node.inputs[2] is not None else None
         source = self._in_layout(source, identity(source.rank), node)
-        if scale.ndim != 1 or source.keras.shape[-1] != scale.size or (
-            offset is not None and offset.shape != scale.shape
+        if (
+            scale.ndim != 1
+            or source.keras.shape[-1] != scale.size
+            or (offset is not None and offset.shape != scale.shape)
         ):
             raise Decline
         layer = self.keras.layers.LayerNormalization(

@@ -31,12 +31,21 @@ import onnx_ir as ir
 
 from surgery.errors import SurgeryError
 from surgery.graph import constant_array
-from surgery.onnx_to_keras.generic import OPS, NO_GRADIENT_INPUTS
+from surgery.onnx_to_keras.generic import NO_GRADIENT_INPUTS, OPS
 
 #: (op, input position) of weights: parameters even when they hold a single value.
 WEIGHT_INPUTS = frozenset(
-    {("Conv", 1), ("Conv", 2), ("Gemm", 1), ("Gemm", 2), ("PRelu", 1), ("LayerNormalization", 1),
-     ("LayerNormalization", 2), ("BatchNormalization", 1), ("BatchNormalization", 2)}
+    {
+        ("Conv", 1),
+        ("Conv", 2),
+        ("Gemm", 1),
+        ("Gemm", 2),
+        ("PRelu", 1),
+        ("LayerNormalization", 1),
+        ("LayerNormalization", 2),
+        ("BatchNormalization", 1),
+        ("BatchNormalization", 2),
+    }
 )
 #: (op, input position) of running statistics: constants, never trained.
 STATISTIC_INPUTS = frozenset({("BatchNormalization", 3), ("BatchNormalization", 4)})
@@ -107,9 +116,12 @@ def _fold(node: ir.Node, arrays: list[np.ndarray | None], opsets: dict[str, int]
     proto = ir.serde.serialize_node(node)
     names = [name for name in proto.input if name]
     graph = onnx.helper.make_graph(
-        [proto], "fold",
-        [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-         for n, a in zip(names, (a for a in arrays if a is not None))],
+        [proto],
+        "fold",
+        [
+            onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+            for n, a in zip(names, (a for a in arrays if a is not None))
+        ],
         [onnx.helper.make_empty_tensor_value_info(name) for name in proto.output if name],
     )
     opset_imports = [onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items()]

@@ -184,7 +184,9 @@ class _Weights:
             kernel = (kernel.T if attribute(node, "transB", 0) else kernel) * np.float32(attribute(node, "alpha", 1.0))
             c = constant_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
             if c is not None:
-                bias = np.broadcast_to(c.reshape(-1), (kernel.shape[1],)).astype(np.float32) * np.float32(attribute(node, "beta", 1.0))
+                bias = np.broadcast_to(c.reshape(-1), (kernel.shape[1],)).astype(np.float32) * np.float32(
+                    attribute(node, "beta", 1.0)
+                )
         else:
             bias = self.graph.constant_after(node.outputs[0], "Add", layer, kernel.shape[1])
         entry["config"]["units"] = int(kernel.shape[1])
@@ -224,7 +226,11 @@ class _Weights:
         eps = float(layer.epsilon)
         mul, add = self.batch_norms[layer.name]
         mul = np.ones(channels, np.float32) if mul is None else np.broadcast_to(mul, (channels,))
-        add = self.moved_bias.get(layer.name, np.zeros(channels, np.float32)) if add is None else np.broadcast_to(add, (channels,))
+        add = (
+            self.moved_bias.get(layer.name, np.zeros(channels, np.float32))
+            if add is None
+            else np.broadcast_to(add, (channels,))
+        )
         if layer.scale:
             gamma, variance = mul, np.full(channels, _unit_variance(eps), np.float32)
         else:
@@ -261,17 +267,24 @@ def convert_exported(model: ir.Model) -> Conversion:
     try:
         keras_model = saving.deserialize_keras_object(config, safe_mode=True)
     except Exception as error:
-        raise SurgeryError(f"the Keras architecture in the ONNX metadata cannot be rebuilt: {first_line(error)}") from None
+        raise SurgeryError(
+            f"the Keras architecture in the ONNX metadata cannot be rebuilt: {first_line(error)}"
+        ) from None
     for layer in keras_model.layers:
         cls = type(layer).__name__
         if not layer.weights:
             continue
         if cls in ("Dense", "Conv2D"):
             kernel, bias = weights.kernels[layer.name]
-            layer.set_weights([kernel] + ([bias if bias is not None else np.zeros(kernel.shape[-1], np.float32)] if layer.use_bias else []))
+            layer.set_weights(
+                [kernel]
+                + ([bias if bias is not None else np.zeros(kernel.shape[-1], np.float32)] if layer.use_bias else [])
+            )
         elif cls == "BatchNormalization":
             layer.set_weights(weights.batch_norm_weights(layer, int(layer.moving_mean.shape[0])))
         else:
-            raise UnlocatedWeights(f"layer {layer.name!r} ({cls}): to-keras can only locate the weights of {', '.join(_WEIGHTED)} in an exported graph")
+            raise UnlocatedWeights(
+                f"layer {layer.name!r} ({cls}): to-keras can only locate the weights of {', '.join(_WEIGHTED)} in an exported graph"
+            )
     node_layers = {node.name: layer for layer, nodes in graph.by_layer.items() for node in nodes if node.name}
     return Conversion(keras_model, "keras-config", node_layers, [v.name for v in model.graph.outputs], weights.notes)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import keras
 
 
-def resolve(model: "keras.Model", names: Sequence[str], node_layers: dict[str, str], flag: str) -> list[str]:
+def resolve(model: keras.Model, names: Sequence[str], node_layers: dict[str, str], flag: str) -> list[str]:
     """Keras layer names for `names` (layer or ONNX node names); SurgeryError suggests close ones."""
     layer_names = [layer.name for layer in model.layers]
     resolved = []
@@ -101,7 +101,9 @@ def inbound_layers(entry: dict) -> list[str]:
 
     def walk(item) -> None:
         if isinstance(item, dict):
-            history = item.get("config", {}).get("keras_history") if item.get("class_name") == "__keras_tensor__" else None
+            history = (
+                item.get("config", {}).get("keras_history") if item.get("class_name") == "__keras_tensor__" else None
+            )
             if history:
                 found.append(history[0])
             for sub in item.values():
@@ -114,7 +116,7 @@ def inbound_layers(entry: dict) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def replace_head(model: "keras.Model", units: int, seed: int) -> "keras.Model":
+def replace_head(model: keras.Model, units: int, seed: int) -> keras.Model:
     """A copy of `model` whose final Dense has `units` outputs and fresh weights (others copied)."""
     if units < 1:
         raise SurgeryError(f"--head must be at least 1, got {units}")
@@ -132,14 +134,16 @@ def replace_head(model: "keras.Model", units: int, seed: int) -> "keras.Model":
     try:
         rebuilt = type(model).from_config(config)
     except Exception as error:
-        raise SurgeryError(f"--head {units}: the layers after {head!r} do not accept a new width: {first_line(error)}") from None
+        raise SurgeryError(
+            f"--head {units}: the layers after {head!r} do not accept a new width: {first_line(error)}"
+        ) from None
     for layer in rebuilt.layers:
         if layer.name != head and layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return rebuilt
 
 
-def reinitialise(model: "keras.Model", names: Sequence[str], seed: int) -> None:
+def reinitialise(model: keras.Model, names: Sequence[str], seed: int) -> None:
     """Redraw every weight of the named layers from the layer's own initializers."""
     positions = {layer.name: i for i, layer in enumerate(model.layers)}
     for name in names:
@@ -154,6 +158,6 @@ def reinitialise(model: "keras.Model", names: Sequence[str], seed: int) -> None:
             variable.assign(fresh(tuple(variable.shape), dtype=variable.dtype))
 
 
-def freeze(model: "keras.Model", names: Sequence[str]) -> None:
+def freeze(model: keras.Model, names: Sequence[str]) -> None:
     for name in names:
         model.get_layer(name).trainable = False

@@ -272,8 +272,8 @@ def _leading_fixed(specs: list[InputSpec], dims: Mapping[str, int]) -> bool:
 
 
 def _compare_one_at_a_time(
-    reference: "OnnxSide",
-    candidate: "OnnxSide",
+    reference: OnnxSide,
+    candidate: OnnxSide,
     optimization: str,
     batches: Iterator[dict[str, np.ndarray]],
     tally: Tally,

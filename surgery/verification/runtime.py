@@ -49,7 +49,7 @@ def check_choice(value: str, choices: Any, param: str) -> str:
     return value
 
 
-def session_options(optimization: str = "disable") -> "ort.SessionOptions":
+def session_options(optimization: str = "disable") -> ort.SessionOptions:
     """The onnxruntime session options `verify` gives both models (and the benchmark's bare runs)."""
     import onnxruntime as ort
 
@@ -81,7 +81,7 @@ def describe_session_options(optimization: str, provider: str) -> dict[str, Any]
     }
 
 
-def runner(session: "ort.InferenceSession", label: str) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+def runner(session: ort.InferenceSession, label: str) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
     """Feeds → every output of `session` by name; a failed run is a one-line SurgeryError."""
     names = [node_arg.name for node_arg in session.get_outputs()]
 
@@ -109,9 +109,7 @@ def external_folder(model: ir.Model) -> str | None:
     return folders.pop() if folders else None
 
 
-def create_session(
-    model: str | bytes, options: "ort.SessionOptions", provider: str, label: str
-) -> "ort.InferenceSession":
+def create_session(model: str | bytes, options: ort.SessionOptions, provider: str, label: str) -> ort.InferenceSession:
     """A session on `provider` exactly (never a silent CPU fallback); failures are one-line SurgeryErrors."""
     import onnxruntime as ort
 
@@ -145,12 +143,12 @@ def create_session(
 
 
 def session(
-    model: "str | os.PathLike[str] | onnx.ModelProto | ir.Model",
+    model: str | os.PathLike[str] | onnx.ModelProto | ir.Model,
     *,
     provider: str = "cpu",
     optimization: str = "disable",
     label: str | None = None,
-) -> "ort.InferenceSession":
+) -> ort.InferenceSession:
     """An onnxruntime session for `model` under `session_options(optimization)` on `provider`.
 
     A path is handed to onnxruntime as is (external data read from the file's folder); an

@@ -69,7 +69,7 @@ class OnnxSide:
         """Drop this side's sessions (and the weights onnxruntime holds for them)."""
         self._sessions.clear()
 
-    def session(self, optimization: str) -> "ort.InferenceSession":
+    def session(self, optimization: str) -> ort.InferenceSession:
         if optimization not in self._sessions:
             if self.path is not None:
                 model: str | bytes = str(self.path)
@@ -80,7 +80,7 @@ class OnnxSide:
             self._sessions[optimization] = create_session(model, options, self.provider, self.label)
         return self._sessions[optimization]
 
-    def _options_for_bytes(self, optimization: str) -> "ort.SessionOptions":
+    def _options_for_bytes(self, optimization: str) -> ort.SessionOptions:
         options = session_options(optimization)
         if self.external_folder is not None:
             options.add_session_config_entry(EXTERNAL_FOLDER_KEY, self.external_folder)
