@@ -1,5 +1,8 @@
 """Attention blocks: where they are, and where each head's positions go (what `--heads` grows).
 
+Size: detection and head tracking walk the same patterns (scores, softmax, head reshapes in
+the forms of four exporters); a known candidate for a split into detection and tracking.
+
 **Detection** (`find_blocks`). Every ``Softmax`` is a candidate. Its input comes, through the
 mask ``Add``/``Where``, scaling ``Mul``/``Div`` and reshapes, from a ``MatMul`` of two computed
 tensors (the scores ``Q·Kᵀ``); its output goes, through ``Cast``/``IsNaN``/``Where``/``Dropout``

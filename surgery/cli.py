@@ -1,5 +1,8 @@
 """The `surgery` command line: one subcommand per job, file I/O here and nowhere else.
 
+Size: one click command per job plus the reusable option groups and the flag map that turns
+a library parameter name into its flag; no library logic lives here.
+
 Every subcommand reads files, calls the Python API with models, and writes files. Errors the
 user can fix are one line on stderr with exit code 2 (`--debug` shows the traceback); a
 verification that finds differences exits with 1.

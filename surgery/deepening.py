@@ -1,5 +1,8 @@
 """Deepen: insert new blocks that start as the identity, so the outputs stay bitwise equal.
 
+Size: two insertion kinds (residual block copies, identity layers) that share the planning,
+the forking of constants and the metadata records; a known candidate for a split along those kinds.
+
 Two kinds, planned first (`plan_deepen`, nothing changes) and then written (`deepen_in_place`):
 
 **Residual blocks** (``kind="block"``, the default). ``count`` new blocks go right after the

@@ -1,5 +1,8 @@
 """Writing models whose weights live in external data files, at about the speed of copying them.
 
+Size: the plan-then-write streaming writer and its byte-range planning are one mechanism
+(each plan entry is written by the code next to it); the file-system fallbacks are part of it.
+
 A widening changes a few tensors of a model; the rest are bytes that only need to move. The
 writer here therefore treats each tensor by what it is:
 

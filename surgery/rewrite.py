@@ -1,5 +1,8 @@
 """Apply a widening: the rewrite pass that follows the width analysis.
 
+Size: the rewrite's steps (size pre-check, parameter edits, forks of shared shape chains,
+metadata) share the plan's edit records; splitting them would pass those records across modules.
+
 `widen` is the public entry point (a copy of the model comes back; the input is never
 modified). `widen_in_place` does the same on an `ir.Model` without copying it, for the CLI and
 for models larger than memory: every tensor that does not change, memory-mapped external data

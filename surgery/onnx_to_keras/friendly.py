@@ -1,5 +1,8 @@
 """Friendly layers: ONNX nodes that become an ordinary Keras layer, case by case.
 
+Size: one short rule per Keras layer kind (Dense, Conv2D, DepthwiseConv2D, pooling, norms,
+Embedding, activations); split further, each rule would sit apart from the `Decline` protocol they share.
+
 Each rule either builds its layer or raises `Decline` before building anything; the node then
 takes the generic path (`OnnxOp`). A parameter becomes a friendly layer's weight only when this
 node alone reads it (a shared one stays one `OnnxParameter`).

@@ -1,5 +1,8 @@
 """The generic path: one small function over `keras.ops` per ONNX op (the op catalogue of to-keras).
 
+Size: about 95 ops, a few lines each, kept in one table so that the supported-ops list
+(`python -m surgery.onnx_to_keras.catalogue`) is read from one place.
+
 `OPS[op_type](inputs, attrs)` computes an ONNX node's outputs from its inputs (tensors, or None
 for an omitted optional input) with ONNX's semantics (opset 13 and later forms; the few ops
 whose inputs moved from attributes read both). It runs inside the registered `OnnxOp` layer
