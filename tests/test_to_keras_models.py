@@ -178,10 +178,12 @@ def test_mixed_precision_and_mirrored_strategy_scopes_train():
 
 
 def test_seed_pipeline_on_a_keras_transformer_keeps_the_loss_and_trains_on():
-    """Keras transformer → export (the fixture) → wider feed-forwards → to-keras: the loss right
-    after conversion equals the original's, and fit continues."""
+    """Keras transformer → export (the fixture) → wider feed-forwards and one more head per block →
+    to-keras: the loss right after conversion equals the original's, and fit continues."""
     original = keras.models.load_model(FIXTURES / "keras_transformer.keras", safe_mode=True, compile=False)
-    grown = surgery.widen(_load("keras_transformer"), {"block0_ffn_up": 16, "block1_ffn_up": 16}, seed=0)
+    grown = surgery.widen(
+        _load("keras_transformer"), {"block*_ffn_up": 16}, heads={"block0_mha": 1, "block1_mha": 1}, seed=0
+    )
     model = convert(grown).model
     rng = np.random.default_rng(3)
     tokens = rng.integers(0, 128, (8, 12)).astype("int64")
