@@ -192,7 +192,10 @@ def check_faithful(
     except Exception as error:
         raise SurgeryError(f"the ONNX model cannot run on sample inputs: {first_line(error)}") from None
     arrays = list(feeds.values())
-    got = keras_model(arrays if len(arrays) > 1 else arrays[0], training=False)
+    try:
+        got = keras_model(arrays if len(arrays) > 1 else arrays[0], training=False)
+    except ValueError as error:  # an input the graph declares but its Keras architecture does not accept
+        raise SurgeryError(f"the Keras model does not accept the ONNX model's inputs: {first_line(error)}") from None
     got = [np.asarray(g) for g in (got if isinstance(got, (list, tuple)) else [got])]
     if len(got) != len(expected):
         raise SurgeryError(f"the Keras model has {len(got)} outputs, {len(expected)} expected ({', '.join(outputs)})")
