@@ -10,9 +10,10 @@ Protocol, per seed (≥ 10 seeds for a full run):
 1. Data: a validation split (`validation_per_class` per class) is carved from the training
    images; every choice (the learning rate, the growth trigger) reads validation numbers only.
    The test set is only reported.
-2. Learning rate: Adam's peak rate is chosen from `learning_rates` by mean validation accuracy of
-   full-width scratch runs at `lr_budget` epochs on separate seeds (`lr_seeds`); every method
-   then uses it, with a cosine-to-zero schedule fitted to its own length (`CosineToZero`).
+2. Learning rate: each method's Adam peak rate is chosen from `learning_rates` by mean
+   validation accuracy at one of its settings (`lr_settings`, each about 4 full-width epochs of
+   compute or less) on separate seeds (`lr_seeds`), so that growth is not run at a rate tuned
+   for scratch; every run uses a cosine-to-zero schedule fitted to its own length (`CosineToZero`).
 3. Methods, each swept over budgets:
    - ``scratch``: full width from the start, `budgets` epochs each (the schedule fitted to each);
    - ``fixed, reset`` / ``fixed, carried``: widths grown in equal stages of `stage_epochs`
@@ -26,9 +27,10 @@ Protocol, per seed (≥ 10 seeds for a full run):
    size); training FLOPs are estimated as 6 × parameters × training samples seen (forward and
    backward of the dense layers; evaluation excluded) and recorded beside them.
 5. Reported: final test accuracy per method and budget (mean, sample sd with ddof=1, bootstrap
-   95 % interval over seeds), and compute-to-target: for each target accuracy, the least
-   compute at which a method's seed-mean final test accuracy reaches it, with a bootstrap 95 %
-   interval (seeds resampled, the same resample for every method) and the ratio to scratch.
+   95 % interval over seeds), and compute-to-target: for each target accuracy, the compute at
+   which a method's seed-mean final test accuracy first reaches it along its budgets
+   (interpolated in log-compute between neighbouring budgets), with a bootstrap 95 % interval
+   (seeds resampled, the same resample for every method) and the ratio to scratch.
 """
 
 from __future__ import annotations
@@ -62,22 +64,24 @@ METHODS = (SCRATCH, FIXED_RESET, FIXED_CARRIED, TRIGGER)
 @dataclass(frozen=True)
 class GrowConfig:
     widths: tuple[int, ...] = (32, 64, 128)
-    budgets: tuple[int, ...] = (1, 2, 4)
-    stage_epochs: tuple[int, ...] = (1, 2)
-    trigger_epochs: tuple[int, ...] = (4,)
+    #: Scratch budgets in full-width epochs: a fine grid up to past the plateau (the first round
+    #: saw scratch level off by epoch 10–12), so compute-to-target interpolates between neighbours.
+    budgets: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24)
+    stage_epochs: tuple[int, ...] = (1, 2, 4, 8)
+    trigger_epochs: tuple[int, ...] = (4, 8, 16, 24)
     trigger_window: int = 2
     trigger_slope: float = 0.05
-    learning_rates: tuple[float, ...] = (1e-3, 3e-3)
-    lr_budget: int = 2
-    lr_seeds: tuple[int, ...] = (1000,)
+    learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    #: The setting each method's rate is tuned at, in `METHODS` order: scratch 4 epochs, fixed
+    #: growth 2 epochs per stage (3.5 full-width epochs), the trigger 8 epochs.
+    lr_settings: tuple[int, ...] = (4, 2, 2, 8)
+    lr_seeds: tuple[int, ...] = (1000, 1001)
     batch_size: int = 100
     validation_per_class: int = 50
-    targets: tuple[float, ...] = (0.85, 0.87, 0.89, 0.90, 0.91, 0.92, 0.93)
+    targets: tuple[float, ...] = (0.85, 0.87, 0.89, 0.90, 0.91, 0.92, 0.93, 0.94, 0.95)
     train_limit: int | None = None
 
 
-#: Sized to finish on a shared 2-core machine (budgets up to 4 full-width epochs); widen the
-#: budgets here for a longer study.
 FULL = GrowConfig()
 QUICK = GrowConfig(
     widths=(8, 16),
@@ -87,7 +91,7 @@ QUICK = GrowConfig(
     trigger_window=1,
     learning_rates=(1e-3,),
     lr_seeds=(1000,),
-    lr_budget=1,
+    lr_settings=(1, 1, 1, 2),
     validation_per_class=10,
     targets=(0.1, 0.5),
     train_limit=600,
@@ -209,23 +213,24 @@ class _Trainer:
         return decrease < self.config.trigger_slope
 
 
-def _choose_learning_rate(trainer_for, config: GrowConfig, width: int) -> dict[str, Any]:
-    """Mean validation accuracy of full-width scratch runs per candidate rate; the best one."""
-    scores = {}
-    for rate in config.learning_rates:
-        trainer = trainer_for(rate)
-        finals = [
-            trainer.run(seed, epochs=config.lr_budget, widths=(width,))["final_val_accuracy"]
-            for seed in config.lr_seeds
-        ]
-        scores[str(rate)] = float(np.mean(finals))
-    best = max(config.learning_rates, key=lambda rate: scores[str(rate)])
-    return {
-        "validation_accuracy": scores,
-        "chosen": best,
-        "budget_epochs": config.lr_budget,
-        "seeds": list(config.lr_seeds),
-    }
+def _choose_learning_rates(trainer_for, config: GrowConfig) -> dict[str, Any]:
+    """Per method: the mean validation accuracy of each candidate rate at its tuning setting; the best."""
+    per_method = {}
+    for method, setting in zip(METHODS, config.lr_settings, strict=True):
+        scores = {
+            str(rate): float(
+                np.mean(
+                    [
+                        _run_method(trainer_for(rate), seed, config, method, setting)["final_val_accuracy"]
+                        for seed in config.lr_seeds
+                    ]
+                )
+            )
+            for rate in config.learning_rates
+        }
+        best = max(config.learning_rates, key=lambda rate: scores[str(rate)])
+        per_method[method] = {"setting": setting, "validation_accuracy": scores, "chosen": best}
+    return {"per_method": per_method, "seeds": list(config.lr_seeds)}
 
 
 def _settings(config: GrowConfig) -> dict[str, tuple[int, ...]]:
@@ -237,20 +242,24 @@ def _settings(config: GrowConfig) -> dict[str, tuple[int, ...]]:
     }
 
 
-def run_seed(trainer: _Trainer, seed: int, config: GrowConfig) -> dict[str, dict[str, Any]]:
-    """Every method at every budget for one seed: method → setting → run record."""
-    widths, stages = config.widths, len(config.widths)
-    runs: dict[str, dict[str, Any]] = {method: {} for method in METHODS}
-    for budget in config.budgets:
-        runs[SCRATCH][str(budget)] = trainer.run(seed, epochs=budget, widths=widths[-1:])
-    for per_stage in config.stage_epochs:
-        for method, carry in ((FIXED_RESET, False), (FIXED_CARRIED, True)):
-            runs[method][str(per_stage)] = trainer.run(
-                seed, epochs=per_stage * stages, widths=widths, stage_epochs=per_stage, carry=carry
-            )
-    for epochs in config.trigger_epochs:
-        runs[TRIGGER][str(epochs)] = trainer.run(seed, epochs=epochs, widths=widths, carry=True, trigger=True)
-    return runs
+def _run_method(trainer: _Trainer, seed: int, config: GrowConfig, method: str, setting: int) -> dict[str, Any]:
+    """One run of `method` at `setting` (scratch: epochs; fixed: epochs per stage; trigger: epochs)."""
+    widths = config.widths
+    if method == SCRATCH:
+        return trainer.run(seed, epochs=setting, widths=widths[-1:])
+    if method == TRIGGER:
+        return trainer.run(seed, epochs=setting, widths=widths, carry=True, trigger=True)
+    return trainer.run(
+        seed, epochs=setting * len(widths), widths=widths, stage_epochs=setting, carry=method == FIXED_CARRIED
+    )
+
+
+def run_seed(trainers: dict[str, _Trainer], seed: int, config: GrowConfig) -> dict[str, dict[str, Any]]:
+    """Every method at every setting for one seed, each at its own rate: method → setting → run record."""
+    return {
+        method: {str(s): _run_method(trainers[method], seed, config, method, s) for s in settings}
+        for method, settings in _settings(config).items()
+    }
 
 
 def _mean_curve(per_seed: list[dict], method: str, setting: str, indices: np.ndarray) -> tuple[float, float]:
@@ -264,9 +273,28 @@ def _mean_curve(per_seed: list[dict], method: str, setting: str, indices: np.nda
 def _compute_to(
     per_seed: list[dict], method: str, settings: tuple[int, ...], target: float, indices: np.ndarray
 ) -> float:
-    """The least mean compute among the settings whose seed-mean final test accuracy reaches `target` (NaN: none)."""
-    reached = [c for c, a in (_mean_curve(per_seed, method, str(s), indices) for s in settings) if a >= target]
-    return min(reached) if reached else math.nan
+    """The compute at which a method's seed-mean final test accuracy first reaches `target`.
+
+    Along the method's settings in order of compute: interpolated linearly in log-compute between
+    the last setting below the target and the first at or above it; the first setting's compute
+    when that already reaches it (an upper bound, see `_reached_at_first`); NaN when none does.
+    """
+    previous = None
+    for compute, accuracy in sorted(_mean_curve(per_seed, method, str(s), indices) for s in settings):
+        if accuracy >= target:
+            if previous is None:
+                return compute
+            low_compute, low_accuracy = previous
+            share = (target - low_accuracy) / (accuracy - low_accuracy)
+            return float(math.exp(math.log(low_compute) + share * math.log(compute / low_compute)))
+        previous = (compute, accuracy)
+    return math.nan
+
+
+def _reached_at_first(per_seed: list[dict], method: str, settings: tuple[int, ...], target: float) -> bool:
+    """Whether the method's cheapest setting already reaches `target` (its compute-to-target is then only a bound)."""
+    everyone = np.arange(len(per_seed))
+    return min(_mean_curve(per_seed, method, str(s), everyone) for s in settings)[1] >= target
 
 
 def compute_to_target(per_seed: list[dict], config: GrowConfig, *, resamples: int = 1000) -> dict[str, Any]:
@@ -287,6 +315,7 @@ def compute_to_target(per_seed: list[dict], config: GrowConfig, *, resamples: in
             finite, finite_ratio = samples[np.isfinite(samples)], ratios[np.isfinite(ratios)]
             row[method] = {
                 "param_epochs": None if math.isnan(point) else point,
+                "upper_bound": _reached_at_first(per_seed, method, settings[method], target),
                 "ci95": np.percentile(finite, [2.5, 97.5]).tolist() if finite.size else None,
                 "reached_share": float(np.isfinite(samples).mean()),
                 "ratio_to_scratch": None
@@ -311,12 +340,12 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
     def trainer_for(rate: float) -> _Trainer:
         return _Trainer(train, validation, test, config, rate, pool, schedules)
 
-    learning_rate = _choose_learning_rate(trainer_for, config, config.widths[-1])
-    trainer = trainer_for(learning_rate["chosen"])
+    learning_rate = _choose_learning_rates(trainer_for, config)
+    trainers = {method: trainer_for(learning_rate["per_method"][method]["chosen"]) for method in METHODS}
     split = {"train": int(len(train[1])), "validation": int(len(validation[1])), "test": int(len(test[1]))}
     per_seed: list[dict[str, Any]] = []
     for seed in seeds:
-        per_seed.append({"seed": seed, "runs": run_seed(trainer, seed, config)})
+        per_seed.append({"seed": seed, "runs": run_seed(trainers, seed, config)})
         print(f"  seed {seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
         # Published after every seed: a run cut short still leaves the seeds it finished.
         results = _publish(out, data, quick, config, per_seed, split, learning_rate, started)
@@ -450,7 +479,9 @@ def report(results: dict[str, Any]) -> str:
     lines = [
         f"grow: widths {' → '.join(map(str, results['config']['widths']))}, {len(results['seeds'])} seed(s), "
         f"train/validation/test {'/'.join(str(results['split'][k]) for k in ('train', 'validation', 'test'))}, "
-        f"Adam peak rate {results['learning_rate']['chosen']} (chosen on validation), cosine to zero per budget",
+        "Adam peak rate chosen on validation per method ("
+        + ", ".join(f"{m} {c['chosen']}" for m, c in results["learning_rate"]["per_method"].items())
+        + "), cosine to zero per budget",
         table(
             [
                 "method",
@@ -463,7 +494,8 @@ def report(results: dict[str, Any]) -> str:
             rows,
         ),
         "",
-        "compute to target (full-width epochs; seed-mean final test accuracy; bootstrap 95 % CI; ratio to scratch)",
+        "compute to target (full-width epochs; where the seed-mean final test accuracy crosses it, "
+        "interpolated in log-compute; ≤: the cheapest setting already reaches it; bootstrap 95 % CI; ratio to scratch)",
     ]
     rows = []
     for target, row in results["compute_to_target"].items():
@@ -475,7 +507,8 @@ def report(results: dict[str, Any]) -> str:
                 continue
             ratio = f" ×{r['ratio_to_scratch']:.2f}" if r["ratio_to_scratch"] is not None else ""
             ci = f" [{r['ci95'][0] / full:.1f}, {r['ci95'][1] / full:.1f}]" if r["ci95"] else ""
-            cells.append(f"{r['param_epochs'] / full:.2f}{ci}{ratio}")
+            bound = "≤ " if r.get("upper_bound") else ""
+            cells.append(f"{bound}{r['param_epochs'] / full:.2f}{ci}{ratio}")
         rows.append([target, *cells])
     lines.append(table(["target", *METHODS], rows))
     lines.append(

@@ -22,6 +22,9 @@ Initialisations (all but the noisy Net2Net keep the outputs; checked bitwise on 
   top-K right singular vectors of G. The rows are scaled to the mean norm of the layer's old
   fan-out rows. G is computed on the Keras side and F written with `surgery.widen(unit_values=)`.
   K must not exceed the number of classes (G has rank ≤ 10).
+- ``random fan-out``: GradMax's control — zero fan-in and a fan-out of K random orthonormal rows
+  at the same scale, so that GradMax's gain can be told apart from merely starting the new
+  units with a non-zero fan-out of that size.
 - ``unwidened``: the control, trained on without growing.
 
 Measured: the gradient norm of the new units' parameters (fan-in, bias, fan-out) right after the
@@ -53,7 +56,7 @@ from training.runtime import (
     test_inputs,
 )
 
-INITS = ("output-zero", "all-zero", "net2net", "net2net + noise", "gradmax", "unwidened")
+INITS = ("output-zero", "all-zero", "net2net", "net2net + noise", "gradmax", "random fan-out", "unwidened")
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,19 @@ def gradmax_fan_out(model, x: np.ndarray, y: np.ndarray, added: int) -> np.ndarr
     if added > g.shape[1]:
         raise ValueError(f"GradMax gives at most {g.shape[1]} useful units here, asked for {added}")
     _, _, vt = np.linalg.svd(g, full_matrices=False)
-    old = model.get_layer("dense_2").kernel.numpy()
-    scale = float(np.linalg.norm(old, axis=1).mean())
-    return (vt[:added] * scale).astype(np.float32)
+    return (vt[:added] * _fan_out_scale(model)).astype(np.float32)
+
+
+def random_fan_out(model, added: int, seed: int) -> np.ndarray:
+    """`added` random orthonormal fan-out rows at GradMax's scale: its control."""
+    classes = model.get_layer("dense_2").kernel.shape[1]
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(classes, added)))
+    return (q.T * _fan_out_scale(model)).astype(np.float32)
+
+
+def _fan_out_scale(model) -> float:
+    """The mean norm of ``dense_1``'s old fan-out rows: the norm given to each new row."""
+    return float(np.linalg.norm(model.get_layer("dense_2").kernel.numpy(), axis=1).mean())
 
 
 def _new_unit_gradient(model, x: np.ndarray, y: np.ndarray, units: int) -> dict[str, float]:
@@ -122,9 +135,13 @@ def _widened(model, exported, init: str, seed: int, config: InitConfig, train, v
     import surgery
 
     plan = {"dense_1": config.added}
-    if init == "gradmax":
+    if init in ("gradmax", "random fan-out"):
         x, y = train[0][: config.grad_samples], train[1][: config.grad_samples]
-        fan_out = gradmax_fan_out(model, x, y, config.added)
+        fan_out = (
+            gradmax_fan_out(model, x, y, config.added)
+            if init == "gradmax"
+            else random_fan_out(model, config.added, seed)
+        )
         after = surgery.widen(exported, plan, init="all-zero", seed=seed, unit_values={"dense_1": {"fan-out": fan_out}})
     else:
         after = surgery.widen(exported, plan, init="net2net" if init.startswith("net2net") else init, seed=seed)
