@@ -148,7 +148,7 @@ def test_symmetry(tmp_path):
     rows = {(r["activation"], r["layers"], tuple(r["zero"])): r for r in results["summary"]}
     # Nothing zero: the toolkit finds no symmetric units, and the model learns above chance.
     assert rows[("relu", 2, ())]["distinct_units"]["hidden1"] == [units]
-    assert rows[("relu", 2, ())]["mean_test_accuracy"] > 0.2
+    assert rows[("relu", 2, ())]["mean_test_accuracy"] > 0.5  # trained on all ten digits (the files are sorted by class)
     # Both kernels zero with ReLU: relu(0) = 0 with zero gradient, so every hidden unit stays
     # the same dead unit and the model cannot beat guessing one class.
     both = rows[("relu", 2, ("hidden1", "output"))]
