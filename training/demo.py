@@ -28,6 +28,7 @@ from training.runtime import (
     evaluate,
     header,
     pyplot,
+    save_figure,
     strategy,
     table,
     test_inputs,
@@ -236,8 +237,4 @@ def _plot(curve: Curve, control: Curve, config: DemoConfig, path: Path) -> None:
     axis.set(
         xlabel="epoch", ylabel="test accuracy (one seed)", title="train → export → widen → verify → to Keras → train"
     )
-    axis.legend(fontsize=8, loc="lower right")
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
+    save_figure(figure, path, loc="lower right")

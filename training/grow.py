@@ -50,6 +50,7 @@ from training.runtime import (
     header,
     publish,
     pyplot,
+    save_figure,
     strategy,
     summarise,
     table,
@@ -451,12 +452,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
             None,
         ),
     )
-    for axis in axes:
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def report(results: dict[str, Any]) -> str:

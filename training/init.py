@@ -50,6 +50,7 @@ from training.runtime import (
     publish,
     pyplot,
     reset_optimizer,
+    save_figure,
     strategy,
     summarise,
     table,
@@ -314,12 +315,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         )
     axes[1].set_xticks(np.arange(len(names)) + 0.2, names, fontsize=8)
     axes[1].set(ylabel="gradient norm of the new units' weights", title="right after the widening (bootstrap 95 % CI)")
-    for axis in axes:
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def report(results: dict[str, Any]) -> str:

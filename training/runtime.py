@@ -297,6 +297,19 @@ def pyplot():
     return plt
 
 
+def save_figure(figure: Any, path: Path, *, dpi: int = 80, **legend: Any) -> None:
+    """Grid and a legend (matplotlib's legend keywords; fontsize 8 unless given) on every axis that
+    has labelled artists, then lay the figure out, write it to `path` and close it."""
+    legend = {"fontsize": 8} | legend
+    for axis in figure.axes:
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[1]:
+            axis.legend(**legend)
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+    pyplot().close(figure)
+
+
 def quiet() -> None:
     """Keep TensorFlow's C++ start-up chatter off the terminal (set before it is imported)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from training.data import Mnist, per_class_sample
-from training.runtime import compile_classifier, evaluate, header, publish, pyplot, strategy, table, train
+from training.runtime import compile_classifier, evaluate, header, publish, pyplot, save_figure, strategy, table, train
 
 LEARNS, PARTLY = 0.8, 0.2
 
@@ -229,7 +229,4 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         )
         axis.invert_yaxis()
         axis.tick_params(axis="y", labelsize=8)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
+    save_figure(figure, path)

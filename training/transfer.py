@@ -59,6 +59,7 @@ from training.runtime import (
     mean_spread,
     publish,
     pyplot,
+    save_figure,
     strategy,
     summarise,
     table,
@@ -318,13 +319,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         title=f"{classes} 5–9: mean and bootstrap 95 % CI over {seeds} seed(s)",
     )
     axes[1].set(xlabel="epoch", ylabel="held-out test accuracy", title=f"{sizes[-1]} per class: mean ± sample sd")
-    axes[0].legend(fontsize=7, loc="lower right")
-    axes[1].legend(fontsize=7, loc="lower right")
-    for axis in axes:
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
+    save_figure(figure, path, fontsize=7, loc="lower right")
 
 
 def report(results: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from training.charlm import GptConfig, bits_per_character, compile_lm, gpt, load_corpus, parameter_count, split, windows
-from training.runtime import header, publish, pyplot, table
+from training.runtime import header, publish, pyplot, save_figure, table
 
 LOSS_RTOL = 1e-5
 BOOTSTRAP = 10_000
@@ -258,11 +258,8 @@ def _plot(results: dict[str, Any], path: Path) -> None:
             axis.errorbar(flops, bpc.mean(axis=0), yerr=spread, label=label, capsize=2)
         axis.axhline(results["summary"][name]["target_bpc"], color="grey", linestyle=":", label="target")
         axis.set(title=f"grow {name}", xlabel="training FLOPs (6 × parameters × tokens)", ylabel="validation bpc")
-        axis.legend(fontsize=7)
     figure.suptitle(f"mean over {len(results['per_seed'])} seeds, error bars: sample sd (ddof=1)", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110, fontsize=7)
 
 
 def report(results: dict[str, Any]) -> str:
