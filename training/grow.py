@@ -72,7 +72,7 @@ class GrowConfig:
     trigger_epochs: tuple[int, ...] = (4, 8, 16, 24)
     trigger_window: int = 2
     trigger_slope: float = 0.05
-    learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     #: The setting each method's rate is tuned at, in `METHODS` order: scratch 4 epochs, fixed
     #: growth 2 epochs per stage (3.5 full-width epochs), the trigger 8 epochs.
     lr_settings: tuple[int, ...] = (4, 2, 2, 8)
