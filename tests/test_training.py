@@ -213,3 +213,36 @@ def test_validation_split_is_carved_from_training(bundled):
     assert len(y) == 3500 and data.class_counts(yv) == {d: 50 for d in range(10)}
     train_rows = {row.tobytes() for row in x.reshape(len(x), -1)}
     assert not any(row.tobytes() in train_rows for row in xv.reshape(len(xv), -1))
+
+
+def test_transfer_freezes_differ_in_what_bn1_does():
+    """Keras freeze: hidden1 and bn1 fixed, bn1's statistics too. TF1 freeze: hidden1, gamma and beta
+    fixed, but bn1 normalises with batch statistics and its moving statistics follow the new data.
+    Fine-tune all: everything moves."""
+    import keras
+
+    import surgery
+    from training import transfer
+    from training.models import transfer_net
+    from training.runtime import ModelPool
+
+    keras.utils.set_random_seed(0)
+    pretrained = transfer_net(classes=5)
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 5, 200)
+    exported = surgery.export_keras(pretrained)
+    moved = {}
+    for variant in ("reuse hidden1", "reuse hidden1, TF1 freeze", "reuse hidden1, fine-tune all"):
+        model = transfer.student(variant, exported, 0, transfer.QUICK, ModelPool())
+        watched = [
+            model.get_layer("hidden1").kernel,
+            *(getattr(model.get_layer("bn1"), n) for n in ("gamma", "beta", "moving_mean")),
+        ]
+        before = [w.numpy().copy() for w in watched]
+        model.fit(x, y, epochs=1, batch_size=100, verbose=0)
+        moved[variant] = [bool(np.any(w.numpy() != b)) for w, b in zip(watched, before, strict=True)]
+    #                                          kernel  gamma  beta   moving mean
+    assert moved["reuse hidden1"] == [False, False, False, False]
+    assert moved["reuse hidden1, TF1 freeze"] == [False, False, False, True]
+    assert moved["reuse hidden1, fine-tune all"] == [True, True, True, True]
