@@ -116,6 +116,14 @@ def test_transfer(tmp_path):
         "reuse hidden1, fine-tune all",
         "scratch, seed's BN",
         "reuse hidden1, seed's BN",
+        "reuse hidden1, small pretraining",
+    }
+    # The small-pretraining variant starts from its own net, pretrained on a per-class sample.
+    sizes = {(p["stuck_statistics"], p["images"], p["epochs"]) for p in results["pretrained"]}
+    assert sizes == {
+        (False, results["pretrain_samples"], config["pretrain_epochs"]),
+        (True, results["pretrain_samples"], config["pretrain_epochs"]),
+        (False, config["small_pretrain_images"], config["small_pretrain_epochs"]),
     }
     variants = results["variants"]
     assert variants["reuse hidden1"]["frozen"] == ["hidden1", "bn1"]
@@ -148,7 +156,8 @@ def test_symmetry(tmp_path):
     rows = {(r["activation"], r["layers"], tuple(r["zero"])): r for r in results["summary"]}
     # Nothing zero: the toolkit finds no symmetric units, and the model learns above chance.
     assert rows[("relu", 2, ())]["distinct_units"]["hidden1"] == [units]
-    assert rows[("relu", 2, ())]["mean_test_accuracy"] > 0.5  # trained on all ten digits (the files are sorted by class)
+    # Trained on all ten digits (the files are sorted by class: the first images are 0s and 1s only).
+    assert rows[("relu", 2, ())]["mean_test_accuracy"] > 0.5
     # Both kernels zero with ReLU: relu(0) = 0 with zero gradient, so every hidden unit stays
     # the same dead unit and the model cannot beat guessing one class.
     both = rows[("relu", 2, ("hidden1", "output"))]
