@@ -195,3 +195,26 @@ def test_runs_split_by_seed_merge_into_one(tmp_path):
         "training.merge", "init", tmp_path / "x", tmp_path / "a", tmp_path / "g", cwd=ROOT, timeout=300
     )
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "differs" in refused.stderr
+
+
+def test_compute_to_target_interpolates_in_log_compute_between_budgets():
+    """Two seeds whose mean accuracy is 0.81, 0.89, 0.95 at 1, 2 and 4 units of compute: 0.85 is
+    crossed half-way between 1 and 2 in log-compute (√2), 0.80 at the cheapest budget (a bound),
+    0.99 never."""
+    from training.grow import METHODS, SCRATCH, GrowConfig, compute_to_target
+
+    config = GrowConfig(budgets=(1, 2, 4), stage_epochs=(1,), trigger_epochs=(4,), targets=(0.80, 0.85, 0.99))
+    accuracy = {"1": (0.80, 0.82), "2": (0.88, 0.90), "4": (0.95, 0.95)}
+
+    def seed(index: int) -> dict:
+        runs = {m: {"1": {"param_epochs": 1.0, "final_test_accuracy": 0.5}} for m in METHODS}
+        runs[SCRATCH] = {s: {"param_epochs": float(s), "final_test_accuracy": a[index]} for s, a in accuracy.items()}
+        runs["trigger, carried"] = {"4": {"param_epochs": 4.0, "final_test_accuracy": 0.5}}
+        return {"runs": runs}
+
+    table = compute_to_target([seed(0), seed(1)], config, resamples=50)
+    assert table["0.85"][SCRATCH]["param_epochs"] == pytest.approx(2**0.5)
+    assert not table["0.85"][SCRATCH]["upper_bound"]
+    assert table["0.8"][SCRATCH]["param_epochs"] == 1.0 and table["0.8"][SCRATCH]["upper_bound"]
+    assert table["0.99"][SCRATCH]["param_epochs"] is None and table["0.99"][SCRATCH]["reached_share"] == 0.0
+    assert table["0.85"]["fixed, reset"]["param_epochs"] is None  # 0.5 everywhere
