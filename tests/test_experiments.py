@@ -64,7 +64,7 @@ def test_grow(tmp_path):
     for budget in config["budgets"]:
         run = runs["scratch"][str(budget)]
         assert run["param_epochs"] == budget * full and run["flops"] == 6 * budget * full * split["train"]
-    for method in ("fixed, reset", "fixed, carried"):
+    for method in ("fixed, reset", "fixed, carried", "fixed, restarted"):
         for per_stage in config["stage_epochs"]:
             run = runs[method][str(per_stage)]
             assert [w["to"] for w in run["widenings"]] == config["widths"][1:]
@@ -78,8 +78,13 @@ def test_grow(tmp_path):
     )
     first = config["stage_epochs"][0]
     assert reset["val_loss"][: first + 1] == carried["val_loss"][: first + 1]
+    # A restarted schedule gives the new units the peak rate; the whole-run one, less.
+    per_method = results["learning_rate"]["per_method"]
+    for method, at_peak in (("fixed, restarted", True), ("fixed, carried", False)):
+        rates = [w["learning_rate"] for w in runs[method][str(first)]["widenings"]]
+        assert all((rate == pytest.approx(per_method[method]["chosen"])) is at_peak for rate in rates), rates
     for row in results["compute_to_target"].values():
-        assert set(row) == {"scratch", "fixed, reset", "fixed, carried", "trigger, carried"}
+        assert set(row) == {"scratch", "fixed, reset", "fixed, carried", "fixed, restarted", "trigger, carried"}
     summary = results["summary"]["scratch"][str(config["budgets"][0])]["test_accuracy"]
     assert summary["n"] == 1 and summary["sd"] == 0.0 and summary["ci95"][0] <= summary["mean"] <= summary["ci95"][1]
     assert "compute to target" in stdout

@@ -20,6 +20,9 @@ Protocol, per seed (≥ 10 seeds for a full run):
      epochs; at every widening Adam's state is either reset (a fresh optimizer, as before) or
      carried across it with `surgery.carry_optimizer_state` (moments widened with zeros for the
      new units, step counter kept);
+   - ``fixed, restarted``: as ``fixed, carried``, but the cosine schedule restarts at every
+     widening (peak to zero over each stage), so the new units arrive at the peak rate rather
+     than in the schedule's tail;
    - ``trigger, carried``: `trigger_epochs` epochs in all; the width doubles when the validation
      loss's relative decrease per epoch, over the last `trigger_window` epochs of a stage, falls
      below `trigger_slope`.
@@ -59,7 +62,8 @@ from training.runtime import (
 )
 
 SCRATCH, FIXED_RESET, FIXED_CARRIED, TRIGGER = "scratch", "fixed, reset", "fixed, carried", "trigger, carried"
-METHODS = (SCRATCH, FIXED_RESET, FIXED_CARRIED, TRIGGER)
+FIXED_RESTARTED = "fixed, restarted"
+METHODS = (SCRATCH, FIXED_RESET, FIXED_CARRIED, FIXED_RESTARTED, TRIGGER)
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class GrowConfig:
     learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     #: The setting each method's rate is tuned at, in `METHODS` order: scratch 4 epochs, fixed
     #: growth 2 epochs per stage (3.5 full-width epochs), the trigger 8 epochs.
-    lr_settings: tuple[int, ...] = (4, 2, 2, 8)
+    lr_settings: tuple[int, ...] = (4, 2, 2, 2, 8)
     lr_seeds: tuple[int, ...] = (1000, 1001)
     batch_size: int = 100
     validation_per_class: int = 50
@@ -92,7 +96,7 @@ QUICK = GrowConfig(
     trigger_window=1,
     learning_rates=(1e-3,),
     lr_seeds=(1000,),
-    lr_settings=(1, 1, 1, 2),
+    lr_settings=(1, 1, 1, 1, 2),
     validation_per_class=10,
     targets=(0.1, 0.5),
     train_limit=600,
@@ -146,8 +150,12 @@ class _Trainer:
         stage_epochs: int | None = None,
         carry: bool = False,
         trigger: bool = False,
+        restart: bool = False,
     ) -> dict[str, Any]:
-        """Train for `epochs`, growing through `widths` every `stage_epochs` epochs or on the trigger."""
+        """Train for `epochs`, growing through `widths` every `stage_epochs` epochs or on the trigger.
+
+        The cosine schedule spans the whole run, or with `restart` each stage (peak to zero again
+        after every widening; the optimizer's step counter must then be carried)."""
         import keras
 
         import surgery
@@ -155,6 +163,8 @@ class _Trainer:
 
         started = time.perf_counter()
         total_steps = epochs * self.steps_per_epoch
+        if restart:
+            total_steps = stage_epochs * self.steps_per_epoch
         keras.utils.set_random_seed(seed)
         model = self._load(widths[0], mlp(widths[0]), total_steps=total_steps, offset=0)
         stage, since_growth, steps = 0, 0, 0
@@ -173,11 +183,17 @@ class _Trainer:
                     seed=seed * 100 + stage,
                     verify_inputs=test_inputs(self.validation[0]),
                 )
-                new = self._load(widths[stage + 1], grown, total_steps=total_steps, offset=0 if carry else steps)
+                # The schedule reads the optimizer's step counter: a reset one restarts at 0, a carried one
+                # does not; a restarted schedule starts again at this widening.
+                offset = -steps if restart else 0 if carry else steps
+                new = self._load(widths[stage + 1], grown, total_steps=total_steps, offset=offset)
                 if carry:
                     surgery.carry_optimizer_state(model, new)
                 model, stage, since_growth = new, stage + 1, 0
-                record["widenings"].append({"epoch": epoch, "to": widths[stage], **surgery_record.to_json()})
+                rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))  # the next step's
+                record["widenings"].append(
+                    {"epoch": epoch, "to": widths[stage], "learning_rate": rate, **surgery_record.to_json()}
+                )
             model.fit(self.x, self.y, epochs=1, batch_size=self.config.batch_size, shuffle=True, verbose=0)
             steps += self.steps_per_epoch
             since_growth += 1
@@ -239,6 +255,7 @@ def _settings(config: GrowConfig) -> dict[str, tuple[int, ...]]:
         SCRATCH: config.budgets,
         FIXED_RESET: config.stage_epochs,
         FIXED_CARRIED: config.stage_epochs,
+        FIXED_RESTARTED: config.stage_epochs,
         TRIGGER: config.trigger_epochs,
     }
 
@@ -251,7 +268,12 @@ def _run_method(trainer: _Trainer, seed: int, config: GrowConfig, method: str, s
     if method == TRIGGER:
         return trainer.run(seed, epochs=setting, widths=widths, carry=True, trigger=True)
     return trainer.run(
-        seed, epochs=setting * len(widths), widths=widths, stage_epochs=setting, carry=method == FIXED_CARRIED
+        seed,
+        epochs=setting * len(widths),
+        widths=widths,
+        stage_epochs=setting,
+        carry=method in (FIXED_CARRIED, FIXED_RESTARTED),
+        restart=method == FIXED_RESTARTED,
     )
 
 
