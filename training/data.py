@@ -285,6 +285,14 @@ def per_class_sample(x: np.ndarray, y: np.ndarray, per_class: int, *, seed: int)
     return x[order], y[order]
 
 
+def limited(x: np.ndarray, y: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """All of (x, y), or a seeded per-class sample of `limit` samples in all — never the first
+    `limit`: the files are ordered by class."""
+    if not limit:
+        return x, y
+    return per_class_sample(x, y, limit // len(np.unique(y)), seed=0)
+
+
 def class_counts(y: np.ndarray) -> dict[int, int]:
     """Samples per class label, e.g. {0: 400, 1: 400, ...}."""
     labels, counts = np.unique(y, return_counts=True)

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from training.data import Mnist, per_class_sample, validation_split
+from training.data import Mnist, limited, validation_split
 from training.runtime import (
     ModelPool,
     evaluate,
@@ -353,10 +353,9 @@ def compute_to_target(per_seed: list[dict], config: GrowConfig, *, resamples: in
 def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, Any]:
     config = QUICK if quick else FULL
     started = time.perf_counter()
-    x, y = data.x_train, data.y_train
-    if config.train_limit:
-        x, y = per_class_sample(x, y, config.train_limit // 10, seed=0)  # the files are ordered by class
-    train, validation = validation_split(x, y, config.validation_per_class)
+    train, validation = validation_split(
+        *limited(data.x_train, data.y_train, config.train_limit), config.validation_per_class
+    )
     test = (data.x_test, data.y_test)
     pool, schedules = ModelPool(), {}
 

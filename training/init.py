@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from training.data import Mnist, per_class_sample, validation_split
+from training.data import Mnist, limited, validation_split
 from training.runtime import (
     ModelPool,
     compile_classifier,
@@ -239,10 +239,9 @@ def run_seed(data: Mnist, train, validation, seed: int, config: InitConfig, pool
 def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, Any]:
     config = QUICK if quick else FULL
     started = time.perf_counter()
-    x, y = data.x_train, data.y_train
-    if config.train_limit:
-        x, y = per_class_sample(x, y, config.train_limit // 10, seed=0)  # the files are ordered by class
-    train, validation = validation_split(x, y, config.validation_per_class)
+    train, validation = validation_split(
+        *limited(data.x_train, data.y_train, config.train_limit), config.validation_per_class
+    )
     pool = ModelPool()
     split = {"train": int(len(train[1])), "validation": int(len(validation[1])), "test": int(len(data.y_test))}
     per_seed: list[dict[str, Any]] = []

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from training.data import Mnist, per_class_sample
+from training.data import Mnist, limited
 from training.runtime import compile_classifier, evaluate, header, publish, pyplot, save_figure, strategy, table, train
 
 LEARNS, PARTLY = 0.8, 0.2
@@ -107,9 +107,7 @@ def run_one(
 def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, Any]:
     config = QUICK if quick else FULL
     started = time.perf_counter()
-    x, y = data.x_train, data.y_train
-    if config.train_limit:
-        x, y = per_class_sample(x, y, config.train_limit // 10, seed=0)  # the files are ordered by class
+    x, y = limited(data.x_train, data.y_train, config.train_limit)
     runs = []
     for activation in config.activations:
         for hidden in config.depths:

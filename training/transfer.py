@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from training.data import FASHION as FASHION_KIND
-from training.data import Mnist, digit_subset, per_class_sample
+from training.data import Mnist, digit_subset, limited, per_class_sample
 from training.runtime import (
     ModelPool,
     compile_classifier,
@@ -227,9 +227,7 @@ def run(data: Mnist, *, seeds: list[int], out: Path, quick: bool) -> dict[str, A
 
     config = QUICK if quick else FASHION if data.kind == FASHION_KIND else FULL
     started = time.perf_counter()
-    x04, y04 = digit_subset(data.x_train, data.y_train, range(5))
-    if config.pretrain_limit:
-        x04, y04 = per_class_sample(x04, y04, config.pretrain_limit // 5, seed=0)  # the files are ordered by class
+    x04, y04 = limited(*digit_subset(data.x_train, data.y_train, range(5)), config.pretrain_limit)
     test04 = digit_subset(data.x_test, data.y_test, range(5))
     x59, y59 = digit_subset(data.x_train, data.y_train, range(5, 10))
     test59 = digit_subset(data.x_test, data.y_test, range(5, 10))
